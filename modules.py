@@ -1,0 +1,706 @@
+"""The First Order Motion Model in TensorFlow / Keras 3, NHWC, inference only.
+
+Reads top-down, like the paper:
+  1. numerics that mimic PyTorch (coordinate grid, grid sample, interpolation, anti-alias downsampling)
+  2. building blocks (Down/Up/Same/Res blocks, Hourglass)
+  3. the three networks (KPDetector, DenseMotionNetwork + OcclusionAwareGenerator, ProcessKpDriving)
+  4. tf.Module wrappers with fixed signatures, and the build_* functions
+
+Layer and attribute names follow the original's `modules/` so a torch parameter name such as
+`dense_motion_network.hourglass.encoder.down_blocks.0.conv.weight` maps to one attribute path here
+(see checkpoint_loader.py). Layouts differ from the original only by NCHW -> NHWC:
+mask [B, h, w, K+1], occlusion_map [B, h, w, 1], sparse_deformed [B, K+1, h, w, C].
+
+Every op converts to TF Lite builtins: no einsum, no matrix inverse, no implicit batch matmul
+broadcasting.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+import tensorflow as tf
+import keras
+
+
+# --------------------------------------------------------------------------------------------------
+# Config: one parsed object instead of keyword arguments threaded through every constructor.
+# --------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class KPDetectorConfig:
+    block_expansion: int
+    max_features: int
+    num_blocks: int
+    temperature: float
+    scale_factor: float = 1.0
+    single_jacobian_map: bool = False
+    pad: int = 0
+
+
+@dataclass(frozen=True)
+class DenseMotionConfig:
+    block_expansion: int
+    max_features: int
+    num_blocks: int
+    scale_factor: float = 1.0
+    kp_variance: float = 0.01
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    block_expansion: int
+    max_features: int
+    num_down_blocks: int
+    num_bottleneck_blocks: int
+    estimate_occlusion_map: bool = False
+    dense_motion: DenseMotionConfig = None
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    frame_shape: tuple  # (H, W, C)
+    num_kp: int
+    num_channels: int
+    estimate_jacobian: bool
+    kp_detector: KPDetectorConfig
+    generator: GeneratorConfig
+
+    @property
+    def height(self):
+        return self.frame_shape[0]
+
+    @property
+    def width(self):
+        return self.frame_shape[1]
+
+
+_REQUIRED = {
+    KPDetectorConfig: ("block_expansion", "max_features", "num_blocks", "temperature"),
+    DenseMotionConfig: ("block_expansion", "max_features", "num_blocks"),
+    GeneratorConfig: ("block_expansion", "max_features", "num_down_blocks", "num_bottleneck_blocks"),
+}
+
+
+class ConfigError(ValueError):
+    """A config that cannot describe a model; the message names the key."""
+
+
+def _section(cls, params, where, **extra):
+    if not isinstance(params, dict):
+        raise ConfigError(f"config: {where} must be a mapping")
+    for key in _REQUIRED[cls]:
+        if key not in params:
+            raise ConfigError(f"config: missing {where}.{key}")
+    known = set(cls.__dataclass_fields__)
+    kwargs = {k: v for k, v in params.items() if k in known}
+    kwargs.update(extra)
+    for key in ("block_expansion", "max_features", "num_blocks", "num_down_blocks", "num_bottleneck_blocks", "pad"):
+        if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
+            raise ConfigError(f"config: {where}.{key} must be an integer, got {kwargs[key]!r}")
+    if isinstance(kwargs.get("pad"), (list, tuple)):
+        kwargs["pad"] = int(kwargs["pad"][0])
+    return cls(**kwargs)
+
+
+def parse_config(config):
+    """Turn the original's YAML dict into a ModelConfig (unknown keys such as train_params are ignored)."""
+    try:
+        model = config["model_params"]
+        common = model["common_params"]
+        frame_shape = tuple(int(v) for v in config["dataset_params"]["frame_shape"])
+    except (KeyError, TypeError) as err:
+        raise ConfigError(f"config: missing {err}") from None
+    for key in ("num_kp", "num_channels"):
+        if not isinstance(common.get(key), int):
+            raise ConfigError(f"config: model_params.common_params.{key} must be an integer")
+    if len(frame_shape) != 3 or frame_shape[2] != common["num_channels"]:
+        raise ConfigError(f"config: dataset_params.frame_shape {list(frame_shape)} must be [H, W, num_channels]")
+    gen = dict(model["generator_params"])
+    dense = gen.pop("dense_motion_params", None)
+    if dense is None:
+        raise ConfigError("config: generator_params.dense_motion_params is required")
+    return ModelConfig(
+        frame_shape=frame_shape,
+        num_kp=common["num_kp"],
+        num_channels=common["num_channels"],
+        estimate_jacobian=bool(common.get("estimate_jacobian", False)),
+        kp_detector=_section(KPDetectorConfig, model["kp_detector_params"], "kp_detector_params"),
+        generator=_section(GeneratorConfig, gen, "generator_params",
+                           dense_motion=_section(DenseMotionConfig, dense, "dense_motion_params")),
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# 1. Numerics that mimic PyTorch
+# --------------------------------------------------------------------------------------------------
+
+def make_coordinate_grid(height, width):
+    """[-1, 1] x [-1, 1] meshgrid, [h, w, 2] with (x, y) last, computed in float32 in torch's order."""
+    x = np.arange(width, dtype=np.float32)
+    y = np.arange(height, dtype=np.float32)
+    x = 2 * (x / np.float32(width - 1)) - 1
+    y = 2 * (y / np.float32(height - 1)) - 1
+    xx = np.broadcast_to(x[None, :], (height, width))
+    yy = np.broadcast_to(y[:, None], (height, width))
+    return np.stack([xx, yy], axis=-1).astype(np.float32)
+
+
+def grid_sample(image, grid, image_index):
+    """F.grid_sample(mode='bilinear', padding_mode='zeros', align_corners=False) in NHWC.
+
+    image: [N, H, W, C]; grid: [M, h, w, 2] of (x, y) in [-1, 1]; image_index: [M] int32, which
+    image each grid samples (so one source image serves many grids without being tiled).
+    Returns [M, h, w, C]. Corners outside the image contribute zero, as in torch.
+    """
+    shape = tf.shape(image)
+    height, width, channels = shape[1], shape[2], shape[3]
+    flat = tf.reshape(image, [-1, channels])  # [N*H*W, C]
+    base = tf.reshape(image_index * height * width, [-1, 1, 1])  # [M, 1, 1]
+
+    # Unnormalise exactly as torch: ((coord + 1) * size - 1) / 2.
+    ix = ((grid[..., 0] + 1) * tf.cast(width, tf.float32) - 1) / 2
+    iy = ((grid[..., 1] + 1) * tf.cast(height, tf.float32) - 1) / 2
+    x0 = tf.floor(ix)
+    y0 = tf.floor(iy)
+    x1 = x0 + 1
+    y1 = y0 + 1
+    corners = (
+        (x0, y0, (x1 - ix) * (y1 - iy)),  # north-west
+        (x1, y0, (ix - x0) * (y1 - iy)),  # north-east
+        (x0, y1, (x1 - ix) * (iy - y0)),  # south-west
+        (x1, y1, (ix - x0) * (iy - y0)),  # south-east
+    )
+    out = None
+    for cx, cy, weight in corners:
+        inside = tf.cast((cx >= 0) & (cx <= tf.cast(width - 1, tf.float32))
+                         & (cy >= 0) & (cy <= tf.cast(height - 1, tf.float32)), tf.float32)
+        xi = tf.clip_by_value(tf.cast(cx, tf.int32), 0, width - 1)
+        yi = tf.clip_by_value(tf.cast(cy, tf.int32), 0, height - 1)
+        values = tf.gather(flat, base + yi * width + xi)  # [M, h, w, C]
+        term = values * tf.expand_dims(weight * inside, -1)
+        out = term if out is None else out + term
+    return out
+
+
+def resize_bilinear(x, height, width):
+    """F.interpolate(mode='bilinear', align_corners=False) without antialiasing, NHWC."""
+    return tf.image.resize(x, (height, width), method="bilinear", antialias=False)
+
+
+def kp2gaussian(kp_value, height, width, kp_variance):
+    """Gaussian around each keypoint: kp [B, K, 2] -> [B, h, w, K]."""
+    grid = tf.constant(make_coordinate_grid(height, width))[None, :, :, None, :]  # [1, h, w, 1, 2]
+    mean = kp_value[:, None, None, :, :]  # [B, 1, 1, K, 2]
+    diff = grid - mean
+    return tf.exp(-0.5 * tf.reduce_sum(diff * diff, axis=-1) / kp_variance)
+
+
+def invert_2x2(m):
+    """Inverse of [..., 2, 2] matrices in closed form (TF Lite has no MatrixInverse)."""
+    a, b, c, d = m[..., 0, 0], m[..., 0, 1], m[..., 1, 0], m[..., 1, 1]
+    det = a * d - b * c
+    return tf.stack([tf.stack([d, -b], -1), tf.stack([-c, a], -1)], -2) / det[..., None, None]
+
+
+def matmul_2x2(a, b):
+    """a @ b for [..., 2, 2] with broadcasting over leading dims, as plain multiply-adds."""
+    rows = []
+    for i in range(2):
+        rows.append(tf.stack([a[..., i, 0] * b[..., 0, j] + a[..., i, 1] * b[..., 1, j] for j in range(2)], -1))
+    return tf.stack(rows, -2)
+
+
+class AntiAliasInterpolation2d(keras.layers.Layer):
+    """Band-limited downsampling: gaussian blur then keep every (1/scale)-th pixel.
+
+    The gaussian kernel is a weight (the original stores it as the buffer `down.weight`), so it is
+    loaded from the checkpoint like every other tensor. The blur + stride is one strided depthwise
+    conv after torch's asymmetric (ka, kb) padding, identical to conv-then-slice.
+    """
+
+    def __init__(self, channels, scale, **kwargs):
+        super().__init__(**kwargs)
+        sigma = (1 / scale - 1) / 2
+        self.kernel_size = 2 * round(sigma * 4) + 1
+        self.ka = self.kernel_size // 2
+        self.kb = self.ka - 1 if self.kernel_size % 2 == 0 else self.ka
+        self.stride = int(1 / scale)
+        self.conv = keras.layers.DepthwiseConv2D(self.kernel_size, strides=self.stride, padding="valid",
+                                                 use_bias=False, name="weight")
+        self.conv.build((None, None, None, channels))
+        self.conv.kernel.assign(self.gaussian_kernel(channels, self.kernel_size, sigma))
+
+    @staticmethod
+    def gaussian_kernel(channels, size, sigma):
+        """The original's default kernel, [k, k, C, 1]; a checkpoint's buffer replaces it."""
+        grid = np.arange(size, dtype=np.float32)
+        mean = (size - 1) / 2
+        g = np.exp(-(grid - mean) ** 2 / (2 * sigma ** 2))
+        kernel = g[:, None] * g[None, :]
+        kernel = kernel / kernel.sum()
+        return np.tile(kernel[:, :, None, None], (1, 1, channels, 1)).astype(np.float32)
+
+    def call(self, x):
+        x = tf.pad(x, [[0, 0], [self.ka, self.kb], [self.ka, self.kb], [0, 0]])
+        return self.conv(x)
+
+
+# --------------------------------------------------------------------------------------------------
+# 2. Building blocks
+# --------------------------------------------------------------------------------------------------
+
+def conv2d(filters, kernel_size, padding, name="conv"):
+    """nn.Conv2d(kernel_size, padding) as a Keras layer (or pad + conv for non-'same' padding)."""
+    if 2 * padding == kernel_size - 1:
+        return keras.layers.Conv2D(filters, kernel_size, padding="same", name=name)
+    return keras.Sequential([keras.layers.ZeroPadding2D(padding),
+                             keras.layers.Conv2D(filters, kernel_size, padding="valid", name=name)], name=name)
+
+
+def batch_norm(name="norm"):
+    """nn.BatchNorm2d in eval mode: torch's epsilon, running statistics from the checkpoint."""
+    return keras.layers.BatchNormalization(epsilon=1e-5, name=name)
+
+
+class SameBlock2d(keras.layers.Layer):
+    """conv -> BN -> ReLU, resolution preserved."""
+
+    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = conv2d(out_features, kernel_size, padding)
+        self.norm = batch_norm()
+
+    def call(self, x):
+        return tf.nn.relu(self.norm(self.conv(x), training=False))
+
+
+class DownBlock2d(keras.layers.Layer):
+    """conv -> BN -> ReLU -> 2x2 average pool (encoder)."""
+
+    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = conv2d(out_features, kernel_size, padding)
+        self.norm = batch_norm()
+        self.pool = keras.layers.AveragePooling2D(2)
+
+    def call(self, x):
+        return self.pool(tf.nn.relu(self.norm(self.conv(x), training=False)))
+
+
+class UpBlock2d(keras.layers.Layer):
+    """nearest x2 upsampling -> conv -> BN -> ReLU (decoder); F.interpolate(scale_factor=2)."""
+
+    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.up = keras.layers.UpSampling2D(2, interpolation="nearest")
+        self.conv = conv2d(out_features, kernel_size, padding)
+        self.norm = batch_norm()
+
+    def call(self, x):
+        return tf.nn.relu(self.norm(self.conv(self.up(x)), training=False))
+
+
+class ResBlock2d(keras.layers.Layer):
+    """Pre-activation residual block: BN -> ReLU -> conv -> BN -> ReLU -> conv, plus input."""
+
+    def __init__(self, features, kernel_size=3, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.norm1 = batch_norm("norm1")
+        self.conv1 = conv2d(features, kernel_size, padding, "conv1")
+        self.norm2 = batch_norm("norm2")
+        self.conv2 = conv2d(features, kernel_size, padding, "conv2")
+
+    def call(self, x):
+        out = self.conv1(tf.nn.relu(self.norm1(x, training=False)))
+        out = self.conv2(tf.nn.relu(self.norm2(out, training=False)))
+        return out + x
+
+
+def _hourglass_width(block_expansion, max_features, level):
+    return min(max_features, block_expansion * (2 ** level))
+
+
+class Encoder(keras.layers.Layer):
+    """Hourglass encoder: returns the input and every down block's output (for the skips)."""
+
+    def __init__(self, block_expansion, num_blocks, max_features, **kwargs):
+        super().__init__(**kwargs)
+        self.down_blocks = [DownBlock2d(_hourglass_width(block_expansion, max_features, i + 1), name=f"down_{i}")
+                            for i in range(num_blocks)]
+
+    def call(self, x):
+        outs = [x]
+        for block in self.down_blocks:
+            outs.append(block(outs[-1]))
+        return outs
+
+
+class Decoder(keras.layers.Layer):
+    """Hourglass decoder: up block, then concatenate the matching encoder output (channels last)."""
+
+    def __init__(self, block_expansion, num_blocks, max_features, **kwargs):
+        super().__init__(**kwargs)
+        self.up_blocks = [UpBlock2d(_hourglass_width(block_expansion, max_features, i), name=f"up_{n}")
+                          for n, i in enumerate(reversed(range(num_blocks)))]
+
+    def call(self, skips):
+        skips = list(skips)
+        out = skips.pop()
+        for block in self.up_blocks:
+            out = tf.concat([block(out), skips.pop()], axis=-1)
+        return out
+
+
+class Hourglass(keras.layers.Layer):
+    """U-Net style hourglass; output has block_expansion + in_features channels."""
+
+    def __init__(self, block_expansion, in_features, num_blocks, max_features, **kwargs):
+        super().__init__(**kwargs)
+        self.encoder = Encoder(block_expansion, num_blocks, max_features, name="encoder")
+        self.decoder = Decoder(block_expansion, num_blocks, max_features, name="decoder")
+        self.out_filters = block_expansion + in_features
+
+    def call(self, x):
+        return self.decoder(self.encoder(x))
+
+
+# --------------------------------------------------------------------------------------------------
+# 3. The networks
+# --------------------------------------------------------------------------------------------------
+
+class KPDetector(keras.Model):
+    """Keypoints and local jacobians from an image (Sec. 3.1): heatmap softmax, then expectations."""
+
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        params = config.kp_detector
+        self.config = config
+        self.temperature = params.temperature
+        self.scale_factor = params.scale_factor
+        self.estimate_jacobian = config.estimate_jacobian
+        self.num_jacobian_maps = 1 if params.single_jacobian_map else config.num_kp
+        if self.scale_factor != 1:
+            self.down = AntiAliasInterpolation2d(config.num_channels, self.scale_factor, name="down")
+        self.predictor = Hourglass(params.block_expansion, config.num_channels, params.num_blocks,
+                                   params.max_features, name="predictor")
+        self.kp = conv2d(config.num_kp, 7, params.pad, name="kp")
+        if self.estimate_jacobian:
+            self.jacobian = conv2d(4 * self.num_jacobian_maps, 7, params.pad, name="jacobian")
+
+    def downsample(self, image):
+        """The image the hourglass sees (also what --prescale reuses in dense motion)."""
+        return self.down(image) if self.scale_factor != 1 else image
+
+    def call(self, image):
+        feature_map = self.predictor(self.downsample(image))
+        prediction = self.kp(feature_map)  # [B, h, w, K]
+        shape = tf.shape(prediction)
+        batch, height, width = shape[0], shape[1], shape[2]
+        num_kp = self.config.num_kp
+        heatmap = tf.nn.softmax(tf.reshape(prediction, [batch, -1, num_kp]) / self.temperature, axis=1)  # [B, hw, K]
+
+        hm_height, hm_width = prediction.shape[1], prediction.shape[2]
+        grid = tf.constant(make_coordinate_grid(hm_height, hm_width).reshape(-1, 2))  # [hw, 2]
+        value = tf.matmul(heatmap, grid, transpose_a=True)  # [B, K, 2]
+        out = {"value": value}
+
+        if self.estimate_jacobian:
+            jacobian_map = tf.reshape(self.jacobian(feature_map),
+                                      [batch, height * width, self.num_jacobian_maps, 4])  # [B, hw, J, 4]
+            jacobian = tf.reduce_sum(heatmap[..., None] * jacobian_map, axis=1)  # [B, K, 4]
+            out["jacobian"] = tf.reshape(jacobian, [batch, num_kp, 2, 2])
+        return out
+
+
+class DenseMotionNetwork(keras.layers.Layer):
+    """Dense motion (Sec. 3.2) from sparse keypoint motions: masks that blend K+1 local transforms."""
+
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        params = config.generator.dense_motion
+        self.num_kp = config.num_kp
+        self.kp_variance = params.kp_variance
+        self.scale_factor = params.scale_factor
+        if self.scale_factor != 1:
+            self.down = AntiAliasInterpolation2d(config.num_channels, self.scale_factor, name="down")
+        in_features = (config.num_kp + 1) * (config.num_channels + 1)
+        self.hourglass = Hourglass(params.block_expansion, in_features, params.num_blocks, params.max_features,
+                                   name="hourglass")
+        self.mask = conv2d(config.num_kp + 1, 7, 3, name="mask")
+        self.occlusion = conv2d(1, 7, 3, name="occlusion") if config.generator.estimate_occlusion_map else None
+
+    def create_heatmap_representations(self, height, width, kp_driving, kp_source):
+        """Eq 6. in the paper H_k(z): [B, h, w, K+1], background channel first."""
+        heatmap = (kp2gaussian(kp_driving["value"], height, width, self.kp_variance)
+                   - kp2gaussian(kp_source["value"], height, width, self.kp_variance))
+        zeros = tf.zeros_like(heatmap[..., :1])
+        return tf.concat([zeros, heatmap], axis=-1)
+
+    def create_sparse_motions(self, height, width, kp_driving, kp_source):
+        """Eq 4. in the paper T_{s<-d}(z): [B, K+1, h, w, 2], identity first."""
+        identity = tf.constant(make_coordinate_grid(height, width))[None, None]  # [1, 1, h, w, 2]
+        coordinates = identity - kp_driving["value"][:, :, None, None, :]  # [B, K, h, w, 2]
+        if "jacobian" in kp_driving:
+            jacobian = matmul_2x2(kp_source["jacobian"], invert_2x2(kp_driving["jacobian"]))  # [B, K, 2, 2]
+            jacobian = jacobian[:, :, None, None]  # [B, K, 1, 1, 2, 2]
+            cx, cy = coordinates[..., 0], coordinates[..., 1]
+            coordinates = tf.stack([jacobian[..., 0, 0] * cx + jacobian[..., 0, 1] * cy,
+                                    jacobian[..., 1, 0] * cx + jacobian[..., 1, 1] * cy], axis=-1)
+        driving_to_source = coordinates + kp_source["value"][:, :, None, None, :]
+        batch = tf.shape(driving_to_source)[0]
+        identity = tf.tile(identity, [batch, 1, 1, 1, 1])
+        return tf.concat([identity, driving_to_source], axis=1)
+
+    def create_deformed_source_image(self, source_image, sparse_motions):
+        """Eq 7. in the paper: the source warped by each sparse motion, [B, K+1, h, w, C]."""
+        shape = tf.shape(sparse_motions)
+        batch, height, width = shape[0], shape[2], shape[3]
+        num_sources = tf.shape(source_image)[0]
+        grids = tf.reshape(sparse_motions, [-1, height, width, 2])  # [B*(K+1), h, w, 2]
+        image_index = (tf.range(batch * (self.num_kp + 1)) // (self.num_kp + 1)) % num_sources
+        deformed = grid_sample(source_image, grids, image_index)
+        return tf.reshape(deformed, [batch, self.num_kp + 1, height, width, source_image.shape[-1]])
+
+    def call(self, source_image, kp_driving, kp_source, source_scaled=None):
+        if source_scaled is None:
+            source_scaled = self.down(source_image) if self.scale_factor != 1 else source_image
+        height, width, channels = source_scaled.shape[1], source_scaled.shape[2], source_scaled.shape[3]
+
+        heatmap = self.create_heatmap_representations(height, width, kp_driving, kp_source)  # [B, h, w, K+1]
+        sparse_motion = self.create_sparse_motions(height, width, kp_driving, kp_source)  # [B, K+1, h, w, 2]
+        sparse_deformed = self.create_deformed_source_image(source_scaled, sparse_motion)  # [B, K+1, h, w, C]
+
+        # Channel order of the original's view(bs, -1, h, w): per keypoint [heatmap, C colour channels].
+        per_kp = tf.concat([heatmap[..., None], tf.transpose(sparse_deformed, [0, 2, 3, 1, 4])], axis=-1)
+        batch = tf.shape(per_kp)[0]
+        hourglass_input = tf.reshape(per_kp, [batch, height, width, (self.num_kp + 1) * (channels + 1)])
+        prediction = self.hourglass(hourglass_input)
+
+        mask = tf.nn.softmax(self.mask(prediction), axis=-1)  # [B, h, w, K+1]
+        motions = tf.transpose(sparse_motion, [0, 2, 3, 1, 4])  # [B, h, w, K+1, 2]
+        deformation = tf.reduce_sum(motions * mask[..., None], axis=3)  # [B, h, w, 2]
+        out = {"sparse_deformed": sparse_deformed, "mask": mask, "deformation": deformation}
+        if self.occlusion is not None:
+            out["occlusion_map"] = tf.sigmoid(self.occlusion(prediction))  # [B, h, w, 1]
+        return out
+
+
+class OcclusionAwareGenerator(keras.Model):
+    """Encoder -> warp features by the dense motion, mask by occlusion -> decoder (Johnson architecture)."""
+
+    def __init__(self, config: ModelConfig, **kwargs):
+        super().__init__(**kwargs)
+        params = config.generator
+        self.config = config
+        self.dense_motion_network = DenseMotionNetwork(config, name="dense_motion_network")
+        self.first = SameBlock2d(params.block_expansion, kernel_size=7, padding=3, name="first")
+        width = lambda level: min(params.max_features, params.block_expansion * (2 ** level))  # noqa: E731
+        self.down_blocks = [DownBlock2d(width(i + 1), name=f"down_{i}") for i in range(params.num_down_blocks)]
+        self.up_blocks = [UpBlock2d(width(params.num_down_blocks - i - 1), name=f"up_{i}")
+                          for i in range(params.num_down_blocks)]
+        bottleneck_width = width(params.num_down_blocks)
+        self.bottleneck = [ResBlock2d(bottleneck_width, name=f"r{i}") for i in range(params.num_bottleneck_blocks)]
+        self.final = conv2d(config.num_channels, 7, 3, name="final")
+
+    def encode_source(self, source_image):
+        """Source features before warping: [S, h, w, F]. Independent of the driving frame."""
+        out = self.first(source_image)
+        for block in self.down_blocks:
+            out = block(out)
+        return out
+
+    @staticmethod
+    def deform_input(inp, deformation):
+        """Warp inp [S, H, W, C] by deformation [B, h, w, 2] (resized bilinearly to H, W if needed)."""
+        height, width = inp.shape[1], inp.shape[2]
+        if deformation.shape[1] != height or deformation.shape[2] != width:
+            deformation = resize_bilinear(deformation, height, width)
+        image_index = tf.range(tf.shape(deformation)[0]) % tf.shape(inp)[0]
+        return grid_sample(inp, deformation, image_index)
+
+    def decode(self, features):
+        out = features
+        for block in self.bottleneck:
+            out = block(out)
+        for block in self.up_blocks:
+            out = block(out)
+        return tf.sigmoid(self.final(out))
+
+    def call(self, source_image, kp_driving, kp_source, source_scaled=None, source_features=None):
+        if source_features is None:
+            source_features = self.encode_source(source_image)
+        motion = self.dense_motion_network(source_image, kp_driving, kp_source, source_scaled)
+        deformation = motion["deformation"]
+        out = self.deform_input(source_features, deformation)
+        if "occlusion_map" in motion:
+            occlusion_map = motion["occlusion_map"]
+            if occlusion_map.shape[1] != out.shape[1] or occlusion_map.shape[2] != out.shape[2]:
+                occlusion_map = resize_bilinear(occlusion_map, out.shape[1], out.shape[2])
+            out = out * occlusion_map
+        result = dict(motion)
+        result["deformed"] = self.deform_input(source_image, deformation)
+        result["prediction"] = self.decode(out)
+        return result
+
+
+def convex_hull_area(points):
+    """Area of the 2-D convex hull of each point set, [N, K, 2] -> [N], in-graph (scipy's ConvexHull.volume).
+
+    Edge i->j is a hull edge (counter-clockwise) when every point lies strictly to its left or on the
+    segment i..j itself; the shoelace sum over those edges is the area. Collinear points in the middle
+    of an edge are thus covered once; duplicate points count once (only the first copy opens edges);
+    a degenerate (collinear) set gives 0. The K^3 test is tiny for K ~ 10 and has no control flow.
+    """
+    p_i = points[:, :, None, None, :]  # [N, K, 1, 1, 2] edge start
+    p_j = points[:, None, :, None, :]  # [N, 1, K, 1, 2] edge end
+    p_k = points[:, None, None, :, :]  # [N, 1, 1, K, 2] tested point
+    edge = p_j - p_i
+    rel = p_k - p_i
+    cross = edge[..., 0] * rel[..., 1] - edge[..., 1] * rel[..., 0]  # [N, K, K, K]
+    dot = edge[..., 0] * rel[..., 0] + edge[..., 1] * rel[..., 1]
+    edge_len2 = edge[..., 0] * edge[..., 0] + edge[..., 1] * edge[..., 1]  # [N, K, K, 1]
+    rel_len2 = rel[..., 0] * rel[..., 0] + rel[..., 1] * rel[..., 1]
+    # Angular tolerance so float32 rounding does not turn a collinear point into an outside one.
+    tolerance = 1e-5 * tf.sqrt(edge_len2 * rel_len2)
+    left = tf.cast(cross > tolerance, tf.float32)
+    on_segment = (tf.cast(tf.abs(cross) <= tolerance, tf.float32) * tf.cast(dot >= 0, tf.float32)
+                  * tf.cast(dot <= edge_len2, tf.float32))
+    all_ok = tf.reduce_min(tf.maximum(left, on_segment), axis=-1)  # [N, K, K]
+
+    num = points.shape[1]
+    same = tf.reduce_min(tf.cast(tf.equal(points[:, :, None, :], points[:, None, :, :]), tf.float32), axis=-1)
+    earlier = tf.constant(np.tril(np.ones((num, num), np.float32), -1))  # [k, m] = 1 where m < k
+    first_copy = 1 - tf.reduce_max(same * earlier, axis=-1)  # [N, K]
+    valid = (all_ok * tf.cast(edge_len2[..., 0] > 0, tf.float32)
+             * first_copy[:, :, None] * first_copy[:, None, :])
+    x, y = points[..., 0], points[..., 1]
+    shoelace = x[:, :, None] * y[:, None, :] - x[:, None, :] * y[:, :, None]  # [N, K(i), K(j)]
+    return tf.abs(0.5 * tf.reduce_sum(valid * shoelace, axis=[1, 2]))
+
+
+def process_kp_driving(kp_driving, kp_driving_initial, kp_source, use_relative_jacobian, adapt_movement_scale):
+    """The original's normalize_kp with relative movement on (Sec. 4, relative motion transfer).
+
+    use_relative_jacobian and adapt_movement_scale are float scalars (0 or 1) so one graph serves
+    every combination. The movement scale is sqrt(source hull area) / sqrt(initial driving hull area),
+    from the first item of each batch, as the original does.
+    """
+    source_area = convex_hull_area(kp_source["value"][:1])[0]
+    driving_area = convex_hull_area(kp_driving_initial["value"][:1])[0]
+    scale = tf.where(adapt_movement_scale > 0.5, tf.sqrt(source_area) / tf.sqrt(driving_area), 1.0)
+    value = (kp_driving["value"] - kp_driving_initial["value"]) * scale + kp_source["value"]
+    out = {"value": value}
+    if "jacobian" in kp_driving:
+        relative = matmul_2x2(matmul_2x2(kp_driving["jacobian"], invert_2x2(kp_driving_initial["jacobian"])),
+                              kp_source["jacobian"])
+        out["jacobian"] = tf.where(use_relative_jacobian > 0.5, relative, kp_driving["jacobian"])
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# 4. tf.Module wrappers with fixed signatures, and build_* functions
+# --------------------------------------------------------------------------------------------------
+
+def _kp_specs(config, batch, prefix):
+    specs = [tf.TensorSpec([batch, config.num_kp, 2], tf.float32, name=prefix)]
+    if config.estimate_jacobian:
+        specs.append(tf.TensorSpec([batch, config.num_kp, 2, 2], tf.float32, name=f"{prefix}_jacobian"))
+    return specs
+
+
+def _kp_dict(value, jacobian=None):
+    return {"value": value} if jacobian is None else {"value": value, "jacobian": jacobian}
+
+
+def _track_raw_variables(module, model):
+    # A tf.Module that only holds a Keras 3 model exports its variables without initial values to
+    # TF Lite (VAR_HANDLE ops, garbage outputs); tracking the raw tf.Variables makes them constants.
+    module._vars = [v.value for v in model.variables]
+
+
+class KPDetectorModule(tf.Module):
+    """img [B, H, W, C] -> value [B, K, 2], jacobian [B, K, 2, 2]."""
+
+    def __init__(self, model: KPDetector, batch_size=None):
+        super().__init__(name="kp_detector")
+        self.model = model
+        self.config = model.config
+        _track_raw_variables(self, model)
+        h, w, c = self.config.frame_shape
+        self.__call__ = tf.function(self._call, input_signature=[tf.TensorSpec([batch_size, h, w, c], tf.float32,
+                                                                               name="img")])
+
+    def _call(self, img):
+        return self.model(img)
+
+
+class ProcessKpDrivingModule(tf.Module):
+    """Relative keypoints for the generator (the original's normalize_kp), all in-graph."""
+
+    def __init__(self, config: ModelConfig, batch_size=None):
+        super().__init__(name="process_kp_driving")
+        self.config = config
+        specs = (_kp_specs(config, batch_size, "kp_driving") + _kp_specs(config, 1, "kp_driving_initial")
+                 + _kp_specs(config, 1, "kp_source")
+                 + [tf.TensorSpec([], tf.float32, name="use_relative_jacobian"),
+                    tf.TensorSpec([], tf.float32, name="adapt_movement_scale")])
+        self.__call__ = tf.function(self._call_first_order if config.estimate_jacobian else self._call_zero_order,
+                                    input_signature=specs)
+
+    def _call_first_order(self, kp_driving, kp_driving_jacobian, kp_driving_initial, kp_driving_initial_jacobian,
+                          kp_source, kp_source_jacobian, use_relative_jacobian, adapt_movement_scale):
+        return process_kp_driving(_kp_dict(kp_driving, kp_driving_jacobian),
+                                  _kp_dict(kp_driving_initial, kp_driving_initial_jacobian),
+                                  _kp_dict(kp_source, kp_source_jacobian), use_relative_jacobian, adapt_movement_scale)
+
+    def _call_zero_order(self, kp_driving, kp_driving_initial, kp_source, use_relative_jacobian,
+                         adapt_movement_scale):
+        return process_kp_driving(_kp_dict(kp_driving), _kp_dict(kp_driving_initial), _kp_dict(kp_source),
+                                  use_relative_jacobian, adapt_movement_scale)
+
+
+class GeneratorModule(tf.Module):
+    """source_image [1, H, W, C] + keypoints -> prediction [B, H, W, C] (+ mask, occlusion_map, deformed)."""
+
+    def __init__(self, model: OcclusionAwareGenerator, batch_size=None, prediction_only=False):
+        super().__init__(name="generator")
+        self.model = model
+        self.config = model.config
+        self.prediction_only = prediction_only
+        _track_raw_variables(self, model)
+        h, w, c = self.config.frame_shape
+        specs = ([tf.TensorSpec([1, h, w, c], tf.float32, name="source_image")]
+                 + _kp_specs(self.config, batch_size, "kp_driving") + _kp_specs(self.config, 1, "kp_source"))
+        self.__call__ = tf.function(self._call_first_order if self.config.estimate_jacobian
+                                    else self._call_zero_order, input_signature=specs)
+
+    def _outputs(self, result):
+        keys = ("prediction",) if self.prediction_only else ("prediction", "mask", "occlusion_map", "deformed")
+        return {k: result[k] for k in keys if k in result}
+
+    def _call_first_order(self, source_image, kp_driving, kp_driving_jacobian, kp_source, kp_source_jacobian):
+        return self._outputs(self.model(source_image, _kp_dict(kp_driving, kp_driving_jacobian),
+                                        _kp_dict(kp_source, kp_source_jacobian)))
+
+    def _call_zero_order(self, source_image, kp_driving, kp_source):
+        return self._outputs(self.model(source_image, _kp_dict(kp_driving), _kp_dict(kp_source)))
+
+
+def _zero_kp(config, batch):
+    kp = {"value": tf.zeros([batch, config.num_kp, 2])}
+    if config.estimate_jacobian:
+        kp["jacobian"] = tf.eye(2, batch_shape=[batch, config.num_kp])
+    return kp
+
+
+def create_kp_detector(config: ModelConfig) -> KPDetector:
+    """A built (variables created) but untrained KPDetector."""
+    model = KPDetector(config, name="kp_detector")
+    model(tf.zeros([1, *config.frame_shape]))
+    return model
+
+
+def create_generator(config: ModelConfig) -> OcclusionAwareGenerator:
+    """A built (variables created) but untrained OcclusionAwareGenerator."""
+    model = OcclusionAwareGenerator(config, name="generator")
+    model(tf.zeros([1, *config.frame_shape]), _zero_kp(config, 1), _zero_kp(config, 1))
+    return model
