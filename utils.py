@@ -1,0 +1,687 @@
+"""Input/output helpers: configs, model paths, images, streamed video in and out.
+
+No model code lives here. Everything a user can get wrong (a missing file, an
+undecodable image, a video without frames) is raised as `UserError`, whose
+message is one line starting with the offending path; the CLIs print it and
+exit with status 1 instead of showing a traceback.
+
+Sections:
+  1. errors
+  2. configs and model paths
+  3. images and frames (preprocessing identical to the original demo.py)
+  4. reading video as a stream
+  5. writing video / GIF / PNG frames atomically
+  6. output naming
+"""
+
+import itertools
+import math
+import numbers
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import warnings
+
+import imageio.v2 as imageio_v2
+import imageio.v3 as imageio_v3
+import imageio_ffmpeg
+import numpy as np
+import yaml
+from skimage import img_as_ubyte
+from skimage.transform import resize
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+# ----------------------------------------------------------------------------
+# 1. Errors
+# ----------------------------------------------------------------------------
+
+class UserError(Exception):
+    """A bad input, reported by the CLI as one line with exit code 1.
+
+    The message is collapsed onto one line here, so that no caller can leak a
+    multi-line library error (ffmpeg and imageio both produce those) to the user.
+    """
+
+    def __init__(self, message):
+        super().__init__(" ".join(str(message).split()))
+
+
+def _first_line(error):
+    """The first non-empty line of an exception's text, for short error messages."""
+    for line in str(error).splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__
+
+
+def _require_file(path, what):
+    """Raise UserError unless `path` is an existing regular file."""
+    if not os.path.exists(path):
+        raise UserError(f"{path}: no such file")
+    if os.path.isdir(path):
+        raise UserError(f"{path}: is a directory, not {what}")
+
+
+# ----------------------------------------------------------------------------
+# 2. Configs and model paths
+# ----------------------------------------------------------------------------
+
+def load_config(path):
+    """Read a model config (YAML) and check the keys inference relies on.
+
+    Returns the parsed mapping. Raises UserError when the file is missing or
+    unreadable, is not YAML, is not a mapping, lacks `model_params`, or lacks a
+    valid `dataset_params.frame_shape` ([H, W, C], positive integers).
+    """
+    path = str(path)
+    _require_file(path, "a config file")
+    try:
+        with open(path, encoding="utf-8") as f:
+            config = yaml.safe_load(f)
+    except (OSError, UnicodeDecodeError) as err:
+        raise UserError(f"{path}: cannot read config ({_first_line(err)})") from err
+    except yaml.YAMLError as err:
+        raise UserError(f"{path}: not valid YAML ({_describe_yaml_error(err)})") from err
+
+    if not isinstance(config, dict):
+        raise UserError(f"{path}: not a config (expected a YAML mapping, got {type(config).__name__})")
+    if not isinstance(config.get("model_params"), dict):
+        raise UserError(f"{path}: missing 'model_params'")
+    dataset_params = config.get("dataset_params")
+    if not isinstance(dataset_params, dict) or "frame_shape" not in dataset_params:
+        raise UserError(f"{path}: missing 'dataset_params.frame_shape'")
+    if not _is_frame_shape(dataset_params["frame_shape"]):
+        raise UserError(f"{path}: 'dataset_params.frame_shape' must be [height, width, channels] "
+                        f"of positive integers, got {dataset_params['frame_shape']!r}")
+    return config
+
+
+def _describe_yaml_error(err):
+    """'line N: problem' from a PyYAML error, whose own str() spans several lines."""
+    mark = getattr(err, "problem_mark", None)
+    problem = getattr(err, "problem", None) or _first_line(err)
+    return f"line {mark.line + 1}: {problem}" if mark is not None else problem
+
+
+def _is_frame_shape(value):
+    # bool is an int subclass; `[True, True, 3]` is a typo, not a shape.
+    return (isinstance(value, (list, tuple)) and len(value) == 3
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value))
+
+
+def model_paths(model, config=None, checkpoint=None):
+    """Resolve (config_path, checkpoint_path) for `--model NAME`.
+
+    `NAME` maps to `config/NAME-256.yaml` and `checkpoint/NAME-cpk.pth.tar`
+    inside the repository (the folder of this file), whatever the current
+    directory is. An explicit `config` / `checkpoint` path wins over the name.
+    Only the config's existence is checked here, to list the known model names
+    in the error; the checkpoint is checked by whoever loads it (exported
+    targets never need it).
+    """
+    if model is None and (config is None or checkpoint is None):
+        raise UserError("--model is required unless both --config and --checkpoint are given")
+    if config is None:
+        config = os.path.join(REPO_DIR, "config", f"{model}-256.yaml")
+        if not os.path.isfile(config):
+            raise UserError(f"{config}: no config for model '{model}' "
+                            f"(known models: {', '.join(known_models()) or 'none'})")
+    if checkpoint is None:
+        checkpoint = os.path.join(REPO_DIR, "checkpoint", f"{model}-cpk.pth.tar")
+    return str(config), str(checkpoint)
+
+
+def known_models():
+    """Model names that have a `config/NAME-256.yaml`, sorted."""
+    suffix = "-256.yaml"
+    config_dir = os.path.join(REPO_DIR, "config")
+    names = os.listdir(config_dir) if os.path.isdir(config_dir) else []
+    return sorted(name[:-len(suffix)] for name in names if name.endswith(suffix))
+
+
+# ----------------------------------------------------------------------------
+# 3. Images and frames
+# ----------------------------------------------------------------------------
+
+def read_image(path, frame_shape):
+    """Read an image file as float32 [H, W, 3] in [0, 1], H, W = frame_shape[:2].
+
+    For 8-bit RGB this is bit for bit the original demo.py:
+    `resize(imageio.imread(path), frame_shape[:2])[..., :3]` in float64, then
+    float32. Grayscale, gray+alpha, RGBA, palette, CMYK and 16-bit images are
+    converted (see `preprocess_frame`); anything imageio cannot decode raises
+    UserError.
+    """
+    path = str(path)
+    _require_file(path, "an image")
+    return preprocess_frame(_decode_image(path), frame_shape)
+
+
+def _decode_image(path):
+    """The first image in `path` as imageio returns it (any dtype, 2-D or HxWxC)."""
+    try:
+        image = imageio_v2.imread(path)
+        if image.ndim == 3 and image.shape[-1] == 4 and _is_cmyk(path):
+            # Pillow hands CMYK JPEGs over as raw ink channels; `[..., :3]`
+            # would then show C, M, Y as R, G, B. Let Pillow convert instead.
+            image = imageio_v3.imread(path, index=0, mode="RGB")
+    # imageio's plugins report undecodable input with many unrelated exception
+    # types (ValueError, OSError, SyntaxError, struct.error, ...); this wraps
+    # only the decode call, so nothing else is hidden.
+    except Exception as err:
+        raise UserError(f"{path}: not a readable image ({_first_line(err)})") from err
+    return np.asarray(image)
+
+
+def _is_cmyk(path):
+    """Whether Pillow reads `path` as CMYK; False for files Pillow does not handle."""
+    try:
+        return imageio_v3.immeta(path, index=0, plugin="pillow").get("mode") == "CMYK"
+    except (OSError, ValueError):
+        return False
+
+
+def preprocess_frame(frame, frame_shape):
+    """Resize one decoded image or video frame to float32 [H, W, 3] in [0, 1].
+
+    Resizing is skimage's `resize` with its defaults, exactly as demo.py does;
+    it also maps uint8 and uint16 to [0, 1]. Channels are fixed up after the
+    resize: skimage resizes each channel independently, so for RGB and RGBA
+    this is the original's `[..., :3]`, and for the rest (grayscale, gray+alpha)
+    it equals resizing the RGB version of the image.
+    """
+    frame = np.asarray(frame)
+    if frame.dtype == bool:
+        # 1-bit images: skimage refuses to interpolate bool data.
+        frame = frame.astype(np.float64)
+    height, width = (int(size) for size in frame_shape[:2])
+    resized = resize(frame, (height, width))
+    return _to_rgb(resized).astype(np.float32)
+
+
+def _to_rgb(image):
+    """[H, W] or [H, W, C] -> [H, W, 3]: gray is repeated, alpha and extras are dropped."""
+    if image.ndim == 2:
+        image = image[..., np.newaxis]
+    if image.shape[-1] < 3:
+        # 1 channel (L) or 2 channels (L + alpha): the first one is the luminance.
+        return np.repeat(image[..., :1], 3, axis=-1)
+    return image[..., :3]
+
+
+def to_uint8(frames):
+    """Float frames in [0, 1] -> uint8, exactly `skimage.img_as_ubyte` as demo.py writes them."""
+    return img_as_ubyte(np.asarray(frames))
+
+
+# ----------------------------------------------------------------------------
+# 4. Reading video as a stream
+# ----------------------------------------------------------------------------
+
+DEFAULT_FPS = 25.0  # when a container states neither a frame rate nor a frame duration
+
+
+class VideoSource:
+    """A video (mp4, gif, any format imageio reads) opened for streaming.
+
+    `fps` and `size` (width, height) are known on opening; iterating yields
+    raw HxWxC uint8 (or uint16) frames one at a time, decoded on demand, so
+    memory does not grow with the video's length. Each new iteration starts
+    again from the first frame. Use as a context manager or call `close()`.
+    """
+
+    def __init__(self, path):
+        self.path = str(path)
+        _require_file(self.path, "a video")
+        self._reader = None
+        self._open()
+        meta = self._reader.get_meta_data()
+        self.fps = _frames_per_second(meta)
+        self.size = (self._first.shape[1], self._first.shape[0])
+        self.frame_count = _estimate_frame_count(self._reader, meta, self.fps)
+        self._started = False
+
+    def _open(self):
+        """(Re)open the reader and decode the first frame, so that no frames is an error now."""
+        self.close()
+        try:
+            self._reader = imageio_v2.get_reader(self.path)
+        # As for images: imageio and its ffmpeg plugin signal unreadable input
+        # with assorted exception types, and this wraps only the open call.
+        except Exception as err:
+            raise UserError(f"{self.path}: not a readable video ({_describe_video_error(err)})") from err
+        self._frames = iter(self._reader)
+        try:
+            self._first = _as_hwc(next(self._frames))
+        except StopIteration:
+            self.close()
+            raise UserError(f"{self.path}: the video has no frames") from None
+        except (OSError, RuntimeError, ValueError) as err:
+            self.close()
+            raise UserError(f"{self.path}: cannot decode the first frame ({_first_line(err)})") from err
+
+    def __iter__(self):
+        if self._started:
+            self._open()
+        self._started = True
+        first, self._first = self._first, None
+        yield first
+        yield from self._remaining_frames()
+
+    def _remaining_frames(self):
+        count = 1
+        while True:
+            try:
+                frame = next(self._frames)
+            except StopIteration:
+                return
+            except RuntimeError as err:
+                # demo.py stops reading at a RuntimeError and animates the
+                # frames read so far (some encoders leave a broken tail).
+                warnings.warn(f"{self.path}: stopped after {count} frames ({_first_line(err)})")
+                return
+            except OSError as err:
+                raise UserError(f"{self.path}: cannot decode frame {count} ({_first_line(err)})") from err
+            count += 1
+            yield _as_hwc(frame)
+
+    def close(self):
+        """Stop the decoder (for ffmpeg, its subprocess). Safe to call twice."""
+        if self._reader is not None:
+            self._reader.close()
+            self._reader = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.close()
+        return False
+
+
+def open_video(path):
+    """Open `path` for streaming; see `VideoSource`. UserError if missing, unreadable or empty."""
+    return VideoSource(path)
+
+
+def iter_driving_frames(path, frame_shape, max_frames=None):
+    """Preprocessed driving frames (float32 [H, W, 3]), streamed, at most `max_frames`.
+
+    The video is opened before this returns, so a bad path fails here rather
+    than at the first `next()`; it is closed when the iteration ends.
+    """
+    video = open_video(path)
+    return _preprocessed_frames(video, frame_shape, max_frames)
+
+
+def _preprocessed_frames(video, frame_shape, max_frames):
+    with video:
+        for frame in itertools.islice(video, max_frames):
+            yield preprocess_frame(frame, frame_shape)
+
+
+def _as_hwc(frame):
+    frame = np.asarray(frame)
+    return frame[..., np.newaxis] if frame.ndim == 2 else frame
+
+
+def _frames_per_second(meta):
+    """Frame rate from imageio metadata: ffmpeg states `fps`; GIFs state `duration` in ms per frame."""
+    if "fps" in meta:
+        # ffmpeg's `duration` is the whole video's, in seconds: never read it as a frame duration.
+        return float(meta["fps"]) if _is_positive(meta["fps"]) else DEFAULT_FPS
+    duration_ms = meta.get("duration")
+    return 1000.0 / duration_ms if _is_positive(duration_ms) else DEFAULT_FPS
+
+
+def _is_positive(value):
+    """A finite number above zero (numpy scalars included)."""
+    return isinstance(value, numbers.Real) and math.isfinite(value) and value > 0
+
+
+def _estimate_frame_count(reader, meta, fps):
+    """Approximate number of frames, for progress bars only; None when unknown.
+
+    Frame-based readers (GIF) know their length; ffmpeg reports infinity and a
+    duration in seconds instead. Reading never stops at this count.
+    """
+    length = reader.get_length()
+    if math.isfinite(length):
+        return int(length)
+    seconds = meta.get("duration")
+    if _is_positive(seconds):
+        return max(1, round(seconds * fps))
+    return None
+
+
+def _describe_video_error(err):
+    """A one-line reason for a failed open; imageio's ffmpeg errors embed ffmpeg's whole log."""
+    text = str(err)
+    if "Input #0" in text and "Video:" not in text:
+        return "no video stream"
+    return _first_line(err)
+
+
+# ----------------------------------------------------------------------------
+# 5. Writing video, GIF or PNG frames atomically
+# ----------------------------------------------------------------------------
+
+MP4_QUALITY = 8  # imageio-ffmpeg's 0..10 scale; 8 is libx264 crf 10, visually lossless
+# Extensions whose container ffmpeg infers and which hold H.264; other names get an mp4 container.
+H264_CONTAINERS = (".mp4", ".m4v", ".mov", ".mkv", ".avi")
+FRAME_NAME = "frame_{:05d}.png"
+_FRAME_NAME_PATTERN = re.compile(r"frame_\d{5,}\.png")
+
+
+class FrameWriter:
+    """Streams uint8 RGB frames to a video, a GIF or a folder of PNGs, atomically.
+
+    The kind of output follows `output_path`:
+      * ends in '/' or is an existing directory -> lossless `frame_00000.png`,
+        `frame_00001.png`, ... in the order written;
+      * ends in '.gif' -> an animated GIF looping forever, frame duration 1000/fps ms
+        (imageio's Pillow writer holds GIF frames until the end; prefer mp4 or
+        PNG for long videos);
+      * anything else -> H.264 yuv420p via imageio-ffmpeg at `fps`
+        (container from the extension, mp4 when ffmpeg cannot infer one).
+        No resizing to macroblock multiples: yuv420p only needs even sides, so
+        an odd width or height is padded by one replicated edge pixel.
+
+    Frames go to a temporary name beside the destination, which is moved into
+    place only when the `with` block ends cleanly; if it raises, the temporary
+    is deleted and `output_path` is left as it was. With `audio_from` (a video
+    path), its first audio track, if any, is copied into a video output.
+    """
+
+    def __init__(self, output_path, fps, audio_from=None):
+        if not _is_positive(fps):
+            raise ValueError(f"fps must be a positive number, got {fps!r}")
+        output_path = str(output_path)
+        self.fps = float(fps)
+        self.audio_from = audio_from
+        self.frames_written = 0
+        self._frame_size = None
+        if output_path.endswith(("/", os.sep)) or os.path.isdir(output_path):
+            self.path = os.path.normpath(output_path)
+            self._check_replaceable_folder()
+            self._sink = _PngFolderSink(_make_temp(self.path, is_dir=True))
+        else:
+            self.path = output_path
+            _make_parent(self.path)
+            extension = os.path.splitext(self.path)[1].lower()
+            temp = _make_temp(self.path, is_dir=False)
+            if extension == ".gif":
+                self._sink = _GifSink(temp, self.fps)
+            else:
+                self._sink = _VideoSink(temp, self.fps, infer_container=extension in H264_CONTAINERS)
+        if audio_from is not None and not isinstance(self._sink, _VideoSink):
+            warnings.warn(f"{self.path}: GIF and PNG outputs carry no audio; not copying it")
+            self.audio_from = None
+
+    def _check_replaceable_folder(self):
+        if os.path.exists(self.path) and not os.path.isdir(self.path):
+            raise UserError(f"{self.path}: exists and is not a directory")
+        _check_only_frames(self.path)
+        _make_parent(self.path)
+
+    def write(self, frame):
+        """Append one frame: uint8 [H, W, 3], the same size every time."""
+        frame = np.asarray(frame)
+        if frame.dtype != np.uint8 or frame.ndim != 3 or frame.shape[-1] != 3:
+            raise ValueError(f"frames must be uint8 [H, W, 3], got {frame.dtype} {frame.shape}")
+        if self._frame_size is None:
+            self._frame_size = frame.shape
+        elif frame.shape != self._frame_size:
+            raise ValueError(f"frame {self.frames_written} is {frame.shape}, earlier ones {self._frame_size}")
+        try:
+            self._sink.write(frame)
+        except OSError as err:
+            raise UserError(f"{self.path}: cannot write frame {self.frames_written} ({_first_line(err)})") from err
+        self.frames_written += 1
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        if exc_type is None:
+            self._commit()
+        else:
+            self._sink.discard()
+        return False
+
+    def _commit(self):
+        if self.frames_written == 0:
+            self._sink.discard()
+            raise UserError(f"{self.path}: no frames to write")
+        try:
+            self._sink.finish()
+            if self.audio_from is not None:
+                self._sink.add_audio(self.audio_from, self.frames_written / self.fps)
+            self._sink.move_to(self.path)
+        except OSError as err:
+            self._sink.discard()
+            raise UserError(f"{self.path}: cannot write output ({_first_line(err)})") from err
+        except BaseException:
+            self._sink.discard()
+            raise
+
+
+class _PngFolderSink:
+    """Lossless frames in a temporary folder, swapped in for the destination at the end."""
+
+    def __init__(self, temp_dir):
+        self.temp = temp_dir
+        self._index = 0
+
+    def write(self, frame):
+        imageio_v3.imwrite(os.path.join(self.temp, FRAME_NAME.format(self._index)), frame)
+        self._index += 1
+
+    def finish(self):
+        pass
+
+    def move_to(self, path):
+        if not os.path.exists(path):
+            os.rename(self.temp, path)
+            return
+        _check_only_frames(path)  # again: files may have appeared while rendering
+        # A folder cannot be atomically replaced by another one, so the old one
+        # (checked to hold only earlier frames) is renamed aside first and
+        # deleted once the new frames are in place.
+        old = _make_temp(path, is_dir=True)
+        os.rmdir(old)
+        os.rename(path, old)
+        os.rename(self.temp, path)
+        shutil.rmtree(old)
+
+    def discard(self):
+        shutil.rmtree(self.temp, ignore_errors=True)
+
+
+def _check_only_frames(folder):
+    """Refuse to replace a folder holding anything but the frames of an earlier run."""
+    if not os.path.isdir(folder):
+        return
+    foreign = sorted(name for name in os.listdir(folder) if not _FRAME_NAME_PATTERN.fullmatch(name))
+    if foreign:
+        raise UserError(f"{folder}: directory holds files other than frame_NNNNN.png "
+                        f"(e.g. {foreign[0]}); refusing to replace it")
+
+
+class _FileSink:
+    """A sink writing one temporary file that is renamed over the destination at the end."""
+
+    def __init__(self, temp):
+        self.temp = temp
+
+    def move_to(self, path):
+        if not os.path.isfile(self.temp) or os.path.getsize(self.temp) == 0:
+            raise OSError("the encoder produced no data")
+        os.replace(self.temp, path)
+
+    def discard(self):
+        self.finish_quietly()
+        if os.path.exists(self.temp):
+            os.remove(self.temp)
+
+    def finish_quietly(self):
+        """Release the encoder without caring whether its output is usable."""
+
+
+class _GifSink(_FileSink):
+    def __init__(self, temp, fps):
+        super().__init__(temp)
+        self._duration_ms = 1000.0 / fps
+        self._file = imageio_v3.imopen(temp, "w", plugin="pillow")
+
+    def write(self, frame):
+        self._file.write(frame, duration=self._duration_ms, loop=0, is_batch=False)
+
+    def finish(self):
+        file, self._file = self._file, None
+        if file is not None:
+            file.close()
+
+    def finish_quietly(self):
+        # imageio's Pillow plugin buffers frames and encodes them all on close
+        # (also from __del__); emptying its buffer first skips that work.
+        if self._file is not None:
+            self._file.images_to_write.clear()
+        self.finish()
+
+
+class _VideoSink(_FileSink):
+    """H.264 through an ffmpeg subprocess fed raw RGB frames."""
+
+    def __init__(self, temp, fps, infer_container):
+        super().__init__(temp)
+        self._fps = fps
+        self._output_params = [] if infer_container else ["-f", "mp4"]
+        self._encoder = None
+
+    def write(self, frame):
+        frame = _pad_to_even(frame)
+        if self._encoder is None:
+            height, width = frame.shape[:2]
+            self._encoder = imageio_ffmpeg.write_frames(
+                self.temp, (width, height), fps=self._fps, quality=MP4_QUALITY,
+                codec="libx264", pix_fmt_out="yuv420p", macro_block_size=1,
+                output_params=self._output_params)
+            self._encoder.send(None)  # start ffmpeg
+        self._encoder.send(np.ascontiguousarray(frame).tobytes())
+
+    def finish(self):
+        encoder, self._encoder = self._encoder, None
+        if encoder is not None:
+            encoder.close()  # waits for ffmpeg to flush and exit
+
+    def finish_quietly(self):
+        self.finish()
+
+    def add_audio(self, audio_from, seconds):
+        """Copy the first audio track of `audio_from`, if it has one, into the finished video.
+
+        Both streams are copied without re-encoding, cut to the video's length
+        (`--frames` may shorten it). If ffmpeg fails (e.g. the codec does not
+        fit the container), the video is kept silent with a warning, as the
+        original demo.py does.
+        """
+        root, extension = os.path.splitext(self.temp)
+        muxed = f"{root}.audio{extension}"
+        command = [imageio_ffmpeg.get_ffmpeg_exe(), "-y", "-v", "error",
+                   "-i", self.temp, "-i", str(audio_from),
+                   "-map", "0:v:0", "-map", "1:a:0?", "-c", "copy", "-t", f"{seconds:.6f}",
+                   *self._output_params, muxed]
+        result = subprocess.run(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        if result.returncode != 0:
+            if os.path.exists(muxed):
+                os.remove(muxed)
+            warnings.warn(f"{audio_from}: audio not copied ({_first_line(result.stderr or 'ffmpeg failed')})")
+            return
+        os.replace(muxed, self.temp)
+
+
+def _pad_to_even(frame):
+    """Pad odd heights/widths by one replicated edge pixel: yuv420p needs even sides."""
+    height, width = frame.shape[:2]
+    if height % 2 == 0 and width % 2 == 0:
+        return frame
+    return np.pad(frame, ((0, height % 2), (0, width % 2), (0, 0)), mode="edge")
+
+
+def _make_parent(path):
+    parent = os.path.dirname(os.path.abspath(path))
+    try:
+        os.makedirs(parent, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{path}: cannot create the folder {parent} ({_first_line(err)})") from err
+
+
+def _make_temp(path, is_dir):
+    """A new, uniquely named file or folder beside `path`, with normal permissions.
+
+    Its name is `<name>.tmp<random><extension>`: beside the destination so the
+    final rename stays on one filesystem (atomic), and keeping the extension so
+    ffmpeg and Pillow pick the right format.
+    """
+    parent, name = os.path.split(os.path.abspath(path))
+    extension = "" if is_dir else os.path.splitext(name)[1]
+    try:
+        if is_dir:
+            temp = tempfile.mkdtemp(prefix=f"{name}.tmp", dir=parent)
+        else:
+            handle, temp = tempfile.mkstemp(prefix=f"{name}.tmp", suffix=extension, dir=parent)
+            os.close(handle)
+    except OSError as err:
+        raise UserError(f"{path}: cannot write there ({_first_line(err)})") from err
+    # mkstemp/mkdtemp create private (0600/0700) entries; the result should
+    # have the permissions any other new file gets.
+    os.chmod(temp, (0o777 if is_dir else 0o666) & ~_current_umask())
+    return temp
+
+
+def _current_umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# ----------------------------------------------------------------------------
+# 6. Output naming
+# ----------------------------------------------------------------------------
+
+DEFAULT_OUTPUT = os.path.join("output", "result")
+
+
+def output_path(output, source_image, driving_video, mode, dontappend):
+    """The path run.py writes to, from `--output` (default `output/result`).
+
+    Rules, in order:
+      * a name ending in '/' or naming an existing directory is a folder of PNG
+        frames and is returned with a trailing '/';
+      * a name with an extension (`.mp4`, `.gif`, ...) is used as given;
+      * a name without one gets `_<mode>.mp4` appended (`output/result` ->
+        `output/result_animate.mp4`), unless `dontappend`, in which case it is
+        used as given and written as mp4.
+    Writing over `source_image` or `driving_video` is refused with UserError,
+    since the render would destroy its own input.
+    """
+    output = str(output) if output else DEFAULT_OUTPUT
+    if output.endswith(("/", os.sep)) or os.path.isdir(output):
+        path = output.rstrip("/" + os.sep) + "/"
+    elif os.path.splitext(output)[1] or dontappend:
+        path = output
+    else:
+        path = f"{output}_{mode}.mp4"
+    for role, input_path in (("source image", source_image), ("driving video", driving_video)):
+        if input_path is not None and _same_path(path, input_path):
+            raise UserError(f"{path}: output would overwrite the {role}")
+    return path
+
+
+def _same_path(first, second):
+    return os.path.realpath(first.rstrip("/" + os.sep) or "/") == os.path.realpath(str(second))
