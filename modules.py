@@ -20,6 +20,8 @@ import numpy as np
 import tensorflow as tf
 import keras
 
+import checkpoint_loader
+
 
 # --------------------------------------------------------------------------------------------------
 # Config: one parsed object instead of keyword arguments threaded through every constructor.
@@ -617,7 +619,21 @@ def _track_raw_variables(module, model):
     module._vars = [v.value for v in model.variables]
 
 
-class KPDetectorModule(tf.Module):
+class SignatureModule(tf.Module):
+    """A tf.Module whose `__call__` is a tf.function with a fixed input signature built per config.
+
+    The signature depends on the config (frame shape, jacobians), so it is created in __init__ and
+    stored on the instance, where tf.saved_model.save finds it; calling the module forwards to it.
+    """
+
+    def _set_signature(self, function, specs):
+        self.__call__ = tf.function(function, input_signature=specs)
+
+    def __call__(self, *args, **kwargs):
+        return self.__dict__["__call__"](*args, **kwargs)
+
+
+class KPDetectorModule(SignatureModule):
     """img [B, H, W, C] -> value [B, K, 2], jacobian [B, K, 2, 2]."""
 
     def __init__(self, model: KPDetector, batch_size=None):
@@ -626,14 +642,13 @@ class KPDetectorModule(tf.Module):
         self.config = model.config
         _track_raw_variables(self, model)
         h, w, c = self.config.frame_shape
-        self.__call__ = tf.function(self._call, input_signature=[tf.TensorSpec([batch_size, h, w, c], tf.float32,
-                                                                               name="img")])
+        self._set_signature(self._call, [tf.TensorSpec([batch_size, h, w, c], tf.float32, name="img")])
 
     def _call(self, img):
         return self.model(img)
 
 
-class ProcessKpDrivingModule(tf.Module):
+class ProcessKpDrivingModule(SignatureModule):
     """Relative keypoints for the generator (the original's normalize_kp), all in-graph."""
 
     def __init__(self, config: ModelConfig, batch_size=None):
@@ -643,8 +658,7 @@ class ProcessKpDrivingModule(tf.Module):
                  + _kp_specs(config, 1, "kp_source")
                  + [tf.TensorSpec([], tf.float32, name="use_relative_jacobian"),
                     tf.TensorSpec([], tf.float32, name="adapt_movement_scale")])
-        self.__call__ = tf.function(self._call_first_order if config.estimate_jacobian else self._call_zero_order,
-                                    input_signature=specs)
+        self._set_signature(self._call_first_order if config.estimate_jacobian else self._call_zero_order, specs)
 
     def _call_first_order(self, kp_driving, kp_driving_jacobian, kp_driving_initial, kp_driving_initial_jacobian,
                           kp_source, kp_source_jacobian, use_relative_jacobian, adapt_movement_scale):
@@ -658,7 +672,7 @@ class ProcessKpDrivingModule(tf.Module):
                                   use_relative_jacobian, adapt_movement_scale)
 
 
-class GeneratorModule(tf.Module):
+class GeneratorModule(SignatureModule):
     """source_image [1, H, W, C] + keypoints -> prediction [B, H, W, C] (+ mask, occlusion_map, deformed)."""
 
     def __init__(self, model: OcclusionAwareGenerator, batch_size=None, prediction_only=False):
@@ -670,8 +684,8 @@ class GeneratorModule(tf.Module):
         h, w, c = self.config.frame_shape
         specs = ([tf.TensorSpec([1, h, w, c], tf.float32, name="source_image")]
                  + _kp_specs(self.config, batch_size, "kp_driving") + _kp_specs(self.config, 1, "kp_source"))
-        self.__call__ = tf.function(self._call_first_order if self.config.estimate_jacobian
-                                    else self._call_zero_order, input_signature=specs)
+        self._set_signature(self._call_first_order if self.config.estimate_jacobian else self._call_zero_order,
+                            specs)
 
     def _outputs(self, result):
         keys = ("prediction",) if self.prediction_only else ("prediction", "mask", "occlusion_map", "deformed")
@@ -704,3 +718,23 @@ def create_generator(config: ModelConfig) -> OcclusionAwareGenerator:
     model = OcclusionAwareGenerator(config, name="generator")
     model(tf.zeros([1, *config.frame_shape]), _zero_kp(config, 1), _zero_kp(config, 1))
     return model
+
+
+def build_kp_detector(config: ModelConfig, state_dicts, where="checkpoint", batch_size=None) -> KPDetectorModule:
+    """KPDetectorModule with weights from checkpoint_loader.load_state_dicts(path)."""
+    model = create_kp_detector(config)
+    checkpoint_loader.load_kp_detector_weights(model, state_dicts, where)
+    return KPDetectorModule(model, batch_size)
+
+
+def build_generator(config: ModelConfig, state_dicts, where="checkpoint", batch_size=None,
+                    prediction_only=False) -> GeneratorModule:
+    """GeneratorModule with weights from checkpoint_loader.load_state_dicts(path)."""
+    model = create_generator(config)
+    checkpoint_loader.load_generator_weights(model, state_dicts, where)
+    return GeneratorModule(model, batch_size, prediction_only)
+
+
+def build_process_kp_driving(config: ModelConfig, batch_size=None) -> ProcessKpDrivingModule:
+    """ProcessKpDrivingModule (no weights)."""
+    return ProcessKpDrivingModule(config, batch_size)

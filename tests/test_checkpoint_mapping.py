@@ -1,0 +1,89 @@
+"""Fixture checkpoints (written by torch.save) load torch-free, in both formats, into every Keras weight."""
+import numpy as np
+import pytest
+
+import checkpoint_loader
+import modules
+
+from conftest import FIXTURE_NAMES, load_fixture
+
+
+def flatten(state_dicts):
+    return {f"{part}.{key}": value for part, sd in state_dicts.items() for key, value in sd.items()}
+
+
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_legacy_and_zip_formats_read_identically(name):
+    fx = load_fixture(name)
+    legacy = flatten(checkpoint_loader.load_state_dicts(fx.checkpoint("legacy")))
+    zipped = flatten(checkpoint_loader.load_state_dicts(fx.checkpoint("zip")))
+    assert legacy.keys() == zipped.keys()
+    for key in legacy:
+        assert legacy[key].dtype == zipped[key].dtype
+        np.testing.assert_array_equal(legacy[key], zipped[key], err_msg=key)
+
+
+def test_training_state_is_ignored():
+    fx = load_fixture(FIXTURE_NAMES[0])
+    raw = checkpoint_loader.read_checkpoint(fx.checkpoint())
+    assert {"discriminator", "optimizer_generator", "epoch"} <= set(raw)  # what the published files carry
+    assert set(checkpoint_loader.load_state_dicts(fx.checkpoint())) == {"kp_detector", "generator"}
+
+
+@pytest.mark.parametrize("fmt", ["legacy", "zip"])
+def test_loadwithtorch_reads_the_same_tensors(fmt):
+    pytest.importorskip("torch")
+    fx = load_fixture(FIXTURE_NAMES[0])
+    ours = flatten(checkpoint_loader.load_state_dicts(fx.checkpoint(fmt)))
+    torch_loaded = flatten(checkpoint_loader.load_state_dicts(fx.checkpoint(fmt), use_torch=True))
+    assert ours.keys() == torch_loaded.keys()
+    for key in ours:
+        np.testing.assert_array_equal(ours[key], torch_loaded[key], err_msg=key)
+
+
+def fresh_models(fx):
+    config = fx.config()
+    return modules.create_kp_detector(config), modules.create_generator(config)
+
+
+def test_every_keras_weight_is_filled_from_the_checkpoint():
+    fx = load_fixture(FIXTURE_NAMES[0])
+    state = checkpoint_loader.load_state_dicts(fx.checkpoint())
+    kp_detector, generator = fresh_models(fx)
+    checkpoint_loader.load_kp_detector_weights(kp_detector, state, "fixture")
+    checkpoint_loader.load_generator_weights(generator, state, "fixture")
+    bn = generator.first.norm
+    np.testing.assert_array_equal(bn.moving_mean.numpy(), state["generator"]["first.norm.running_mean"])
+    kernel = generator.final.kernel.numpy()
+    np.testing.assert_array_equal(kernel, state["generator"]["final.weight"].transpose(2, 3, 1, 0))
+
+
+def test_missing_key_is_named():
+    fx = load_fixture(FIXTURE_NAMES[0])
+    state = checkpoint_loader.load_state_dicts(fx.checkpoint())
+    del state["generator"]["final.bias"]
+    _, generator = fresh_models(fx)
+    with pytest.raises(checkpoint_loader.CheckpointError, match=r"missing key final\.bias"):
+        checkpoint_loader.load_generator_weights(generator, state, "fixture")
+
+
+def test_unused_key_is_named():
+    fx = load_fixture(FIXTURE_NAMES[0])
+    state = checkpoint_loader.load_state_dicts(fx.checkpoint())
+    state["kp_detector"]["extra.weight"] = np.zeros((3, 3), np.float32)
+    kp_detector, _ = fresh_models(fx)
+    with pytest.raises(checkpoint_loader.CheckpointError, match=r"unexpected key extra\.weight with shape \[3, 3\]"):
+        checkpoint_loader.load_kp_detector_weights(kp_detector, state, "fixture")
+
+
+def test_shape_mismatch_names_key_and_both_shapes():
+    fx = load_fixture(FIXTURE_NAMES[0])
+    state = checkpoint_loader.load_state_dicts(fx.checkpoint())
+    weight = state["kp_detector"]["kp.weight"]
+    state["kp_detector"]["kp.weight"] = weight[:-1]
+    kp_detector, _ = fresh_models(fx)
+    wrong, right = list(weight[:-1].shape), list(weight.shape)
+    with pytest.raises(checkpoint_loader.CheckpointError,
+                       match=rf"kp\.weight has shape \[{', '.join(map(str, wrong))}\] but the config needs "
+                             rf"\[{', '.join(map(str, right))}\]"):
+        checkpoint_loader.load_kp_detector_weights(kp_detector, state, "fixture")

@@ -1,0 +1,515 @@
+"""Tests for checkpoint_loader: the torch-free reader of torch.save files.
+
+Files are generated at test time: with PyTorch for round trips (those tests
+skip when torch is missing), and with a tiny hand-made pickler for refusals
+and damaged files, which therefore run without torch.
+"""
+
+import collections
+import io
+import pickle
+import struct
+import subprocess
+import sys
+import tarfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # let plain `pytest` find the module too
+    sys.path.insert(0, str(ROOT))
+
+from checkpoint_loader import CheckpointError, load_with_torch, read_checkpoint  # noqa: E402
+
+FORMATS = ["legacy", "zip"]
+
+
+# ---- hand-made torch-like pickles (no torch needed) ----
+
+class Global:
+    """A module-level name written as a GLOBAL opcode without importing it."""
+
+    def __init__(self, module, name):
+        self.module, self.name = module, name
+
+    def __call__(self, *args):  # pickle only reduces callables
+        raise AssertionError("never called")
+
+
+class Call:
+    """Pickles as REDUCE: ``func(*args)`` on load."""
+
+    def __init__(self, func, *args):
+        self.func, self.args = func, args
+
+
+class Storage:
+    """Pickles as a torch persistent id for storage ``key`` (``view``: old
+    storage slices, (view key, offset, size))."""
+
+    def __init__(self, key, numel, type_name="FloatStorage", view=None):
+        self.key, self.numel, self.type_name, self.view = key, numel, type_name, view
+
+
+def tensor(storage, offset, size, stride):
+    """A _rebuild_tensor_v2 call as torch writes it."""
+    return Call(Global("torch._utils", "_rebuild_tensor_v2"), storage, offset, size, stride,
+                False, Call(Global("collections", "OrderedDict")))
+
+
+class HandPickler(pickle._Pickler):
+    """Pure-Python pickler that writes Global/Call/Storage like torch.save does."""
+
+    def persistent_id(self, obj):
+        if isinstance(obj, Storage):
+            pid = ("storage", Global("torch", obj.type_name), obj.key, "cpu", obj.numel)
+            return pid if obj.view is None else pid + (obj.view,)
+        return None
+
+    def reducer_override(self, obj):
+        if isinstance(obj, Call):
+            return obj.func, obj.args
+        return NotImplemented
+
+    def save(self, obj, save_persistent_id=True):
+        if isinstance(obj, Global):
+            self.write(pickle.GLOBAL + f"{obj.module}\n{obj.name}\n".encode())
+            return
+        super().save(obj, save_persistent_id)
+
+
+def hand_pickle(obj):
+    buf = io.BytesIO()
+    HandPickler(buf, protocol=2).dump(obj)
+    return buf.getvalue()
+
+
+def write_legacy(path, obj, storages=(), little_endian=True):
+    """storages: (key, element count, raw bytes) in file order."""
+    with open(path, "wb") as f:
+        pickle.dump(0x1950A86A20F9469CFC6C, f, protocol=2)
+        pickle.dump(1001, f, protocol=2)
+        pickle.dump({"protocol_version": 1001, "little_endian": little_endian,
+                     "type_sizes": {"short": 2, "int": 4, "long": 4}}, f, protocol=2)
+        f.write(hand_pickle(obj))
+        pickle.dump([key for key, _, _ in storages], f, protocol=2)
+        for _, count, raw in storages:
+            f.write(struct.pack("<q" if little_endian else ">q", count))
+            f.write(raw)
+    return path
+
+
+def write_zip(path, obj, storages=(), byteorder="little", extra=()):
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", hand_pickle(obj))
+        zf.writestr("archive/byteorder", byteorder)
+        zf.writestr("archive/version", "3\n")
+        for key, _, raw in storages:
+            zf.writestr(f"archive/data/{key}", raw)
+        for name, data in extra:
+            zf.writestr(name, data)
+    return path
+
+
+def write_format(fmt, path, obj, storages=()):
+    return (write_legacy if fmt == "legacy" else write_zip)(path, obj, storages)
+
+
+def assert_refused(path, *fragments):
+    with pytest.raises(CheckpointError) as info:
+        read_checkpoint(path)
+    message = str(info.value)
+    assert message.startswith(str(path) + ": "), message
+    assert "\n" not in message
+    for fragment in fragments:
+        assert fragment in message, message
+    return message
+
+
+# ---- refusals and damaged files, without torch ----
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_refuses_os_system_and_runs_nothing(tmp_path, fmt):
+    canary = tmp_path / "canary"
+    evil = {"generator": Call(Global("os", "system"), f"touch {canary}"), "epoch": 1}
+    path = write_format(fmt, tmp_path / "evil.pth", evil)
+    message = assert_refused(path, "asks for os.system", "refusing")
+    assert "state dict never needs" in message
+    assert not canary.exists()
+
+
+@pytest.mark.parametrize("module,name", [
+    ("builtins", "eval"), ("__builtin__", "getattr"), ("subprocess", "Popen"),
+    ("posix", "system"), ("torch", "load"), ("numpy", "load"), ("torch._utils", "_rebuild_qtensor"),
+])
+def test_refuses_other_globals(tmp_path, module, name):
+    path = write_legacy(tmp_path / "evil.pth", [Call(Global(module, name), "x")])
+    assert_refused(path, f"asks for {module}.{name}")
+
+
+def test_refused_module_is_never_imported(tmp_path, monkeypatch):
+    canary = tmp_path / "imported"
+    (tmp_path / "fomm_evil_canary.py").write_text(
+        f"open({str(canary)!r}, 'w').close()\nboom = print\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    for fmt in FORMATS:
+        path = write_format(fmt, tmp_path / f"evil_{fmt}.pth",
+                            Call(Global("fomm_evil_canary", "boom"), "hi"))
+        assert_refused(path, "fomm_evil_canary.boom")
+    assert not canary.exists()
+    assert "fomm_evil_canary" not in sys.modules
+
+
+def test_refuses_persistent_id_for_torch_load(tmp_path):
+    # the storage "type" slot must be a storage class, not any global
+    obj = tensor(Storage("0", 1, type_name="load"), 0, (1,), (1,))
+    path = write_zip(tmp_path / "bad.pth", obj, [("0", 1, b"\0" * 4)])
+    assert_refused(path, "asks for torch.load")
+
+
+def test_missing_file(tmp_path):
+    assert_refused(tmp_path / "nope.pth.tar", "cannot read")
+
+
+def test_empty_file(tmp_path):
+    path = tmp_path / "empty.pth"
+    path.write_bytes(b"")
+    assert_refused(path, "empty file")
+
+
+def test_png_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "picture.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0\0\0\rIHDR" + bytes(40))
+    assert_refused(path, "not a PyTorch checkpoint")
+
+
+def test_plain_pickle_is_not_a_checkpoint(tmp_path):
+    path = tmp_path / "plain.pkl"
+    path.write_bytes(pickle.dumps({"a": 1}, protocol=2))
+    assert_refused(path, "magic number")
+
+
+def test_tar_format_refused(tmp_path):
+    path = tmp_path / "old.pth"
+    with tarfile.open(path, "w") as tar:
+        info = tarfile.TarInfo("sys_info")
+        info.size = 3
+        tar.addfile(info, io.BytesIO(b"abc"))
+    assert_refused(path, "tar-format")
+
+
+def test_bad_zip(tmp_path):
+    path = tmp_path / "bad.pth"
+    path.write_bytes(b"PK\x03\x04" + bytes(100))
+    assert_refused(path, "zip archive")
+
+
+def test_zip_without_data_pkl(tmp_path):
+    path = tmp_path / "other.zip"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("photos/cat.jpg", b"meow")
+    assert_refused(path, "data.pkl")
+
+
+def test_zip_member_with_dotdot_refused(tmp_path):
+    path = write_zip(tmp_path / "x.pth", {"epoch": 1}, extra=[("archive/../../etc/passwd", b"x")])
+    assert_refused(path, "escapes the archive")
+
+
+def test_zip_ignores_unreferenced_members(tmp_path):
+    path = write_zip(tmp_path / "x.pth", {"epoch": 1},
+                     extra=[("archive/data/99", b"junk"), ("archive/.data/serialization_id", b"1")])
+    assert read_checkpoint(path) == {"epoch": 1}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_huge_declared_storage_refused_quickly(tmp_path, fmt):
+    numel = 10**12
+    obj = {"w": tensor(Storage("0", numel), 0, (numel,), (1,))}
+    path = tmp_path / "huge.pth"
+    if fmt == "legacy":
+        write_legacy(path, obj, [("0", numel, bytes(64))])
+    else:
+        write_zip(path, obj, [("0", numel, bytes(64))])
+    start = time.perf_counter()
+    assert_refused(path, "truncated", str(4 * numel))
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("offset,size,stride,shown", [
+    (0, (3, 4), (4, 1), "(3, 4)"),        # needs 12 elements, storage has 10
+    (8, (4,), (1,), "(4,)"),              # offset pushes the end out
+    (0, (2, 2), (9, 1), "(2, 2)"),        # stride jumps out
+    (11, (), (), "()"),                   # scalar past the end
+])
+def test_out_of_bounds_views_refused(tmp_path, fmt, offset, size, stride, shown):
+    obj = {"w": tensor(Storage("0", 10), offset, size, stride)}
+    path = write_format(fmt, tmp_path / "oob.pth", obj, [("0", 10, bytes(40))])
+    assert_refused(path, f"tensor of shape {shown}", "storage '0'")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_expansion_bomb_refused(tmp_path, fmt):
+    obj = {"w": tensor(Storage("0", 1), 0, (10**6, 10**6), (0, 0))}
+    path = write_format(fmt, tmp_path / "bomb.pth", obj, [("0", 1, bytes(4))])
+    assert_refused(path, "expand")
+
+
+def test_missing_storage_key(tmp_path):
+    obj = {"w": tensor(Storage("7", 2), 0, (2,), (1,))}
+    zipped = write_zip(tmp_path / "z.pth", obj, [("0", 2, bytes(8))])
+    assert_refused(zipped, "missing storage key '7'")
+    assert_refused(write_legacy(tmp_path / "l.pth", obj, [("0", 2, bytes(8))]), "'7'")
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_truncated_handmade_file(tmp_path, fmt):
+    obj = {"w": tensor(Storage("0", 100), 0, (100,), (1,))}
+    path = write_format(fmt, tmp_path / "t.pth", obj, [("0", 100, bytes(400))])
+    data = path.read_bytes()
+    for cut in (len(data) - 50, len(data) // 2, 20, 3):
+        path.write_bytes(data[:cut])
+        assert_refused(path)
+
+
+def test_handmade_shared_storage_without_torch(tmp_path):
+    raw = np.arange(12, dtype="<f4").tobytes()
+    store = Storage("0", 12)
+    obj = collections.OrderedDict(
+        full=tensor(store, 0, (3, 4), (4, 1)),
+        col=tensor(store, 1, (3,), (4,)),
+        tail=tensor(store, 10, (2,), (1,)))
+    expected = np.arange(12, dtype=np.float32).reshape(3, 4)
+    for fmt in FORMATS:
+        out = read_checkpoint(write_format(fmt, tmp_path / f"s_{fmt}.pth", obj, [("0", 12, raw)]))
+        assert type(out) is collections.OrderedDict
+        np.testing.assert_array_equal(out["full"], expected)
+        np.testing.assert_array_equal(out["col"], expected[:, 1])
+        np.testing.assert_array_equal(out["tail"], [10, 11])
+        assert all(a.flags.owndata and a.flags.c_contiguous for a in out.values())
+
+
+def test_old_storage_views_and_rebuild_forms(tmp_path):
+    # storage slices (PyTorch 0.x legacy files), _rebuild_tensor (0.4) and parameters
+    raw = np.arange(12, dtype="<i8").tobytes()
+    sliced = Storage("0", 12, "LongStorage", view=("1", 4, 6))  # elements 4..9
+    obj = {
+        "v1": Call(Global("torch._utils", "_rebuild_tensor"), sliced, 1, (3,), (2,)),
+        "param": Call(Global("torch._utils", "_rebuild_parameter"),
+                      tensor(Storage("0", 12, "LongStorage"), 0, (2, 2), (1, 2)), True,
+                      Call(Global("collections", "OrderedDict"))),
+    }
+    out = read_checkpoint(write_legacy(tmp_path / "old.pth", obj, [("0", 12, raw)]))
+    np.testing.assert_array_equal(out["v1"], [5, 7, 9])
+    np.testing.assert_array_equal(out["param"], [[0, 2], [1, 3]])
+    assert out["v1"].dtype == np.int64
+
+    outside = {"v": tensor(Storage("0", 12, "LongStorage", view=("1", 10, 6)), 0, (1,), (1,))}
+    assert_refused(write_legacy(tmp_path / "bad.pth", outside, [("0", 12, raw)]), "storage view")
+    # a slice cannot widen what the tensor may reach
+    beyond = {"v": tensor(sliced, 5, (2,), (1,))}
+    path = write_legacy(tmp_path / "bad2.pth", beyond, [("0", 12, raw)])
+    assert_refused(path, "tensor of shape (2,)")
+
+
+def test_big_endian_files(tmp_path):
+    values = np.array([1.5, -2.0, 3.25], dtype=np.float32)
+    raw = values.astype(">f4").tobytes()
+    obj = {"w": tensor(Storage("0", 3), 0, (3,), (1,))}
+    out = read_checkpoint(write_zip(tmp_path / "z.pth", obj, [("0", 3, raw)], byteorder="big"))
+    np.testing.assert_array_equal(out["w"], values)
+    assert out["w"].dtype == np.float32 and out["w"].dtype.isnative
+    path = write_legacy(tmp_path / "l.pth", obj, [("0", 3, raw)], little_endian=False)
+    out = read_checkpoint(path)
+    np.testing.assert_array_equal(out["w"], values)
+
+
+@pytest.mark.parametrize("body,fragment", [
+    (b"\x80\x02]r\xff\xff\xff\xff.", "memo index 4294967295"),          # LONG_BINPUT 2**32-1
+    (b"\x80\x05\x96" + struct.pack("<Q", 2**40) + b".", "truncated"),   # 1 TiB bytearray
+    (b"\x80\x02X\xff\xff\xff\x7f", "truncated"),                       # 2 GiB string, 0 bytes
+])
+def test_forged_pickle_lengths_refused_before_allocating(tmp_path, body, fragment):
+    path = tmp_path / "forged.pth"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", body)
+    start = time.perf_counter()
+    assert_refused(path, fragment)
+    legacy = tmp_path / "forged_legacy.pth"
+    legacy.write_bytes(pickle.dumps(0x1950A86A20F9469CFC6C, protocol=2) + body)
+    assert_refused(legacy, fragment)
+    assert time.perf_counter() - start < 1.0
+
+
+def test_stand_ins_cannot_be_modified_by_build(tmp_path):
+    # GLOBAL torch._utils._rebuild_tensor_v2, then BUILD with a state: must be refused
+    body = b"\x80\x02ctorch._utils\n_rebuild_tensor_v2\n}b."
+    path = write_zip(tmp_path / "b.pth", None)
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("archive/data.pkl", body)
+    assert_refused(path, "modify")
+
+
+def test_load_with_torch_without_torch(tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)  # makes `import torch` fail
+    with pytest.raises(CheckpointError, match="needs PyTorch: pip install torch"):
+        load_with_torch(tmp_path / "x.pth")
+
+
+def test_reader_does_not_import_torch(tmp_path):
+    path = write_legacy(tmp_path / "l.pth", {"w": tensor(Storage("0", 1), 0, (1,), (1,))},
+                        [("0", 1, bytes(4))])
+    code = ("import sys, checkpoint_loader as c; c.read_checkpoint(sys.argv[1]); "
+            "assert 'torch' not in sys.modules, 'torch imported'")
+    subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True)
+
+
+# ---- round trips through real torch.save ----
+
+def save(torch, obj, path, fmt):
+    torch.save(obj, path, _use_new_zipfile_serialization=(fmt == "zip"))
+    return path
+
+
+def expected_array(torch, t):
+    t = t.detach()
+    if t.dtype == torch.bfloat16:
+        t = t.float()
+    return t.numpy()
+
+
+def assert_same(got, want):
+    """Deep comparison; arrays must match dtype/shape/values and own C memory."""
+    assert type(got) is type(want), (type(got), type(want))
+    if isinstance(want, np.ndarray):
+        assert got.dtype == want.dtype and got.shape == want.shape
+        np.testing.assert_array_equal(got, want)
+        assert got.flags.c_contiguous and got.flags.owndata
+    elif isinstance(want, dict):
+        assert list(got) == list(want)
+        for key in want:
+            assert_same(got[key], want[key])
+    elif isinstance(want, (list, tuple)):
+        assert len(got) == len(want)
+        for g, w in zip(got, want):
+            assert_same(g, w)
+    else:
+        assert got == want
+
+
+def all_dtype_state(torch):
+    gen = torch.Generator().manual_seed(0)
+    base = torch.randn(3, 5, generator=gen)
+    state = collections.OrderedDict()
+    for dtype in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+        state[str(dtype)] = base.to(dtype)
+    for dtype in (torch.int64, torch.int32, torch.int16, torch.int8, torch.uint8):
+        state[str(dtype)] = (base * 40).to(dtype)
+    state["bool"] = base > 0
+    state["scalar"] = torch.tensor(2.5)
+    state["long_scalar"] = torch.tensor(7)
+    state["empty"] = torch.zeros(0, 4)
+    return state
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_roundtrip_every_dtype(tmp_path, fmt):
+    torch = pytest.importorskip("torch")
+    state = all_dtype_state(torch)
+    out = read_checkpoint(save(torch, state, tmp_path / "s.pth", fmt))
+    assert type(out) is collections.OrderedDict and list(out) == list(state)
+    for key, t in state.items():
+        assert_same(out[key], expected_array(torch, t))
+
+
+def test_roundtrip_uint16_via_untyped_storage(tmp_path):
+    torch = pytest.importorskip("torch")
+    t = torch.tensor([1, 2, 65535]).to(torch.uint16)
+    out = read_checkpoint(save(torch, {"u": t, "d": torch.float32}, tmp_path / "u.pth", "zip"))
+    assert_same(out["u"], np.array([1, 2, 65535], dtype=np.uint16))
+    assert repr(out["d"]) == "torch.float32"
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_roundtrip_parameters(tmp_path, fmt):
+    torch = pytest.importorskip("torch")
+    plain = torch.nn.Parameter(torch.arange(6.0).reshape(2, 3))
+    with_attr = torch.nn.Parameter(torch.ones(2, dtype=torch.float64), requires_grad=False)
+    with_attr.note = "extra python state"  # saved through _rebuild_parameter_with_state
+    out = read_checkpoint(save(torch, {"a": plain, "b": with_attr}, tmp_path / "p.pth", fmt))
+    assert_same(out["a"], np.arange(6, dtype=np.float32).reshape(2, 3))
+    assert_same(out["b"], np.ones(2))
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_roundtrip_non_contiguous_views(tmp_path, fmt):
+    torch = pytest.importorskip("torch")
+    base = torch.arange(60, dtype=torch.float32).reshape(6, 10)
+    views = collections.OrderedDict(
+        base=base,
+        transposed=base.t(),
+        offset_slice=base[2:5, 3:8],
+        every_other=base[::2, 1::3],
+        row=base[4],
+        shared_int=torch.arange(10)[3:],
+        expanded=torch.arange(3.0).expand(4, 3),
+    )
+    out = read_checkpoint(save(torch, views, tmp_path / "v.pth", fmt))
+    for key, t in views.items():
+        assert_same(out[key], expected_array(torch, t.contiguous()))
+
+
+def training_checkpoint(torch):
+    torch.manual_seed(0)
+    generator = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3), torch.nn.BatchNorm2d(4))
+    kp_detector = torch.nn.Linear(5, 2)
+    optimizer = torch.optim.Adam(generator.parameters(), lr=2e-4, betas=(0.5, 0.999))
+    generator(torch.randn(2, 3, 6, 6)).sum().backward()
+    optimizer.step()
+    return {
+        "generator": generator.state_dict(),
+        "kp_detector": kp_detector.state_dict(),
+        "optimizer_generator": optimizer.state_dict(),
+        "epoch": 3,
+    }
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_training_checkpoint_matches_load_with_torch(tmp_path, fmt):
+    torch = pytest.importorskip("torch")
+    ckpt = training_checkpoint(torch)
+    path = save(torch, ckpt, tmp_path / "vox-cpk.pth.tar", fmt)
+    out = read_checkpoint(path)
+    assert_same(out, load_with_torch(path))
+    assert type(out["generator"]) is collections.OrderedDict
+    assert out["epoch"] == 3
+    assert_same(out["generator"]["0.weight"], expected_array(torch, ckpt["generator"]["0.weight"]))
+    assert out["generator"]["1.num_batches_tracked"].dtype == np.int64
+    adam = out["optimizer_generator"]
+    assert adam["param_groups"][0]["betas"] == (0.5, 0.999)
+    assert set(adam["state"][0]) >= {"step", "exp_avg", "exp_avg_sq"}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_truncated_torch_file(tmp_path, fmt):
+    torch = pytest.importorskip("torch")
+    path = save(torch, all_dtype_state(torch), tmp_path / "t.pth", fmt)
+    data = path.read_bytes()
+    for cut in (len(data) - 1, len(data) - 100, len(data) // 2, 200, 30, 1):
+        path.write_bytes(data[:cut])
+        assert_refused(path)
+
+
+def test_load_with_torch_errors_are_one_line(tmp_path):
+    pytest.importorskip("torch")
+    path = tmp_path / "picture.png"
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(40))
+    with pytest.raises(CheckpointError) as info:
+        load_with_torch(path)
+    assert str(info.value).startswith(str(path) + ": torch.load failed")
+    assert "\n" not in str(info.value)
