@@ -18,11 +18,13 @@ class Models:
     process_kp_driving(kp_driving=..., kp_driving_initial=..., kp_source=..., use_relative_jacobian=,
     adapt_movement_scale=) -> {'value', 'jacobian'?}; generator(source_image=[1,H,W,C], kp_driving=...,
     kp_source=...) -> {'prediction', ...}. Jacobian arguments are named `<kp name>_jacobian`.
+    With `prescale`, kp_detector also returns 'source_image_scaled' and the generator takes it.
     """
     kp_detector: Callable
     process_kp_driving: Callable
     generator: Callable
     estimate_jacobian: bool
+    prescale: bool = False
 
 
 def kp_arguments(kp, name):
@@ -63,12 +65,24 @@ class Animator:
         self.batch_size = batch_size
         self.exact_batch = exact_batch
         self.source = np.asarray(source_image, np.float32)[None]  # [1, H, W, C]
-        self.kp_source = models.kp_detector(img=self.source)
+        self.kp_source, self.source_scaled = self.source_keypoints()
         self.kp_driving_initial = None
+
+    def source_keypoints(self):
+        """Source keypoints, and with prescale the downscaled source the generator reuses.
+
+        A kp_detector with a static batch size only takes full batches, so with exact_batch the
+        source is repeated to the batch size and the first result kept. The generator takes the
+        source as a batch of one whatever the batch size, so it is never tiled there.
+        """
+        source = pad_batch(self.source, self.batch_size) if self.exact_batch else self.source
+        out = {k: np.asarray(v)[:1] for k, v in self.models.kp_detector(img=source).items()}
+        scaled = out.pop("source_image_scaled", None)
+        return out, scaled if self.models.prescale else None
 
     def driving_keypoints(self, driving):
         """Keypoints the generator should follow for a batch of driving frames."""
-        kp_driving = self.models.kp_detector(img=driving)
+        kp_driving = {k: v for k, v in self.models.kp_detector(img=driving).items() if k in ("value", "jacobian")}
         if self.kp_driving_initial is None:
             self.kp_driving_initial = {k: v[:1] for k, v in kp_driving.items()}
         if not self.relative:
@@ -86,7 +100,8 @@ class Animator:
         if self.exact_batch:
             driving = pad_batch(driving, self.batch_size)
         kp_norm = self.driving_keypoints(np.asarray(driving, np.float32))
-        out = self.models.generator(source_image=self.source, **kp_arguments(kp_norm, "kp_driving"),
+        scaled = {} if self.source_scaled is None else {"source_image_scaled": self.source_scaled}
+        out = self.models.generator(source_image=self.source, **scaled, **kp_arguments(kp_norm, "kp_driving"),
                                     **kp_arguments(self.kp_source, "kp_source"))
         return {k: np.asarray(v)[:count] for k, v in out.items()}
 
@@ -99,15 +114,16 @@ def animate(models: Models, source_image, driving_frames: Iterable[np.ndarray], 
         yield from animator.animate_batch(driving)["prediction"]
 
 
-def direct_models(config, state_dicts, where="checkpoint") -> Models:
+def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Models:
     """Models for the direct target: the Keras models wrapped in their tf.Modules, in this process."""
     import modules
 
-    kp_detector = modules.build_kp_detector(config, state_dicts, where)
-    generator = modules.build_generator(config, state_dicts, where)
+    kp_detector = modules.build_kp_detector(config, state_dicts, where, prescale=prescale)
+    generator = modules.build_generator(config, state_dicts, where, prescale=prescale)
     process = modules.build_process_kp_driving(config)
 
     def numpy_call(module):
         return lambda **kwargs: {k: v.numpy() for k, v in module(**kwargs).items()}
 
-    return Models(numpy_call(kp_detector), numpy_call(process), numpy_call(generator), config.estimate_jacobian)
+    return Models(numpy_call(kp_detector), numpy_call(process), numpy_call(generator), config.estimate_jacobian,
+                  prescale)

@@ -395,19 +395,20 @@ class KPDetector(keras.Model):
     def call(self, image):
         feature_map = self.predictor(self.downsample(image))
         prediction = self.kp(feature_map)  # [B, h, w, K]
-        shape = tf.shape(prediction)
-        batch, height, width = shape[0], shape[1], shape[2]
-        num_kp = self.config.num_kp
-        heatmap = tf.nn.softmax(tf.reshape(prediction, [batch, -1, num_kp]) / self.temperature, axis=1)  # [B, hw, K]
-
+        batch = tf.shape(prediction)[0]
+        # Static h*w (not -1): with a dynamic batch, two unknown dims make TF Lite fall back to a Flex
+        # StridedSlice for the heatmap[..., None] below.
         hm_height, hm_width = prediction.shape[1], prediction.shape[2]
+        num_kp = self.config.num_kp
+        heatmap = tf.nn.softmax(tf.reshape(prediction, [batch, hm_height * hm_width, num_kp]) / self.temperature,
+                                axis=1)  # [B, hw, K]
         grid = tf.constant(make_coordinate_grid(hm_height, hm_width).reshape(-1, 2))  # [hw, 2]
         value = tf.matmul(heatmap, grid, transpose_a=True)  # [B, K, 2]
         out = {"value": value}
 
         if self.estimate_jacobian:
             jacobian_map = tf.reshape(self.jacobian(feature_map),
-                                      [batch, height * width, self.num_jacobian_maps, 4])  # [B, hw, J, 4]
+                                      [batch, hm_height * hm_width, self.num_jacobian_maps, 4])  # [B, hw, J, 4]
             jacobian = tf.reduce_sum(heatmap[..., None] * jacobian_map, axis=1)  # [B, K, 4]
             out["jacobian"] = tf.reshape(jacobian, [batch, num_kp, 2, 2])
         return out
@@ -602,6 +603,10 @@ def process_kp_driving(kp_driving, kp_driving_initial, kp_source, use_relative_j
 # 4. tf.Module wrappers with fixed signatures, and build_* functions
 # --------------------------------------------------------------------------------------------------
 
+# process_kp_driving's two float flags, in the order of build.py's --hardcode XY.
+HARDCODE_FLAGS = ("use_relative_jacobian", "adapt_movement_scale")
+
+
 def _kp_specs(config, batch, prefix):
     specs = [tf.TensorSpec([batch, config.num_kp, 2], tf.float32, name=prefix)]
     if config.estimate_jacobian:
@@ -609,8 +614,12 @@ def _kp_specs(config, batch, prefix):
     return specs
 
 
-def _kp_dict(value, jacobian=None):
-    return {"value": value} if jacobian is None else {"value": value, "jacobian": jacobian}
+def _kp_from(inputs, prefix):
+    """{'value', 'jacobian'?} from signature inputs named `prefix` and `prefix_jacobian`."""
+    kp = {"value": inputs[prefix]}
+    if f"{prefix}_jacobian" in inputs:
+        kp["jacobian"] = inputs[f"{prefix}_jacobian"]
+    return kp
 
 
 def _track_raw_variables(module, model):
@@ -619,84 +628,145 @@ def _track_raw_variables(module, model):
     module._vars = [v.value for v in model.variables]
 
 
-class SignatureModule(tf.Module):
-    """A tf.Module whose `__call__` is a tf.function with a fixed input signature built per config.
+def parse_hardcode(hardcode):
+    """--hardcode 'XY' -> {'use_relative_jacobian': float(X), 'adapt_movement_scale': float(Y)}; None -> {}."""
+    if hardcode is None:
+        return {}
+    if len(hardcode) != 2 or set(hardcode) - {"0", "1"}:
+        raise ConfigError(f"--hardcode takes two digits 0/1 (use_relative_jacobian, adapt_movement_scale), "
+                          f"got {hardcode!r}")
+    return {name: float(digit) for name, digit in zip(HARDCODE_FLAGS, hardcode)}
 
-    The signature depends on the config (frame shape, jacobians), so it is created in __init__ and
-    stored on the instance, where tf.saved_model.save finds it; calling the module forwards to it.
+
+def check_prescale(config: ModelConfig):
+    """--prescale reuses kp_detector's downscaled image in dense motion: both must downscale alike."""
+    kp_scale = config.kp_detector.scale_factor
+    dense_scale = config.generator.dense_motion.scale_factor
+    if kp_scale != dense_scale:
+        raise ConfigError(f"--prescale needs kp_detector_params.scale_factor ({kp_scale}) equal to "
+                          f"dense_motion_params.scale_factor ({dense_scale})")
+
+
+class SignatureModule(tf.Module):
+    """A tf.Module whose `signature_function` is a tf.function with a fixed input signature.
+
+    The signature depends on the config and the build options (frame shape, jacobians, prescale,
+    hardcoded flags), so subclasses build their TensorSpecs in __init__ (spec names are the SPEC's
+    signature names) and implement `compute(inputs: dict) -> dict`. The tf.function takes the inputs
+    positionally in spec order; calling the module takes them by name, like the exported signature.
     """
 
-    def _set_signature(self, function, specs):
-        self.__call__ = tf.function(function, input_signature=specs)
+    def _set_signature(self, specs):
+        self.input_specs = tuple(specs)
+        self.signature_function = tf.function(self._call_positional, input_signature=list(self.input_specs))
 
-    def __call__(self, *args, **kwargs):
-        return self.__dict__["__call__"](*args, **kwargs)
+    @property
+    def input_names(self):
+        return [spec.name for spec in self.input_specs]
+
+    def _call_positional(self, *tensors):
+        return self.compute(dict(zip(self.input_names, tensors)))
+
+    def __call__(self, **inputs):
+        unknown = sorted(set(inputs) - set(self.input_names))
+        if unknown:
+            raise TypeError(f"{self.name}: unexpected inputs {unknown}; the signature takes {self.input_names}")
+        return self.signature_function(*[inputs[name] for name in self.input_names])
+
+    def concrete_function(self):
+        """The traced signature function: what SavedModel serves as `serving_default`."""
+        return self.signature_function.get_concrete_function()
+
+    def export_root(self):
+        """The object to hand to tf.saved_model.save: only the raw variables the function captures.
+
+        Saving the module itself would also save the Keras model it holds, and Keras 3 traces a
+        one-input default signature for every model it saves, which fails for the generator.
+        """
+        root = tf.Module()
+        root._vars = list(getattr(self, "_vars", []))
+        return root
+
+
+def _scaled_image_spec(down_layer, frame_shape, name):
+    """TensorSpec [1, h, w, C] of what `down_layer` (an AntiAliasInterpolation2d, or None) makes of a frame."""
+    if down_layer is None:
+        return tf.TensorSpec([1, *frame_shape], tf.float32, name=name)
+    shape = down_layer(tf.zeros([1, *frame_shape])).shape
+    return tf.TensorSpec(shape, tf.float32, name=name)
 
 
 class KPDetectorModule(SignatureModule):
-    """img [B, H, W, C] -> value [B, K, 2], jacobian [B, K, 2, 2]."""
+    """img [B, H, W, C] -> value [B, K, 2], jacobian [B, K, 2, 2].
 
-    def __init__(self, model: KPDetector, batch_size=None):
+    With prescale it also returns `source_image_scaled`, the anti-aliased downscaled image the
+    hourglass saw, for a prescale generator to reuse instead of downscaling the source again.
+    """
+
+    def __init__(self, model: KPDetector, batch_size=None, prescale=False):
         super().__init__(name="kp_detector")
         self.model = model
         self.config = model.config
+        self.prescale = prescale
         _track_raw_variables(self, model)
-        h, w, c = self.config.frame_shape
-        self._set_signature(self._call, [tf.TensorSpec([batch_size, h, w, c], tf.float32, name="img")])
+        self._set_signature([tf.TensorSpec([batch_size, *self.config.frame_shape], tf.float32, name="img")])
 
-    def _call(self, img):
-        return self.model(img)
+    def compute(self, inputs):
+        out = dict(self.model(inputs["img"]))
+        if self.prescale:
+            out["source_image_scaled"] = self.model.downsample(inputs["img"])
+        return out
 
 
 class ProcessKpDrivingModule(SignatureModule):
-    """Relative keypoints for the generator (the original's normalize_kp), all in-graph."""
+    """Relative keypoints for the generator (the original's normalize_kp), all in-graph.
 
-    def __init__(self, config: ModelConfig, batch_size=None):
+    `hardcode` ('XY', see parse_hardcode) bakes use_relative_jacobian and adapt_movement_scale in
+    as constants and drops them from the inputs.
+    """
+
+    def __init__(self, config: ModelConfig, batch_size=None, hardcode=None):
         super().__init__(name="process_kp_driving")
         self.config = config
+        self.hardcoded = parse_hardcode(hardcode)
         specs = (_kp_specs(config, batch_size, "kp_driving") + _kp_specs(config, 1, "kp_driving_initial")
-                 + _kp_specs(config, 1, "kp_source")
-                 + [tf.TensorSpec([], tf.float32, name="use_relative_jacobian"),
-                    tf.TensorSpec([], tf.float32, name="adapt_movement_scale")])
-        self._set_signature(self._call_first_order if config.estimate_jacobian else self._call_zero_order, specs)
+                 + _kp_specs(config, 1, "kp_source"))
+        if not self.hardcoded:
+            specs += [tf.TensorSpec([], tf.float32, name=flag) for flag in HARDCODE_FLAGS]
+        self._set_signature(specs)
 
-    def _call_first_order(self, kp_driving, kp_driving_jacobian, kp_driving_initial, kp_driving_initial_jacobian,
-                          kp_source, kp_source_jacobian, use_relative_jacobian, adapt_movement_scale):
-        return process_kp_driving(_kp_dict(kp_driving, kp_driving_jacobian),
-                                  _kp_dict(kp_driving_initial, kp_driving_initial_jacobian),
-                                  _kp_dict(kp_source, kp_source_jacobian), use_relative_jacobian, adapt_movement_scale)
-
-    def _call_zero_order(self, kp_driving, kp_driving_initial, kp_source, use_relative_jacobian,
-                         adapt_movement_scale):
-        return process_kp_driving(_kp_dict(kp_driving), _kp_dict(kp_driving_initial), _kp_dict(kp_source),
-                                  use_relative_jacobian, adapt_movement_scale)
+    def compute(self, inputs):
+        flags = [inputs[flag] if flag in inputs else tf.constant(self.hardcoded[flag]) for flag in HARDCODE_FLAGS]
+        return process_kp_driving(_kp_from(inputs, "kp_driving"), _kp_from(inputs, "kp_driving_initial"),
+                                  _kp_from(inputs, "kp_source"), *flags)
 
 
 class GeneratorModule(SignatureModule):
-    """source_image [1, H, W, C] + keypoints -> prediction [B, H, W, C] (+ mask, occlusion_map, deformed)."""
+    """source_image [1, H, W, C] + keypoints -> prediction [B, H, W, C] (+ mask, occlusion_map, deformed).
 
-    def __init__(self, model: OcclusionAwareGenerator, batch_size=None, prediction_only=False):
+    One source image drives a batch of B driving keypoints without being tiled. With prescale the
+    dense motion network takes `source_image_scaled` (kp_detector's prescale output) instead of
+    downscaling the source itself.
+    """
+
+    def __init__(self, model: OcclusionAwareGenerator, batch_size=None, prediction_only=False, prescale=False):
         super().__init__(name="generator")
         self.model = model
         self.config = model.config
         self.prediction_only = prediction_only
         _track_raw_variables(self, model)
-        h, w, c = self.config.frame_shape
-        specs = ([tf.TensorSpec([1, h, w, c], tf.float32, name="source_image")]
-                 + _kp_specs(self.config, batch_size, "kp_driving") + _kp_specs(self.config, 1, "kp_source"))
-        self._set_signature(self._call_first_order if self.config.estimate_jacobian else self._call_zero_order,
-                            specs)
+        specs = [tf.TensorSpec([1, *self.config.frame_shape], tf.float32, name="source_image")]
+        if prescale:
+            specs.append(_scaled_image_spec(getattr(model.dense_motion_network, "down", None),
+                                            self.config.frame_shape, "source_image_scaled"))
+        specs += _kp_specs(self.config, batch_size, "kp_driving") + _kp_specs(self.config, 1, "kp_source")
+        self._set_signature(specs)
 
-    def _outputs(self, result):
+    def compute(self, inputs):
+        result = self.model(inputs["source_image"], _kp_from(inputs, "kp_driving"), _kp_from(inputs, "kp_source"),
+                            source_scaled=inputs.get("source_image_scaled"))
         keys = ("prediction",) if self.prediction_only else ("prediction", "mask", "occlusion_map", "deformed")
         return {k: result[k] for k in keys if k in result}
-
-    def _call_first_order(self, source_image, kp_driving, kp_driving_jacobian, kp_source, kp_source_jacobian):
-        return self._outputs(self.model(source_image, _kp_dict(kp_driving, kp_driving_jacobian),
-                                        _kp_dict(kp_source, kp_source_jacobian)))
-
-    def _call_zero_order(self, source_image, kp_driving, kp_source):
-        return self._outputs(self.model(source_image, _kp_dict(kp_driving), _kp_dict(kp_source)))
 
 
 def _zero_kp(config, batch):
@@ -720,21 +790,26 @@ def create_generator(config: ModelConfig) -> OcclusionAwareGenerator:
     return model
 
 
-def build_kp_detector(config: ModelConfig, state_dicts, where="checkpoint", batch_size=None) -> KPDetectorModule:
+def build_kp_detector(config: ModelConfig, state_dicts, where="checkpoint", batch_size=None,
+                      prescale=False) -> KPDetectorModule:
     """KPDetectorModule with weights from checkpoint_loader.load_state_dicts(path)."""
+    if prescale:
+        check_prescale(config)
     model = create_kp_detector(config)
     checkpoint_loader.load_kp_detector_weights(model, state_dicts, where)
-    return KPDetectorModule(model, batch_size)
+    return KPDetectorModule(model, batch_size, prescale)
 
 
 def build_generator(config: ModelConfig, state_dicts, where="checkpoint", batch_size=None,
-                    prediction_only=False) -> GeneratorModule:
+                    prediction_only=False, prescale=False) -> GeneratorModule:
     """GeneratorModule with weights from checkpoint_loader.load_state_dicts(path)."""
+    if prescale:
+        check_prescale(config)
     model = create_generator(config)
     checkpoint_loader.load_generator_weights(model, state_dicts, where)
-    return GeneratorModule(model, batch_size, prediction_only)
+    return GeneratorModule(model, batch_size, prediction_only, prescale)
 
 
-def build_process_kp_driving(config: ModelConfig, batch_size=None) -> ProcessKpDrivingModule:
+def build_process_kp_driving(config: ModelConfig, batch_size=None, hardcode=None) -> ProcessKpDrivingModule:
     """ProcessKpDrivingModule (no weights)."""
-    return ProcessKpDrivingModule(config, batch_size)
+    return ProcessKpDrivingModule(config, batch_size, hardcode)

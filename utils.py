@@ -12,9 +12,11 @@ Sections:
   4. reading video as a stream
   5. writing video / GIF / PNG frames atomically
   6. output naming
+  7. exported models (savedmodel / tflite targets): layout, loading, TF Lite op lists
 """
 
 import itertools
+import json
 import math
 import numbers
 import os
@@ -685,3 +687,152 @@ def output_path(output, source_image, driving_video, mode, dontappend):
 
 def _same_path(first, second):
     return os.path.realpath(first.rstrip("/" + os.sep) or "/") == os.path.realpath(str(second))
+
+
+# ----------------------------------------------------------------------------
+# 7. Exported models: layout, loading per target, TF Lite op lists
+# ----------------------------------------------------------------------------
+
+EXPORT_MODULES = ("kp_detector", "process_kp_driving", "generator")
+SIGNATURE_KEY = "serving_default"
+SIGNATURE_JSON = "signature.json"  # name of the signature description inside SavedModel and TF.js folders
+
+
+def export_model_name(model, config=None):
+    """The <model> of the export paths: the config file's stem minus '-256' when a config path is given."""
+    if config is None:
+        return model
+    stem = os.path.splitext(os.path.basename(str(config)))[0]
+    return stem[:-len("-256")] if stem.endswith("-256") else stem
+
+
+def savedmodel_path(root, model, module):
+    """saved_models/<model>/<module>/ under the export root."""
+    return os.path.join(root, "saved_models", model, module)
+
+
+def tflite_path(root, model, module, float16=False):
+    """tflite/<model>/<module>.tflite, or <module>-float16.tflite, under the export root."""
+    return os.path.join(root, "tflite", model, f"{module}{'-float16' if float16 else ''}.tflite")
+
+
+def tfjs_path(root, model, module):
+    """js/<model>/<module>/ (model.json, weight shards, signature.json) under the export root."""
+    return os.path.join(root, "js", model, module)
+
+
+def signature_json_path(target, path):
+    """Where build.py describes the export at `path`: inputs, outputs (in order) and build options."""
+    if target == "tflite":
+        return os.path.splitext(path)[0] + ".json"
+    if target == "savedmodel":
+        # assets.extra/ is the SavedModel folder for files TensorFlow itself ignores.
+        return os.path.join(path, "assets.extra", SIGNATURE_JSON)
+    return os.path.join(path, SIGNATURE_JSON)
+
+
+def read_signature_json(target, path):
+    """The signature description build.py wrote beside an export; UserError if absent or unreadable."""
+    json_path = signature_json_path(target, path)
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{json_path}: missing (the export at {path} was not made by build.py)") from None
+    except (OSError, ValueError) as err:
+        raise UserError(f"{json_path}: unreadable ({_first_line(err)})") from err
+
+
+def tflite_interpreter(path=None, model_content=None):
+    """A TF Lite interpreter on all cores: LiteRT's (ai_edge_litert), else TensorFlow's tf.lite.Interpreter."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        from tensorflow.lite.python.interpreter import Interpreter
+    return Interpreter(model_path=path, model_content=model_content, num_threads=os.cpu_count())
+
+
+def savedmodel_function(path):
+    """Run a SavedModel's serving_default with numpy keyword inputs; returns {output name: numpy}."""
+    import tensorflow as tf
+
+    loaded = tf.saved_model.load(path)
+    function = loaded.signatures[SIGNATURE_KEY]
+
+    def call(**inputs):
+        outputs = function(**{name: tf.constant(value, tf.float32) for name, value in inputs.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    call.saved_model = loaded  # the signature holds the loaded variables only weakly: keep them alive
+    return call
+
+
+def tflite_function(path):
+    """Run a .tflite file's serving_default signature with numpy keyword inputs (any batch size)."""
+    runner = tflite_interpreter(path).get_signature_runner(SIGNATURE_KEY)
+
+    def call(**inputs):
+        # The signature runner resizes every input to the given arrays, so a dynamic batch just works.
+        outputs = runner(**{name: np.asarray(value, np.float32) for name, value in inputs.items()})
+        return {name: np.array(value) for name, value in outputs.items()}
+
+    return call
+
+
+class ExportMissing(UserError):
+    """An export that run.py needs is not on disk; `path` names it."""
+
+    def __init__(self, path):
+        super().__init__(f"{path}: no such export")
+        self.path = path
+
+
+def find_exports(target, root, model, float16=False):
+    """{module: (path, signature description)} of the three exports of `model` under `root`.
+
+    `target` is 'savedmodel' or 'tflite' (float16 picks the -float16 files). Nothing is loaded
+    yet, so a caller can check the build options first. Raises ExportMissing for the first
+    absent export.
+    """
+    exports = {}
+    for module in EXPORT_MODULES:
+        if target == "savedmodel":
+            path = savedmodel_path(root, model, module)
+            present = os.path.isfile(os.path.join(path, "saved_model.pb"))
+        else:
+            path = tflite_path(root, model, module, float16)
+            present = os.path.isfile(path)
+        if not present:
+            raise ExportMissing(path)
+        exports[module] = (path, read_signature_json(target, path))
+    return exports
+
+
+def load_export(target, path):
+    """A callable over numpy keyword inputs for the savedmodel or tflite export at `path`."""
+    return savedmodel_function(path) if target == "savedmodel" else tflite_function(path)
+
+
+def tflite_ops(path):
+    """Sorted names of the operators a .tflite file runs (builtins as CONV_2D; custom ops by custom code).
+
+    Read from the flatbuffer with the schema bindings TensorFlow ships, counting only operators
+    that appear in a subgraph.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(f.read(), 0)
+    builtin_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    ops = set()
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            code = model.OperatorCodes(subgraph.Operators(o).OpcodeIndex())
+            # Builtin codes above 127 live in BuiltinCode; older files only fill DeprecatedBuiltinCode.
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            if builtin == schema.BuiltinOperator.CUSTOM:
+                ops.add(code.CustomCode().decode())
+            else:
+                ops.add(builtin_names[builtin])
+    return sorted(ops)

@@ -1,0 +1,455 @@
+"""Export CLI: SavedModel, TF Lite (float32 / float16) and TF.js files of a FOMM checkpoint.
+
+    python build.py --model vox                    # SavedModels + float32 .tflite of all three modules
+    python build.py --model vox --float16 --tfjs   # + float16 .tflite and TF.js graph models
+    python build.py -a                             # every config/NAME-256.yaml whose checkpoint is present
+
+Under --outdir (default: this repository):
+  saved_models/<model>/<module>/          serving_default = the module's signature function;
+                                          assets.extra/signature.json describes it
+  tflite/<model>/<module>.tflite          builtin ops only, converted from the SavedModel
+  tflite/<model>/<module>.json            signature input/output names, shapes, dtypes, tensor indices
+  tflite/<model>/<module>-float16.tflite  (+ .json) with --float16, beside the float32 file
+  js/<model>/<module>/                    with --tfjs: TF.js graph model + signature.json (output order)
+<model> is --model, or the --config file's stem without '-256'. Variants (--prescale, --hardcode,
+--predictiononly, --staticbatchsize) are written to the same paths; each JSON records the options
+it was built with, and run.py checks them.
+
+Every artefact is written under a temporary name beside its destination and renamed into place, so
+a failed build leaves the previous export intact. Bad input ends with one line on stderr and exit 1.
+"""
+import argparse
+import contextlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+
+MODULES = ("kp_detector", "process_kp_driving", "generator")
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+TFJS_VENV_CONVERTER = os.path.join(REPO_DIR, ".venv-tfjs", "bin", "tensorflowjs_converter")
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Build SavedModel, TF Lite and TF.js exports from a checkpoint.")
+    parser.add_argument("--model", help="model name: config/NAME-256.yaml and checkpoint/NAME-cpk.pth.tar")
+    parser.add_argument("--config", help="config path (with --checkpoint; <model> becomes the file's stem)")
+    parser.add_argument("--checkpoint", help="checkpoint path")
+    parser.add_argument("-a", "--all", action="store_true",
+                        help="build every config in config/ whose checkpoint is in checkpoint/")
+    parser.add_argument("--module", choices=["all", *MODULES], default="all", help="which module to build")
+    parser.add_argument("--nolite", action="store_true", help="skip the TF Lite conversion")
+    parser.add_argument("--predictiononly", action="store_true", help="the generator outputs only `prediction`")
+    parser.add_argument("--float16", action="store_true",
+                        help="also write float16 TF Lite files (<module>-float16.tflite)")
+    parser.add_argument("--tfjs", action="store_true",
+                        help="also write TF.js graph models (needs tools/make_tfjs_venv.sh)")
+    parser.add_argument("--staticbatchsize", type=int, default=None,
+                        help="fix the batch size of the driving inputs (TF Lite delegates need static shapes)")
+    parser.add_argument("--hardcode", choices=["00", "01", "10", "11"], default=None,
+                        help="bake use_relative_jacobian (first digit) and adapt_movement_scale (second) "
+                             "into process_kp_driving")
+    parser.add_argument("--prescale", action="store_true",
+                        help="kp_detector also outputs source_image_scaled, which the generator's dense "
+                             "motion network takes instead of downscaling the source again")
+    parser.add_argument("--loadwithtorch", action="store_true",
+                        help="load the checkpoint with torch.load instead of the built-in reader (needs PyTorch)")
+    parser.add_argument("--outdir", default=REPO_DIR,
+                        help="folder that receives saved_models/, tflite/ and js/ (default: the repository)")
+    args = parser.parse_args(argv)
+    if args.all and (args.model or args.config or args.checkpoint):
+        parser.error("-a builds every model in config/; drop --model/--config/--checkpoint")
+    if not args.all and not args.model and not (args.config and args.checkpoint):
+        parser.error("give --model NAME, --config and --checkpoint, or -a")
+    if args.staticbatchsize is not None and args.staticbatchsize < 1:
+        parser.error("--staticbatchsize must be at least 1")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Which models to build
+# --------------------------------------------------------------------------------------------------
+
+def model_jobs(args):
+    """[(name, config_path, checkpoint_path)] to build, and a list of 'NAME: why' for skipped ones."""
+    import utils
+
+    if not args.all:
+        config, checkpoint = utils.model_paths(args.model, args.config, args.checkpoint)
+        return [(utils.export_model_name(args.model, args.config), config, checkpoint)], []
+    jobs, skipped = [], []
+    for name in utils.known_models():
+        config, checkpoint = utils.model_paths(name)
+        if os.path.isfile(checkpoint):
+            jobs.append((name, config, checkpoint))
+        else:
+            skipped.append(f"{name}: no {os.path.relpath(checkpoint)}")
+    return jobs, skipped
+
+
+def needs_checkpoint(args):
+    """process_kp_driving has no weights: building only it needs no checkpoint."""
+    return args.module != "process_kp_driving"
+
+
+def selected_modules(args):
+    return MODULES if args.module == "all" else (args.module,)
+
+
+def build_options(module, args):
+    """The build flags that shape `module`, as recorded in its signature JSON and checked by run.py."""
+    return {
+        "static_batch_size": args.staticbatchsize,
+        "hardcode": args.hardcode if module == "process_kp_driving" else None,
+        "prescale": args.prescale and module != "process_kp_driving",
+        "prediction_only": args.predictiononly and module == "generator",
+    }
+
+
+def make_module(module, config, state_dicts, where, args):
+    """The modules.SignatureModule to export for `module` with the requested options."""
+    import modules
+
+    if module == "kp_detector":
+        return modules.build_kp_detector(config, state_dicts, where, args.staticbatchsize, args.prescale)
+    if module == "generator":
+        return modules.build_generator(config, state_dicts, where, args.staticbatchsize, args.predictiononly,
+                                       args.prescale)
+    return modules.build_process_kp_driving(config, args.staticbatchsize, args.hardcode)
+
+
+# --------------------------------------------------------------------------------------------------
+# Atomic writes
+# --------------------------------------------------------------------------------------------------
+
+def _temp_beside(path, is_dir):
+    parent, name = os.path.split(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    if is_dir:
+        temp = tempfile.mkdtemp(prefix=f"{name}.tmp", dir=parent)
+    else:
+        handle, temp = tempfile.mkstemp(prefix=f"{name}.tmp", dir=parent)
+        os.close(handle)
+    # mkdtemp/mkstemp make private entries; exports get the permissions of any new file.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temp, (0o777 if is_dir else 0o666) & ~umask)
+    return temp
+
+
+@contextlib.contextmanager
+def staged_dir(dest):
+    """Yield an empty temporary folder beside `dest`; it replaces `dest` only if the block succeeds."""
+    temp = _temp_beside(dest, is_dir=True)
+    try:
+        yield temp
+        if os.path.exists(dest):
+            # A folder cannot be replaced atomically: move the old one aside, then delete it.
+            old = _temp_beside(dest, is_dir=True)
+            os.rmdir(old)
+            os.rename(dest, old)
+            os.rename(temp, dest)
+            shutil.rmtree(old)
+        else:
+            os.rename(temp, dest)
+    except BaseException:
+        shutil.rmtree(temp, ignore_errors=True)
+        raise
+
+
+def write_files_atomically(contents):
+    """Write {path: bytes} so that each file appears complete or not at all."""
+    temps = {}
+    try:
+        for path, data in contents.items():
+            temps[path] = _temp_beside(path, is_dir=False)
+            with open(temps[path], "wb") as f:
+                f.write(data)
+        for path, temp in temps.items():
+            os.replace(temp, path)
+    except BaseException:
+        for temp in temps.values():
+            if os.path.exists(temp):
+                os.remove(temp)
+        raise
+
+
+def json_bytes(value):
+    return (json.dumps(value, indent=2) + "\n").encode()
+
+
+# --------------------------------------------------------------------------------------------------
+# SavedModel
+# --------------------------------------------------------------------------------------------------
+
+def _shape_list(shape):
+    """A TensorShape or shape vector as a JSON list, -1 for a dynamic dimension."""
+    return [-1 if dim is None or dim < 0 else int(dim) for dim in shape]
+
+
+def savedmodel_signature(module, info):
+    """Signature description of a module's serving_default, outputs in their flattened (sorted) order."""
+    outputs = module.concrete_function().structured_outputs
+    return dict(info,
+                inputs=[{"name": s.name, "shape": _shape_list(s.shape), "dtype": s.dtype.name}
+                        for s in module.input_specs],
+                outputs=[{"name": name, "shape": _shape_list(outputs[name].shape), "dtype": outputs[name].dtype.name}
+                         for name in sorted(outputs)])
+
+
+def export_savedmodel(module, path, info):
+    """tf.saved_model.save with the module's signature function as serving_default."""
+    import tensorflow as tf
+
+    import utils
+
+    with staged_dir(path) as temp:
+        tf.saved_model.save(module.export_root(), temp,
+                            signatures={utils.SIGNATURE_KEY: module.concrete_function()})
+        description = utils.signature_json_path("savedmodel", temp)
+        os.makedirs(os.path.dirname(description), exist_ok=True)
+        with open(description, "wb") as f:
+            f.write(json_bytes(savedmodel_signature(module, info)))
+
+
+# --------------------------------------------------------------------------------------------------
+# TF Lite
+# --------------------------------------------------------------------------------------------------
+
+def convert_to_tflite(saved_model_path, float16=False):
+    """The SavedModel's serving_default as a .tflite flatbuffer with TF Lite builtin ops only.
+
+    The function is frozen and its GraphDef converted, rather than the SavedModel re-imported:
+    with a dynamic batch the SavedModel importer loses the channel count after the generator's
+    nearest upsampling, which leaves a Conv2D only Flex could run. Freezing also turns every
+    variable into a constant (no VAR_HANDLE / READ_VARIABLE ops). The frozen path writes no
+    SignatureDef, so add_signature_def puts serving_default back.
+    """
+    import tensorflow as tf
+
+    import utils
+
+    loaded = tf.saved_model.load(saved_model_path)
+    function = loaded.signatures[utils.SIGNATURE_KEY]
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
+    converter.experimental_lower_to_saved_model = False
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    if float16:
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    try:
+        flatbuffer = converter.convert()
+    except Exception as err:  # ConverterError and friends: report one line, the export stays as it was
+        raise ExportError(f"{saved_model_path}: TF Lite conversion failed ({_first_line(err)})") from err
+    return add_signature_def(flatbuffer, function)
+
+
+def add_signature_def(flatbuffer, function):
+    """Give a frozen-graph .tflite the serving_default SignatureDef of `function`.
+
+    Inputs keep their placeholder names (the signature's input names). Outputs come out of the
+    converter in the function's flattened output order, i.e. sorted by name; they are renamed
+    from Identity_N to their signature names too, for tools that ignore signatures.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    import utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    subgraph = model.subgraphs[0]
+    input_index = {subgraph.tensors[i].name.decode(): int(i) for i in subgraph.inputs}
+    input_names = list(function.structured_input_signature[1])
+    output_names = sorted(function.structured_outputs)
+    if sorted(input_index) != sorted(input_names) or len(subgraph.outputs) != len(output_names):
+        raise ExportError(f"TF Lite tensors {sorted(input_index)} do not match the signature {input_names}")
+    for name, index in zip(output_names, subgraph.outputs):
+        subgraph.tensors[index].name = name.encode()
+    model.signatureDefs = [schema.SignatureDefT(
+        inputs=[schema.TensorMapT(name=name, tensorIndex=input_index[name]) for name in input_names],
+        outputs=[schema.TensorMapT(name=name, tensorIndex=int(index))
+                 for name, index in zip(output_names, subgraph.outputs)],
+        signatureKey=utils.SIGNATURE_KEY, subgraphIndex=0)]
+    return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
+
+
+def tflite_signature(flatbuffer, info):
+    """Signature description of a .tflite: names, shapes (-1 = dynamic), dtypes and tensor indices."""
+    from tensorflow.lite.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
+    subgraph = model.subgraphs[0]
+    signature = model.signatureDefs[0]
+
+    def describe(tensor_map):
+        tensor = subgraph.tensors[tensor_map.tensorIndex]
+        shape = tensor.shapeSignature if tensor.shapeSignature is not None else tensor.shape
+        return {"name": tensor_map.name.decode(), "index": int(tensor_map.tensorIndex), "shape": _shape_list(shape),
+                "dtype": flatbuffer_utils.type_to_name(tensor.type).lower()}
+
+    return dict(info, signature=signature.signatureKey.decode(),
+                inputs=[describe(t) for t in signature.inputs], outputs=[describe(t) for t in signature.outputs])
+
+
+def export_tflite(saved_model_path, path, info, float16):
+    """tflite/<model>/<module>[-float16].tflite and its JSON, converted from the SavedModel."""
+    import utils
+
+    flatbuffer = convert_to_tflite(saved_model_path, float16)
+    description = tflite_signature(flatbuffer, dict(info, float16=float16))
+    write_files_atomically({path: flatbuffer, utils.signature_json_path("tflite", path): json_bytes(description)})
+
+
+# --------------------------------------------------------------------------------------------------
+# TF.js
+# --------------------------------------------------------------------------------------------------
+
+def tfjs_converter():
+    """tensorflowjs_converter: $TFJS_CONVERTER, the project's .venv-tfjs, or one on PATH."""
+    for candidate in (os.environ.get("TFJS_CONVERTER"), TFJS_VENV_CONVERTER, shutil.which("tensorflowjs_converter")):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    raise ExportError("tensorflowjs_converter not found: create it with `bash tools/make_tfjs_venv.sh`")
+
+
+def export_tfjs(saved_model_path, path, info):
+    """js/<model>/<module>/: the SavedModel as a TF.js graph model, plus signature.json.
+
+    Converted graph models keep only the first output's name (the rest become Identity_N:0), so
+    signature.json lists the outputs in the order model.execute() returns them.
+    """
+    import utils
+
+    converter = tfjs_converter()
+    with staged_dir(path) as temp:
+        command = [converter, "--input_format=tf_saved_model", "--output_format=tfjs_graph_model",
+                   f"--signature_name={utils.SIGNATURE_KEY}", "--saved_model_tags=serve", saved_model_path, temp]
+        result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        if result.returncode != 0 or not os.path.isfile(os.path.join(temp, "model.json")):
+            raise ExportError(f"{saved_model_path}: tensorflowjs_converter failed ({_last_line(result.stdout)})")
+        saved = utils.read_signature_json("savedmodel", saved_model_path)
+        with open(os.path.join(temp, "model.json"), encoding="utf-8") as f:
+            graph = json.load(f)
+        description = dict(info, inputs=saved["inputs"], outputs=tfjs_outputs(graph, saved["outputs"]))
+        with open(utils.signature_json_path("tfjs", temp), "wb") as f:
+            f.write(json_bytes(description))
+
+
+def tfjs_outputs(graph, saved_outputs):
+    """The SavedModel's outputs, each with the graph model tensor ('Identity_N:0') that holds it.
+
+    The converter names the outputs Identity:0, Identity_1:0, ... in the SavedModel's flattened
+    (sorted by name) order; the signature in model.json keeps a readable key for only some of them,
+    so those keys are used to check the pairing.
+    """
+    entries = graph["signature"]["outputs"]
+    tensors = sorted((entry["name"] for entry in entries.values()), key=_identity_number)
+    if len(tensors) != len(saved_outputs):
+        raise ExportError(f"TF.js graph has outputs {tensors}, the SavedModel {[o['name'] for o in saved_outputs]}")
+    pairs = [dict(output, tensor=tensor) for output, tensor in zip(saved_outputs, tensors)]
+    for pair in pairs:
+        if pair["name"] in entries and entries[pair["name"]]["name"] != pair["tensor"]:
+            raise ExportError(f"TF.js output {pair['name']} is {entries[pair['name']]['name']}, "
+                              f"expected {pair['tensor']}")
+    return pairs
+
+
+def _identity_number(tensor_name):
+    """'Identity:0' -> 0, 'Identity_3:0' -> 3: the converter's numbering of the outputs."""
+    node = tensor_name.split(":")[0]
+    if node == "Identity":
+        return 0
+    prefix, _, number = node.rpartition("_")
+    if prefix != "Identity" or not number.isdigit():
+        raise ExportError(f"TF.js output tensor {tensor_name} is not named Identity_N")
+    return int(number)
+
+
+# --------------------------------------------------------------------------------------------------
+# The build
+# --------------------------------------------------------------------------------------------------
+
+class ExportError(Exception):
+    """A conversion that failed; the message is one line and the previous export is left intact."""
+
+
+def _first_line(error):
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    return lines[0] if lines else type(error).__name__
+
+
+def _last_line(text):
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    return lines[-1] if lines else "no output"
+
+
+def report(path, started, outdir):
+    """One progress line per artefact: path (relative to the export root), size, seconds."""
+    size = (os.path.getsize(path) if os.path.isfile(path)
+            else sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(path) for f in files))
+    size_text = f"{size / 1e6:.1f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+    print(f"  {os.path.relpath(path, outdir)}  {size_text}  {time.perf_counter() - started:.1f} s", flush=True)
+
+
+def build_model(name, config_path, checkpoint_path, args):
+    """Every requested artefact of one model."""
+    import checkpoint_loader
+    import modules
+    import utils
+
+    config = modules.parse_config(utils.load_config(config_path))
+    if args.prescale:
+        modules.check_prescale(config)
+    state_dicts = (checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
+                   if needs_checkpoint(args) else None)
+    print(f"{name}:", flush=True)
+    for module_name in selected_modules(args):
+        info = {"model": name, "module": module_name, "build": build_options(module_name, args)}
+        started = time.perf_counter()
+        module = make_module(module_name, config, state_dicts, checkpoint_path, args)
+        saved_model = utils.savedmodel_path(args.outdir, name, module_name)
+        export_savedmodel(module, saved_model, info)
+        report(saved_model, started, args.outdir)
+        if not args.nolite:
+            for float16 in (False, True) if args.float16 else (False,):
+                started = time.perf_counter()
+                path = utils.tflite_path(args.outdir, name, module_name, float16)
+                export_tflite(saved_model, path, info, float16)
+                report(path, started, args.outdir)
+        if args.tfjs:
+            started = time.perf_counter()
+            path = utils.tfjs_path(args.outdir, name, module_name)
+            export_tfjs(saved_model, path, info)
+            report(path, started, args.outdir)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    import checkpoint_loader
+    import modules
+    import utils
+
+    try:
+        jobs, skipped = model_jobs(args)
+        for line in skipped:
+            print(f"skipped {line}", flush=True)
+        if not jobs:
+            raise utils.UserError("no model to build: no config in config/ has its checkpoint in checkpoint/")
+        for name, config_path, checkpoint_path in jobs:
+            build_model(name, config_path, checkpoint_path, args)
+    except (utils.UserError, checkpoint_loader.CheckpointError, modules.ConfigError, ExportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: exports being written were discarded", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

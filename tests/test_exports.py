@@ -1,0 +1,515 @@
+"""build.py exports (SavedModel, TF Lite float32/float16, TF.js) and run.py's savedmodel / tflite targets.
+
+Reference numbers come from tests/make_fixtures.py running the original PyTorch code on the fixture
+checkpoints (see test_parity.py); the SPEC bounds are the same: keypoints within 1e-4, predictions
+within 2e-3 max abs, uint8 frames identical on >= 99.9% of pixels and never more than one level off.
+Each export is built once per session (in-process build.main calls into temporary folders); the
+build-flag variants and TF.js are built for the `vox` fixture only, to keep the suite fast.
+"""
+import base64
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import imageio.v2 as imageio
+import numpy as np
+import pytest
+import yaml
+
+from conftest import FIXTURE_NAMES, REPO, load_fixture, nchw_to_nhwc
+from test_parity import INTERMEDIATE_TOL, KP_TOL, PREDICTION_TOL, assert_frames_match, max_abs
+
+import build
+import run
+import utils
+
+sys.path.insert(0, str(REPO / "tools"))
+import ops_md  # noqa: E402  (tools/ is not a package)
+
+MODEL = "config"  # build.py names a --config build after the file's stem: fixtures' config.yaml -> config
+ALL_MODULES = utils.EXPORT_MODULES
+VARIANT_FIXTURE = "vox"  # the fixture every build flag and TF.js are checked on
+TARGETS = ("savedmodel", "tflite")
+# Measured on the vox fixture (float16 weights, float32 compute): prediction max abs 3.1e-3 and
+# mean abs 1.7e-4 from the original's; the bounds leave about 2x headroom.
+FLOAT16_PREDICTION_MAX = 6e-3
+FLOAT16_PREDICTION_MEAN = 4e-4
+TFJS_TOL = 1e-3
+NODE_MODULES = REPO / "node_modules" / "@tensorflow" / "tfjs"
+
+pytestmark = pytest.mark.skipif(VARIANT_FIXTURE not in FIXTURE_NAMES, reason="tests/fixtures/vox is missing")
+
+
+class Builds:
+    """Exports built once per test session: one export root per (fixture, build flags)."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp_path_factory = tmp_path_factory
+        self.roots = {}
+
+    def root(self, name, flags=(), modules=ALL_MODULES):
+        """The export root of `name` built with `flags`, holding at least `modules`."""
+        key = (name, tuple(flags))
+        if key not in self.roots:
+            self.roots[key] = (self.tmp_path_factory.mktemp(f"exports-{name}"), set())
+        root, built = self.roots[key]
+        fx = load_fixture(name)
+        for module in modules:
+            if module not in built:
+                code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
+                                   "--outdir", str(root), "--module", module, *flags])
+                assert code == 0, f"build.py failed: {name} {module} {flags}"
+                built.add(module)
+        return root
+
+    def models(self, name, target, flags=(), float16=False):
+        """{module: callable} for one build, loaded through utils like run.py does."""
+        exports = utils.find_exports(target, self.root(name, flags), MODEL, float16)
+        return {module: utils.load_export(target, path) for module, (path, _) in exports.items()}
+
+
+@pytest.fixture(scope="session")
+def builds(tmp_path_factory):
+    return Builds(tmp_path_factory)
+
+
+def kp_inputs(kp, name):
+    args = {name: kp["value"]}
+    if "jacobian" in kp:
+        args[f"{name}_jacobian"] = kp["jacobian"]
+    return args
+
+
+def generator_inputs(fx):
+    """Inputs of the original's generator call recorded in the fixture (kp_driving = norm_11)."""
+    return {"source_image": nchw_to_nhwc(fx.ref["source"]), **kp_inputs(fx.kp("norm_11"), "kp_driving"),
+            **kp_inputs(fx.kp("kp_source"), "kp_source")}
+
+
+def process_inputs(fx, relative_jacobian=1.0, adapt=1.0):
+    kp_driving = fx.kp("kp_driving")
+    return {**kp_inputs(kp_driving, "kp_driving"),
+            **kp_inputs({k: v[:1] for k, v in kp_driving.items()}, "kp_driving_initial"),
+            **kp_inputs(fx.kp("kp_source"), "kp_source"),
+            "use_relative_jacobian": np.float32(relative_jacobian), "adapt_movement_scale": np.float32(adapt)}
+
+
+# --------------------------------------------------------------------------------------------------
+# SavedModel and TF Lite float32 against the original
+# --------------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_exported_kp_detector_matches_original(builds, name, target):
+    fx = load_fixture(name)
+    kp_detector = builds.models(name, target)["kp_detector"]
+    for images, prefix in (("source", "kp_source"), ("driving", "kp_driving")):
+        ours = kp_detector(img=nchw_to_nhwc(fx.ref[images]))
+        reference = fx.kp(prefix)
+        assert set(ours) == set(reference)
+        for key in reference:
+            assert max_abs(ours[key], reference[key]) <= KP_TOL, (prefix, key)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_exported_process_kp_driving_matches_normalize_kp(builds, name, target):
+    fx = load_fixture(name)
+    process = builds.models(name, target)["process_kp_driving"]
+    for adapt in (0, 1):
+        ours = process(**process_inputs(fx, 1.0, adapt))
+        reference = fx.kp(f"norm_1{adapt}")
+        assert set(ours) == set(reference)
+        for key in reference:
+            assert max_abs(ours[key], reference[key]) <= KP_TOL, (adapt, key)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_exported_generator_matches_original(builds, name, target):
+    fx = load_fixture(name)
+    ours = builds.models(name, target)["generator"](**generator_inputs(fx))
+    assert max_abs(ours["prediction"], nchw_to_nhwc(fx.ref["prediction"])) <= PREDICTION_TOL
+    for key in ("mask", "occlusion_map", "deformed"):
+        assert (key in ours) == (key in fx.ref), key
+        if key in ours:
+            assert max_abs(ours[key], nchw_to_nhwc(fx.ref[key])) <= INTERMEDIATE_TOL, key
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_exported_pipeline_frames_equal_originals_demo(builds, name, target):
+    import animate
+
+    fx = load_fixture(name)
+    calls = builds.models(name, target)
+    models = animate.Models(calls["kp_detector"], calls["process_kp_driving"], calls["generator"],
+                            fx.config().estimate_jacobian)
+    predictions = animate.animate(models, nchw_to_nhwc(fx.ref["source"])[0], list(nchw_to_nhwc(fx.ref["driving"])),
+                                  relative=True, adapt=True, batch_size=4)
+    assert_frames_match([utils.to_uint8(p) for p in predictions], fx.ref["frames"])
+
+
+# --------------------------------------------------------------------------------------------------
+# What every .tflite and its JSON must be
+# --------------------------------------------------------------------------------------------------
+
+def builtin_op_names():
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return {name for name in vars(schema.BuiltinOperator) if not name.startswith("_")} - {"CUSTOM"}
+
+
+def variant_roots(builds):
+    """The builds of the variant fixture that OPS.md describes (tools/ops_md.py's VARIANTS)."""
+    return {variant: builds.root(VARIANT_FIXTURE, flags, modules)
+            for variant, (flags, modules, _) in ops_md.VARIANTS.items()}
+
+
+def test_no_variables_and_only_builtin_ops_in_any_tflite(builds):
+    roots = [builds.root(name) for name in FIXTURE_NAMES] + list(variant_roots(builds).values())
+    files = sorted(path for root in roots for path in Path(root, "tflite").rglob("*.tflite"))
+    assert len(files) >= 3 * len(FIXTURE_NAMES)
+    builtins = builtin_op_names()
+    for path in files:
+        ops = utils.tflite_ops(path)
+        assert not {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"} & set(ops), path
+        assert set(ops) <= builtins, (path, sorted(set(ops) - builtins))  # no Flex / custom ops
+
+
+def test_tflite_json_lists_the_signature_the_interpreter_sees(builds):
+    root = builds.root(VARIANT_FIXTURE)
+    for module in ALL_MODULES:
+        path = utils.tflite_path(root, MODEL, module)
+        description = utils.read_signature_json("tflite", path)
+        runner = utils.tflite_interpreter(path).get_signature_runner(utils.SIGNATURE_KEY)
+        for listed, details in ((description["inputs"], runner.get_input_details()),
+                                (description["outputs"], runner.get_output_details())):
+            assert {d["name"] for d in listed} == set(details)
+            for entry in listed:
+                actual = details[entry["name"]]
+                assert entry["index"] == actual["index"]
+                assert entry["shape"] == actual["shape_signature"].tolist()
+                assert entry["dtype"] == np.dtype(actual["dtype"]).name
+
+
+def test_dynamic_batch_by_default(builds):
+    description = utils.read_signature_json("tflite", utils.tflite_path(builds.root(VARIANT_FIXTURE), MODEL,
+                                                                        "generator"))
+    shapes = {d["name"]: d["shape"] for d in description["inputs"] + description["outputs"]}
+    assert shapes["source_image"][0] == 1 and shapes["kp_source"][0] == 1
+    assert shapes["kp_driving"][0] == -1 and shapes["prediction"][0] == -1
+
+
+def test_ops_md_lists_what_a_rebuild_produces(builds):
+    # OPS.md is written by `python tools/ops_md.py` from the same VARIANTS builds.
+    documented = ops_md.parse((REPO / "OPS.md").read_text())
+    rebuilt = ops_md.op_lists(variant_roots(builds), MODEL)
+    assert documented[VARIANT_FIXTURE] == rebuilt
+
+
+# --------------------------------------------------------------------------------------------------
+# Build flags
+# --------------------------------------------------------------------------------------------------
+
+def test_float16_prediction_within_measured_tolerance(builds):
+    fx = load_fixture(VARIANT_FIXTURE)
+    generator = builds.models(VARIANT_FIXTURE, "tflite", ("--float16",), float16=True)["generator"]
+    diff = np.abs(generator(**generator_inputs(fx))["prediction"] - nchw_to_nhwc(fx.ref["prediction"]))
+    assert diff.max() <= FLOAT16_PREDICTION_MAX and diff.mean() <= FLOAT16_PREDICTION_MEAN, (diff.max(), diff.mean())
+
+
+def test_float16_file_sits_beside_float32(builds):
+    root = builds.root(VARIANT_FIXTURE, ("--float16",))
+    for module in ALL_MODULES:
+        float32, float16 = utils.tflite_path(root, MODEL, module), utils.tflite_path(root, MODEL, module, True)
+        assert os.path.isfile(float32) and os.path.isfile(float16)
+        assert utils.read_signature_json("tflite", float16)["float16"] is True
+    assert "DEQUANTIZE" in utils.tflite_ops(utils.tflite_path(root, MODEL, "generator", True))
+
+
+def export_path(target, root, module, float16=False):
+    if target == "savedmodel":
+        return utils.savedmodel_path(root, MODEL, module)
+    return utils.tflite_path(root, MODEL, module, float16)
+
+
+def signature_names(target, root, module, side):
+    """Input or output names of an export, from the signature JSON build.py wrote beside it."""
+    return [d["name"] for d in utils.read_signature_json(target, export_path(target, root, module))[side]]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("hardcode", ["00", "01", "10", "11"])
+def test_hardcode_equals_passing_the_flags(builds, hardcode, target):
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = builds.root(VARIANT_FIXTURE, ("--hardcode", hardcode), ["process_kp_driving"])
+    assert not {"use_relative_jacobian", "adapt_movement_scale"} & set(
+        signature_names(target, root, "process_kp_driving", "inputs"))
+    baked = utils.load_export(target, export_path(target, root, "process_kp_driving"))
+    passed = builds.models(VARIANT_FIXTURE, target)["process_kp_driving"]
+    inputs = process_inputs(fx, float(hardcode[0]), float(hardcode[1]))
+    ours = baked(**{k: v for k, v in inputs.items() if k not in ("use_relative_jacobian", "adapt_movement_scale")})
+    expected = passed(**inputs)
+    assert set(ours) == set(expected)
+    for key in expected:
+        np.testing.assert_array_equal(ours[key], expected[key])
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_prescale_generator_equals_default(builds, target):
+    fx = load_fixture(VARIANT_FIXTURE)
+    prescale = builds.models(VARIANT_FIXTURE, target, ("--prescale",))
+    default = builds.models(VARIANT_FIXTURE, target)
+    source = nchw_to_nhwc(fx.ref["source"])
+    kp_source = prescale["kp_detector"](img=source)
+    assert kp_source["source_image_scaled"].shape[1:3] == fx.ref["mask"].shape[2:4]  # dense motion's h, w
+    inputs = generator_inputs(fx)
+    ours = prescale["generator"](**inputs, source_image_scaled=kp_source["source_image_scaled"])
+    expected = default["generator"](**inputs)
+    for key in expected:
+        assert max_abs(ours[key], expected[key]) <= 1e-5, key
+
+
+def test_prescale_refused_when_scale_factors_differ(tmp_path, capsys):
+    fx = load_fixture(VARIANT_FIXTURE)
+    config = yaml.safe_load(fx.config_path.read_text())
+    config["model_params"]["generator_params"]["dense_motion_params"]["scale_factor"] = 0.5
+    path = tmp_path / "mixed-256.yaml"
+    path.write_text(yaml.safe_dump(config))
+    code = build.main(["--config", str(path), "--checkpoint", str(fx.checkpoint()), "--prescale",
+                       "--outdir", str(tmp_path / "out")])
+    err = capsys.readouterr().err.strip()
+    assert code == 1 and len(err.splitlines()) == 1 and "scale_factor" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_predictiononly_outputs_only_prediction(builds, target):
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = builds.root(VARIANT_FIXTURE, ("--predictiononly",), ["generator"])
+    assert signature_names(target, root, "generator", "outputs") == ["prediction"]
+    ours = utils.load_export(target, export_path(target, root, "generator"))(**generator_inputs(fx))
+    expected = builds.models(VARIANT_FIXTURE, target)["generator"](**generator_inputs(fx))
+    assert list(ours) == ["prediction"]
+    assert max_abs(ours["prediction"], expected["prediction"]) <= 1e-6
+
+
+def test_static_batch_size_is_baked_in(builds):
+    root = builds.root(VARIANT_FIXTURE, ("--staticbatchsize", "4"))
+    for module in ALL_MODULES:
+        description = utils.read_signature_json("tflite", utils.tflite_path(root, MODEL, module))
+        assert all(-1 not in d["shape"] for d in description["inputs"] + description["outputs"]), module
+        assert description["build"]["static_batch_size"] == 4
+
+
+def is_zero_order(name):
+    config = yaml.safe_load(load_fixture(name).config_path.read_text())
+    return not config["model_params"]["common_params"].get("estimate_jacobian", False)
+
+
+@pytest.mark.parametrize("name", [name for name in FIXTURE_NAMES if is_zero_order(name)])
+def test_zero_order_exports_have_no_jacobians(builds, name):
+    root = builds.root(name)
+    for target in TARGETS:
+        for module in ALL_MODULES:
+            names = signature_names(target, root, module, "inputs") + signature_names(target, root, module, "outputs")
+            assert not [n for n in names if "jacobian" in n and n != "use_relative_jacobian"], (target, module)
+
+
+# --------------------------------------------------------------------------------------------------
+# TF.js (in Node, pure-JS CPU backend)
+# --------------------------------------------------------------------------------------------------
+
+def tfjs_available():
+    """None when TF.js can be built and run here, else why not (for the skip message)."""
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not NODE_MODULES.is_dir():
+        return "node_modules missing: run `npm ci`"
+    if not os.access(build.TFJS_VENV_CONVERTER, os.X_OK) and shutil.which("tensorflowjs_converter") is None:
+        return "tensorflowjs_converter missing: run `bash tools/make_tfjs_venv.sh`"
+    return None
+
+
+def encode(array):
+    array = np.asarray(array, np.float32)  # not ascontiguousarray: it turns scalars into shape [1]
+    return {"shape": list(array.shape), "data": base64.b64encode(array.tobytes()).decode()}
+
+
+def decode(entry):
+    return np.frombuffer(base64.b64decode(entry["data"]), np.float32).reshape(entry["shape"])
+
+
+def run_tfjs(model_dir, inputs, tmp_path):
+    """Outputs of a TF.js graph model on numpy inputs, run by tests/js/run_graph_model.mjs."""
+    inputs_path, outputs_path = tmp_path / "inputs.json", tmp_path / "outputs.json"
+    inputs_path.write_text(json.dumps({k: encode(v) for k, v in inputs.items()}))
+    result = subprocess.run(["node", str(REPO / "tests/js/run_graph_model.mjs"), str(model_dir), str(inputs_path),
+                             str(outputs_path)], capture_output=True, text=True, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    return {k: decode(v) for k, v in json.loads(outputs_path.read_text()).items()}
+
+
+@pytest.fixture(scope="session")
+def tfjs_root(builds):
+    reason = tfjs_available()
+    if reason:
+        pytest.skip(f"TF.js check skipped: {reason}")
+    return builds.root(VARIANT_FIXTURE, ("--tfjs", "--nolite"))
+
+
+def test_tfjs_outputs_match_savedmodel(tfjs_root, tmp_path):
+    fx = load_fixture(VARIANT_FIXTURE)
+    driving = nchw_to_nhwc(fx.ref["driving"])
+    cases = {"kp_detector": {"img": driving}, "process_kp_driving": process_inputs(fx),
+             "generator": generator_inputs(fx)}
+    for module, inputs in cases.items():
+        expected = utils.savedmodel_function(utils.savedmodel_path(tfjs_root, MODEL, module))(**inputs)
+        ours = run_tfjs(utils.tfjs_path(tfjs_root, MODEL, module), inputs, tmp_path)
+        assert set(ours) == set(expected), module
+        for key in expected:
+            assert max_abs(ours[key], expected[key]) <= TFJS_TOL, (module, key)
+
+
+def test_tfjs_graphs_have_no_einsum(tfjs_root):
+    for module in ALL_MODULES:
+        graph = json.loads(Path(utils.tfjs_path(tfjs_root, MODEL, module), "model.json").read_text())
+        ops = {node["op"] for node in graph["modelTopology"]["node"]}
+        assert "Einsum" not in ops, module
+
+
+# --------------------------------------------------------------------------------------------------
+# run.py on the exported targets
+# --------------------------------------------------------------------------------------------------
+
+def read_png_frames(directory):
+    return np.stack([imageio.imread(p) for p in sorted(Path(directory).glob("frame_*.png"))])
+
+
+def run_args(fx, output, *extra):
+    return ["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
+            "--source_image", str(fx.dir / "source.png"), "--driving_video", str(fx.dir / "driving.mp4"),
+            "--output", f"{output}/", *extra]
+
+
+_DIRECT_FRAMES = {}
+
+
+def direct_frames(name, tmp_path_factory):
+    """Frames run.py writes on the direct target (relative, adapt, batch 4), once per fixture."""
+    if name not in _DIRECT_FRAMES:
+        out = tmp_path_factory.mktemp(f"direct-{name}") / "frames"
+        assert run.main(run_args(load_fixture(name), out, "--relative", "--adapt")) == 0
+        _DIRECT_FRAMES[name] = read_png_frames(out)
+    return _DIRECT_FRAMES[name]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("name", FIXTURE_NAMES)
+def test_run_py_exported_target_writes_direct_frames(builds, tmp_path_factory, tmp_path, name, target):
+    fx = load_fixture(name)
+    root = builds.root(name)
+    out = tmp_path / "frames"
+    assert run.main(run_args(fx, out, "--relative", "--adapt", "--target", target, "--exportdir", str(root))) == 0
+    assert_frames_match(read_png_frames(out), direct_frames(name, tmp_path_factory))
+
+
+def test_run_py_static_batch_with_exactbatch_on_six_frames(builds, tmp_path_factory, tmp_path):
+    fx = load_fixture(VARIANT_FIXTURE)
+    assert fx.ref["driving"].shape[0] % 4 != 0
+    root = builds.root(VARIANT_FIXTURE, ("--staticbatchsize", "4"))
+    out = tmp_path / "frames"
+    assert run.main(run_args(fx, out, "--relative", "--adapt", "--target", "tflite", "--exportdir", str(root),
+                             "--batchsize", "4", "--exactbatch")) == 0
+    assert_frames_match(read_png_frames(out), direct_frames(VARIANT_FIXTURE, tmp_path_factory))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_run_py_prescale_writes_direct_frames(builds, tmp_path_factory, tmp_path, target):
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = builds.root(VARIANT_FIXTURE, ("--prescale",))
+    out = tmp_path / "frames"
+    assert run.main(run_args(fx, out, "--relative", "--adapt", "--prescale", "--target", target,
+                             "--exportdir", str(root))) == 0
+    assert_frames_match(read_png_frames(out), direct_frames(VARIANT_FIXTURE, tmp_path_factory))
+
+
+def test_run_py_float16_target_runs(builds, tmp_path):
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = builds.root(VARIANT_FIXTURE, ("--float16",))
+    out = tmp_path / "frames"
+    assert run.main(run_args(fx, out, "--relative", "--adapt", "--target", "tflite", "--float16",
+                             "--exportdir", str(root))) == 0
+    assert len(read_png_frames(out)) == fx.ref["frames"].shape[0]
+
+
+def assert_one_line_error(capsys, code, *fragments):
+    err = capsys.readouterr().err.strip()
+    assert code == 1, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_missing_export_names_the_build_command(tmp_path, capsys, target):
+    fx = load_fixture(VARIANT_FIXTURE)
+    empty = tmp_path / "exports"
+    code = run.main(run_args(fx, tmp_path / "frames", "--target", target, "--exportdir", str(empty), "--prescale"))
+    assert_one_line_error(capsys, code, "no such export",
+                          f"python build.py --config {fx.config_path} --checkpoint {fx.checkpoint()} --prescale "
+                          f"--outdir {empty}")
+    assert not (tmp_path / "frames").exists()
+
+
+def test_prescale_run_on_default_exports_names_the_build_command(builds, tmp_path, capsys):
+    fx = load_fixture(VARIANT_FIXTURE)
+    code = run.main(run_args(fx, tmp_path / "frames", "--prescale", "--target", "tflite",
+                             "--exportdir", str(builds.root(VARIANT_FIXTURE))))
+    assert_one_line_error(capsys, code, "without --prescale", "python build.py", "--prescale")
+
+
+def test_static_batch_export_without_exactbatch_is_one_line(builds, tmp_path, capsys):
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = builds.root(VARIANT_FIXTURE, ("--staticbatchsize", "4"))
+    code = run.main(run_args(fx, tmp_path / "frames", "--target", "tflite", "--exportdir", str(root)))
+    assert_one_line_error(capsys, code, "static batch size of 4", "--batchsize 4 --exactbatch")
+
+
+def test_hardcoded_flags_that_do_not_fit_the_run_are_one_line(builds, tmp_path, capsys):
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = builds.root(VARIANT_FIXTURE, ("--hardcode", "10"))
+    code = run.main(run_args(fx, tmp_path / "frames", "--relative", "--adapt", "--target", "savedmodel",
+                             "--exportdir", str(root)))
+    assert_one_line_error(capsys, code, "--hardcode 10", "python build.py")
+
+
+# --------------------------------------------------------------------------------------------------
+# build.py errors and atomic writes
+# --------------------------------------------------------------------------------------------------
+
+def test_build_missing_checkpoint_is_one_line(tmp_path, capsys):
+    fx = load_fixture(VARIANT_FIXTURE)
+    code = build.main(["--config", str(fx.config_path), "--checkpoint", str(tmp_path / "nope.pth.tar"),
+                       "--outdir", str(tmp_path / "out")])
+    assert_one_line_error(capsys, code, "nope.pth.tar")
+    assert not (tmp_path / "out").exists()
+
+
+def test_failed_conversion_leaves_previous_export_intact(builds, tmp_path, capsys, monkeypatch):
+    fx = load_fixture(VARIANT_FIXTURE)
+    out = tmp_path / "out"
+    previous = Path(utils.tfjs_path(out, MODEL, "process_kp_driving"))
+    previous.mkdir(parents=True)
+    (previous / "model.json").write_text("{}")
+    monkeypatch.setenv("TFJS_CONVERTER", shutil.which("false"))
+    code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), "--outdir", str(out),
+                       "--module", "process_kp_driving", "--nolite", "--tfjs"])
+    assert_one_line_error(capsys, code, "tensorflowjs_converter failed")
+    assert sorted(p.name for p in previous.iterdir()) == ["model.json"]
+    assert (previous / "model.json").read_text() == "{}"
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]
