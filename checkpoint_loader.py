@@ -20,7 +20,8 @@ resolves only the few names a state dict needs (tensor rebuild functions,
 storage types, dtypes, ``OrderedDict``, container builtins), each to a local
 stand-in, and refuses anything else without importing its module.  Offsets,
 sizes, strides and element counts are checked against the file before any
-memory is allocated or any data is read.
+memory is allocated or any data is read, and all the tensors of one file
+together may take at most a few times the file's size (plus 256 MiB).
 
 ``load_with_torch`` is the opt-in alternative (``--loadwithtorch``) that lets
 real PyTorch parse the file; it is the only place torch is imported.
@@ -71,6 +72,12 @@ _TAR_MAGIC = b"ustar"
 # file could ask for an enormous copy of a one-element storage.  Expansion is
 # allowed up to this many bytes.
 _MAX_EXPANDED_BYTES = 1 << 28
+# Every tensor passing that check is not enough: a thousand stride-0 views of
+# one element, or a deflated zip member of zeros, would still turn a file of a
+# few kilobytes into gigabytes.  So all the tensors of one file together may
+# take at most _MAX_EXPANDED_BYTES plus this many bytes per byte of the file
+# (a real checkpoint needs about one).
+_MEMORY_PER_FILE_BYTE = 4
 # numpy (1.x) supports at most 32 dimensions.
 _MAX_NDIM = 32
 # byteorder and version members hold a word or a number.
@@ -321,6 +328,23 @@ def _make_ref(sid, source):
     return _StorageRef(sid.key, sid.dtype, offset * itemsize, size * itemsize, source)
 
 
+class _Allowance:
+    """The tensor memory one file may still make the reader allocate."""
+
+    def __init__(self, file_size):
+        self.limit = _MAX_EXPANDED_BYTES + _MEMORY_PER_FILE_BYTE * file_size
+        self.used = 0
+
+    def charge(self, nbytes, what):
+        """Account for ``nbytes`` more, or refuse before they are allocated."""
+        self.used += nbytes
+        if self.used > self.limit:
+            raise _Malformed(
+                f"{what} would take the tensors of this file past {self.limit} bytes "
+                f"of memory, more than a file of its size can hold; refusing to load it"
+            )
+
+
 def _no_storages(sid):
     """persistent_load for the pickles that must not reference storages."""
     raise _Malformed(f"unexpected storage reference {sid.key!r} outside the main pickle")
@@ -383,6 +407,8 @@ def _rebuild_tensor(storage, storage_offset, size, stride, dtype=None):
         return _DEFERRED
 
     span = (last - offset + 1) * itemsize
+    # The copy costs out_bytes; reading a compressed zip member costs span.
+    storage.source.allowance.charge(max(out_bytes, span), f"tensor of shape {size}")
     data = storage.source.read(storage.key, storage.byte_offset + offset * itemsize, span)
     flat = np.frombuffer(data, dtype=dtype.raw(storage.source.byteorder))
     # A dimension of size 1 is never stepped along, but a huge stride there
@@ -520,7 +546,8 @@ def _prescan(file):
             if opcode.name in _MEMO_PUTS and not 0 <= arg < ops:
                 raise _Malformed(f"pickle memo index {arg} out of range")
     except ValueError as err:
-        if "exhausted" in str(err) or "but only" in str(err):
+        # pickletools' wordings for running out of data mid-pickle
+        if any(words in str(err) for words in ("exhausted", "but only", "not enough data")):
             raise _Malformed("truncated (pickle data ends early)") from None
         raise _Malformed(f"corrupt pickle data ({err})") from None
 
@@ -565,8 +592,9 @@ class _BoundedReader:
 class _LegacySource:
     """Reads storage bytes from a legacy file, given where each storage starts."""
 
-    def __init__(self, file, offsets, byteorder):
+    def __init__(self, file, offsets, byteorder, file_size):
         self._file, self._offsets, self.byteorder = file, offsets, byteorder
+        self.allowance = _Allowance(file_size)
 
     def read(self, key, start, nbytes):
         # The unpickler is reading the same file object and calls us in the
@@ -663,7 +691,7 @@ def _read_legacy(file, file_size):
     catalog = _LegacyCatalog()
     _unpickle(reader, catalog.record)
     keys = _unpickle(reader, _no_storages)
-    source = _LegacySource(file, catalog.locate(file, keys, file_size, byteorder), byteorder)
+    source = _LegacySource(file, catalog.locate(file, keys, file_size, byteorder), byteorder, file_size)
 
     file.seek(main_start)
     return _unpickle(reader, lambda sid: _make_ref(sid, source))
@@ -696,6 +724,7 @@ class _ZipSource:
     def __init__(self, archive, prefix, archive_size):
         self._archive, self._prefix, self._archive_size = archive, prefix, archive_size
         self.byteorder = self._read_byteorder()
+        self.allowance = _Allowance(archive_size)
 
     def _info(self, name):
         """The member's ZipInfo, once its sizes are checked against the file.
@@ -880,25 +909,60 @@ _TORCH_LOAD_ERRORS = (
 )
 
 
-def _torch_to_numpy(obj, torch):
-    """Replace tensors in a torch.load result by numpy copies, like read_checkpoint."""
+# Lines of torch's weights_only refusals that are the same whatever the file holds.
+_TORCH_BOILERPLATE = ("Please file an issue", "Check the documentation")
+
+
+def _torch_to_numpy(obj, torch, allowance, converted):
+    """Replace tensors in a torch.load result by numpy copies, like read_checkpoint.
+
+    ``converted`` maps the id() of every tensor and container done so far to
+    its result: an object the file references many times (a pickle can nest
+    references exponentially, or make a list contain itself) is converted once.
+    ``allowance`` bounds the memory the copies take, as in read_checkpoint:
+    torch keeps a stride-0 view small, its numpy copy would not be.
+    """
+    if id(obj) in converted:
+        return converted[id(obj)]
     if isinstance(obj, torch.Tensor):
         tensor = obj.detach().cpu().resolve_conj().resolve_neg()
         if tensor.dtype == torch.bfloat16:
             tensor = tensor.float()  # numpy has no bfloat16
-        return np.array(tensor.numpy(), copy=True, order="C")
-    if isinstance(obj, torch.dtype):
+        allowance.charge(tensor.numel() * tensor.element_size(), f"tensor of shape {tuple(tensor.shape)}")
+        result = np.array(tensor.numpy(), copy=True, order="C")
+    elif isinstance(obj, torch.dtype):
         dtype = _DTYPES.get(str(obj).rpartition(".")[2])
-        return _ALLOWED["torch", dtype.name] if dtype else obj
-    if isinstance(obj, collections.OrderedDict):
-        return collections.OrderedDict((k, _torch_to_numpy(v, torch)) for k, v in obj.items())
-    if isinstance(obj, dict):
-        return {k: _torch_to_numpy(v, torch) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_torch_to_numpy(v, torch) for v in obj]
-    if isinstance(obj, tuple):
-        return tuple(_torch_to_numpy(v, torch) for v in obj)
-    return obj
+        result = _ALLOWED["torch", dtype.name] if dtype else obj
+    elif isinstance(obj, dict):
+        # registered before its values, so that a dict reaching itself ends here
+        result = converted[id(obj)] = collections.OrderedDict() if isinstance(obj, collections.OrderedDict) else {}
+        result.update((k, _torch_to_numpy(v, torch, allowance, converted)) for k, v in obj.items())
+    elif isinstance(obj, list):
+        result = converted[id(obj)] = []
+        result.extend(_torch_to_numpy(v, torch, allowance, converted) for v in obj)
+    elif isinstance(obj, tuple):
+        result = tuple(_torch_to_numpy(v, torch, allowance, converted) for v in obj)
+    else:
+        result = obj
+    converted[id(obj)] = result
+    return result
+
+
+def _torch_reason(err):
+    """The line of a torch.load error that says what is wrong.
+
+    weights_only refusals open with advice to load the file again with
+    weights_only=False -- exactly wrong for a file that asks to run code --
+    and say what the file asked for on a later line, between boilerplate.
+    """
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    if not lines:
+        return type(err).__name__
+    if lines[0].startswith("Weights only load failed"):
+        details = [line for line in lines[1:] if not line.startswith(_TORCH_BOILERPLATE)]
+        if details:
+            return f"refused by weights_only: {details[0]}"
+    return lines[0]
 
 
 def load_with_torch(path):
@@ -916,10 +980,13 @@ def load_with_torch(path):
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except _TORCH_LOAD_ERRORS as err:
-        first = str(err).strip().splitlines()
-        reason = first[0] if first else type(err).__name__
-        raise CheckpointError(_one_line(f"{name}: torch.load failed: {reason}")[:300]) from err
-    return _torch_to_numpy(obj, torch)
+        raise CheckpointError(_one_line(f"{name}: torch.load failed: {_torch_reason(err)}")[:300]) from err
+    try:
+        return _torch_to_numpy(obj, torch, _Allowance(os.path.getsize(path)), {})
+    except _Malformed as err:
+        raise CheckpointError(_one_line(f"{name}: {err}")) from None
+    except RecursionError:
+        raise CheckpointError(f"{name}: containers nested too deeply for a checkpoint") from None
 
 
 # ---- torch name -> keras variable mapping ----
@@ -1057,6 +1124,10 @@ def load_state_dicts(path, use_torch=False):
     for name in ("kp_detector", "generator"):
         if not isinstance(checkpoint.get(name), dict):
             raise CheckpointError(f"{path}: not a FOMM checkpoint (no '{name}' state dict)")
+        for key, value in checkpoint[name].items():
+            if not isinstance(key, str) or not isinstance(value, np.ndarray):
+                raise CheckpointError(f"{path}: not a FOMM checkpoint ('{name}' entry {key!r:.60} is a "
+                                      f"{type(value).__name__}, not a tensor)")
     return {name: checkpoint[name] for name in ("kp_detector", "generator")}
 
 

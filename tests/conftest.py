@@ -48,6 +48,11 @@ class Fixture:
 
         return modules.parse_config(utils.load_config(self.config_path))
 
+    def generator_kp_driving(self):
+        """norm_11 keypoints for the frames whose generator outputs the reference holds (the first G)."""
+        count = self.ref["prediction"].shape[0]
+        return {k: v[:count] for k, v in self.kp("norm_11").items()}
+
     def kp(self, prefix):
         """Reference keypoints {'value', 'jacobian'?} for e.g. prefix='kp_source' or 'norm_11'."""
         kp = {"value": self.ref[f"{prefix}_value"]}
