@@ -3,8 +3,14 @@
 Source keypoints once; then per batch of driving frames: kp_detector, process_kp_driving (relative
 motion, the original's normalize_kp), generator. The caller supplies a `Models` whose three callables
 take and return numpy arrays keyed by the SPEC signature names.
+
+Built on that pipeline: per-frame outputs with keypoints (for the visualizer), reconstruction and its
+L1 (the original reconstruction.py), the best start frame (the original demo.py's --find_best_frame,
+with the model's own keypoints) and per-stage timing (run.py --profile).
 """
-from dataclasses import dataclass
+import itertools
+import time
+from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -19,12 +25,24 @@ class Models:
     adapt_movement_scale=) -> {'value', 'jacobian'?}; generator(source_image=[1,H,W,C], kp_driving=...,
     kp_source=...) -> {'prediction', ...}. Jacobian arguments are named `<kp name>_jacobian`.
     With `prescale`, kp_detector also returns 'source_image_scaled' and the generator takes it.
+
+    Optional, used together when both are given: source_encoder(source_image=) -> {'source_features',
+    'source_image_scaled'} runs the generator's source-only work once per video, and
+    generator_cached(source_image=, source_features=, source_image_scaled=, kp_driving=..., kp_source=...)
+    does the rest per batch, with the generator's outputs.
     """
     kp_detector: Callable
     process_kp_driving: Callable
     generator: Callable
     estimate_jacobian: bool
     prescale: bool = False
+    source_encoder: Callable = None
+    generator_cached: Callable = None
+
+    @property
+    def cached(self):
+        """Whether the generator's source-only work can run once per video (source_encoder + generator_cached)."""
+        return self.source_encoder is not None and self.generator_cached is not None
 
 
 def kp_arguments(kp, name):
@@ -56,9 +74,14 @@ def pad_batch(batch, batch_size):
 
 
 class Animator:
-    """Animates one source image; feed it driving batches in order."""
+    """Animates one source image; feed it driving batches in order.
 
-    def __init__(self, models: Models, source_image, relative=False, adapt=False, batch_size=1, exact_batch=False):
+    Relative motion is measured from `kp_driving_initial` ({'value', 'jacobian'?}, batch of one) when
+    given, else from the first driving frame, as the original.
+    """
+
+    def __init__(self, models: Models, source_image, relative=False, adapt=False, batch_size=1, exact_batch=False,
+                 kp_driving_initial=None):
         self.models = models
         self.relative = relative
         self.adapt = adapt
@@ -66,7 +89,8 @@ class Animator:
         self.exact_batch = exact_batch
         self.source = np.asarray(source_image, np.float32)[None]  # [1, H, W, C]
         self.kp_source, self.source_scaled = self.source_keypoints()
-        self.kp_driving_initial = None
+        self.source_encoded = self.models.source_encoder(source_image=self.source) if self.models.cached else None
+        self.kp_driving_initial = kp_driving_initial
 
     def source_keypoints(self):
         """Source keypoints, and with prescale the downscaled source the generator reuses.
@@ -81,8 +105,11 @@ class Animator:
         return out, scaled if self.models.prescale else None
 
     def driving_keypoints(self, driving):
-        """Keypoints the generator should follow for a batch of driving frames."""
-        kp_driving = {k: v for k, v in self.models.kp_detector(img=driving).items() if k in ("value", "jacobian")}
+        """Keypoints detected in a batch of driving frames."""
+        return {k: v for k, v in self.models.kp_detector(img=driving).items() if k in ("value", "jacobian")}
+
+    def followed_keypoints(self, kp_driving):
+        """Keypoints the generator should follow for detected driving keypoints (relative motion or as is)."""
         if self.kp_driving_initial is None:
             self.kp_driving_initial = {k: v[:1] for k, v in kp_driving.items()}
         if not self.relative:
@@ -95,15 +122,24 @@ class Animator:
             adapt_movement_scale=np.float32(1.0 if self.adapt else 0.0))
 
     def animate_batch(self, driving):
-        """[b, H, W, C] driving frames -> generator outputs for those b frames."""
+        """[b, H, W, C] driving frames -> generator outputs for those b frames, plus the keypoint values
+        detected ('kp_driving') and followed ('kp_norm'), [b, K, 2] each."""
         count = len(driving)
         if self.exact_batch:
             driving = pad_batch(driving, self.batch_size)
-        kp_norm = self.driving_keypoints(np.asarray(driving, np.float32))
-        scaled = {} if self.source_scaled is None else {"source_image_scaled": self.source_scaled}
-        out = self.models.generator(source_image=self.source, **scaled, **kp_arguments(kp_norm, "kp_driving"),
-                                    **kp_arguments(self.kp_source, "kp_source"))
+        kp_driving = self.driving_keypoints(np.asarray(driving, np.float32))
+        kp_norm = self.followed_keypoints(kp_driving)
+        out = self.generate(kp_norm)
+        out = {**out, "kp_driving": kp_driving["value"], "kp_norm": kp_norm["value"]}
         return {k: np.asarray(v)[:count] for k, v in out.items()}
+
+    def generate(self, kp_norm):
+        """Generator outputs for the followed keypoints; from the encoded source when the models allow it."""
+        keypoints = {**kp_arguments(kp_norm, "kp_driving"), **kp_arguments(self.kp_source, "kp_source")}
+        if self.source_encoded is not None:
+            return self.models.generator_cached(source_image=self.source, **self.source_encoded, **keypoints)
+        scaled = {} if self.source_scaled is None else {"source_image_scaled": self.source_scaled}
+        return self.models.generator(source_image=self.source, **scaled, **keypoints)
 
 
 def animate(models: Models, source_image, driving_frames: Iterable[np.ndarray], relative=False, adapt=False,
@@ -115,15 +151,237 @@ def animate(models: Models, source_image, driving_frames: Iterable[np.ndarray], 
 
 
 def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Models:
-    """Models for the direct target: the Keras models wrapped in their tf.Modules, in this process."""
+    """Models for the direct target: the Keras models wrapped in their tf.Modules, in this process.
+
+    One loaded generator serves the generator, source_encoder and generator_cached modules.
+    state_dicts None keeps random weights (benchmark.py).
+    """
     import modules
 
     kp_detector = modules.build_kp_detector(config, state_dicts, where, prescale=prescale)
-    generator = modules.build_generator(config, state_dicts, where, prescale=prescale)
+    generator = modules.load_generator(config, state_dicts, where)
     process = modules.build_process_kp_driving(config)
 
     def numpy_call(module):
         return lambda **kwargs: {k: v.numpy() for k, v in module(**kwargs).items()}
 
-    return Models(numpy_call(kp_detector), numpy_call(process), numpy_call(generator), config.estimate_jacobian,
-                  prescale)
+    return Models(numpy_call(kp_detector), numpy_call(process),
+                  numpy_call(modules.GeneratorModule(generator, prescale=prescale)), config.estimate_jacobian, prescale,
+                  source_encoder=numpy_call(modules.SourceEncoderModule(generator)),
+                  generator_cached=numpy_call(modules.CachedGeneratorModule(generator)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-frame outputs: what the visualizer and the reconstruction metrics need
+# --------------------------------------------------------------------------------------------------
+
+def animate_frames(models: Models, source_image, driving_frames: Iterable[np.ndarray], relative=False, adapt=False,
+                   batch_size=1, exact_batch=False, kp_driving_initial=None) -> Iterator[tuple]:
+    """Yield (driving frame, outputs) per driving frame, streaming.
+
+    `outputs` holds that frame's generator outputs ('prediction' and, unless the generator was built
+    prediction-only, 'mask', 'occlusion_map', 'deformed') and the keypoint values [K, 2]
+    'kp_source', 'kp_driving' (detected) and 'kp_norm' (followed by the generator).
+    """
+    animator = Animator(models, source_image, relative, adapt, batch_size, exact_batch, kp_driving_initial)
+    kp_source = animator.kp_source["value"][0]
+    for driving in batches(driving_frames, batch_size):
+        out = animator.animate_batch(driving)
+        for index, frame in enumerate(driving):
+            yield frame, {"kp_source": kp_source, **{k: v[index] for k, v in out.items()}}
+
+
+# --------------------------------------------------------------------------------------------------
+# Reconstruction (the original reconstruction.py)
+# --------------------------------------------------------------------------------------------------
+
+def reconstruct_frames(models: Models, frames: Iterable[np.ndarray], batch_size=1, exact_batch=False):
+    """Reconstruct a video from its own first frame, as the original reconstruction.py.
+
+    Frame 0 is the source and every frame, frame 0 included, drives it with absolute keypoints.
+    Yields (real frame, outputs) like `animate_frames`.
+    """
+    frames = iter(frames)
+    first = next(frames, None)
+    if first is None:
+        return
+    yield from animate_frames(models, first, itertools.chain([first], frames), relative=False,
+                              batch_size=batch_size, exact_batch=exact_batch)
+
+
+def reconstruction_l1(prediction, frame):
+    """Mean absolute difference of a prediction and the real frame, both float in [0, 1].
+
+    reconstruction.py's per-frame loss, `torch.abs(out['prediction'] - driving).mean()`; its reported
+    number is the mean over every frame of every video.
+    """
+    return float(np.mean(np.abs(np.asarray(prediction, np.float64) - np.asarray(frame, np.float64))))
+
+
+# --------------------------------------------------------------------------------------------------
+# Best start frame (the original demo.py's --find_best_frame, with the model's own keypoints)
+# --------------------------------------------------------------------------------------------------
+
+def frame_keypoints(models: Models, frames: Iterable[np.ndarray], batch_size=1, exact_batch=False):
+    """Yield kp_detector's {'value' [K, 2], 'jacobian' [K, 2, 2]?} for each frame, streaming."""
+    for batch in batches(frames, batch_size):
+        images = pad_batch(batch, batch_size) if exact_batch else batch
+        out = models.kp_detector(img=np.asarray(images, np.float32))
+        kp = {k: np.asarray(out[k]) for k in ("value", "jacobian") if k in out}
+        for index in range(len(batch)):
+            yield {k: v[index] for k, v in kp.items()}
+
+
+def convex_hull_area(points) -> float:
+    """Area of the convex hull of [N, 2] points (Andrew's monotone chain, then the shoelace formula).
+
+    Equals scipy's `ConvexHull(points).volume`; 0 for fewer than three points or collinear ones.
+    """
+    ordered = sorted(map(tuple, np.asarray(points, np.float64)))
+
+    def half_hull(sequence):
+        hull = []
+        for point in sequence:
+            # Pop while the last two hull points and this one do not turn counter-clockwise.
+            while len(hull) >= 2 and _cross(hull[-2], hull[-1], point) <= 0:
+                hull.pop()
+            hull.append(point)
+        return hull[:-1]
+
+    hull = np.array(half_hull(ordered) + half_hull(reversed(ordered)))
+    if len(hull) < 3:
+        return 0.0
+    x, y = hull[:, 0], hull[:, 1]
+    return float(abs(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))) / 2)
+
+
+def _cross(origin, a, b):
+    """z of (a - origin) x (b - origin): positive for a counter-clockwise turn."""
+    return (a[0] - origin[0]) * (b[1] - origin[1]) - (a[1] - origin[1]) * (b[0] - origin[0])
+
+
+def normalized_pose(kp_value):
+    """[K, 2] keypoints centred on their mean and divided by the square root of their hull's area.
+
+    demo.py's find_best_frame normalises face landmarks this way so that position and size do not
+    count, only the pose. A degenerate (zero-area) hull is left unscaled rather than divided by zero.
+    """
+    kp = np.asarray(kp_value, np.float64)
+    kp = kp - kp.mean(axis=0, keepdims=True)
+    area = convex_hull_area(kp)
+    return kp / np.sqrt(area) if area > 0 else kp
+
+
+def pose_distance(pose_a, pose_b):
+    """demo.py's find_best_frame distance: the sum of squared differences of two normalised poses."""
+    return float(((pose_a - pose_b) ** 2).sum())
+
+
+def find_best_frame(models: Models, source_image, driving_frames: Iterable[np.ndarray], batch_size=1,
+                    exact_batch=False):
+    """(index, keypoints) of the driving frame whose pose is closest to the source's.
+
+    The original demo.py compares face-alignment landmarks; this compares the model's own keypoints,
+    so it needs no extra package and works for any domain. Ties go to the earliest frame, as there.
+    Streams the frames; raises ValueError when there are none.
+
+    The keypoints ({'value', 'jacobian'?}, batch of one) are the `kp_driving_initial` to animate with.
+    demo.py animates frames index..end forward and index..0 backward, both relative to frame `index`,
+    and writes `backward[::-1] + forward[1:]`: every frame once, in driving order. A prediction
+    depends only on its own frame, the source and frame `index`, so one pass in driving order with
+    that `kp_driving_initial` gives the same frames while streaming.
+    """
+    kp_source = next(frame_keypoints(models, [source_image], batch_size, exact_batch))
+    source_pose = normalized_pose(kp_source["value"])
+    best = None
+    for index, kp in enumerate(frame_keypoints(models, driving_frames, batch_size, exact_batch)):
+        distance = pose_distance(source_pose, normalized_pose(kp["value"]))
+        if best is None or distance < best[0]:
+            best = (distance, index, kp)
+    if best is None:
+        raise ValueError("no driving frames")
+    _, index, kp = best
+    return index, {k: v[None] for k, v in kp.items()}
+
+
+def keypoints_at(models: Models, driving_frames: Iterable[np.ndarray], index, batch_size=1, exact_batch=False):
+    """Keypoints ({'value', 'jacobian'?}, batch of one) of driving frame `index`, for `--best_frame`.
+
+    Decodes the frames up to `index` only. Raises IndexError naming the frame count when the video
+    is shorter.
+    """
+    count, frame = 0, None
+    for count, frame in enumerate(itertools.islice(driving_frames, index + 1), start=1):
+        pass
+    if count <= index:
+        raise IndexError(f"frame {index} is out of range: the video has {count} frames (0-{count - 1})")
+    kp = next(frame_keypoints(models, [frame], batch_size, exact_batch))
+    return {k: v[None] for k, v in kp.items()}
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-stage timing (run.py --profile)
+# --------------------------------------------------------------------------------------------------
+
+class Timings:
+    """Wall time and call counts per stage: the three modules, decode, encode and whatever else is timed."""
+
+    def __init__(self):
+        self.seconds = {}
+        self.calls = {}
+
+    def add(self, stage, seconds):
+        self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
+        self.calls[stage] = self.calls.get(stage, 0) + 1
+
+    def timed(self, stage, function):
+        """`function` wrapped so each call adds its wall time to `stage`."""
+        def call(*args, **kwargs):
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                self.add(stage, time.perf_counter() - start)
+
+        return call
+
+    def timed_iter(self, stage, iterable):
+        """Yield from `iterable`, adding the time each item takes to produce (e.g. decoding) to `stage`."""
+        iterator = iter(iterable)
+        while True:
+            start = time.perf_counter()
+            try:
+                item = next(iterator)
+            except StopIteration:
+                return
+            finally:
+                self.add(stage, time.perf_counter() - start)
+            yield item
+
+    def summary(self, frames, total_seconds):
+        """A small table: per stage its calls, total seconds, ms per output frame and share of the run."""
+        lines = [f"profile: {frames} frames in {total_seconds:.2f} s "
+                 f"({frames / total_seconds if total_seconds else 0:.1f} frames/s)",
+                 f"  {'stage':<20}{'calls':>7}{'total s':>10}{'ms/frame':>10}{'share':>8}"]
+        rows = [(stage, self.calls[stage], self.seconds[stage])
+                for stage in sorted(self.seconds, key=self.seconds.get, reverse=True)]
+        # Stages can nest (a timed module inside a timed iterator), so "other" is only shown when positive.
+        other = total_seconds - sum(self.seconds.values())
+        if other > 0:
+            rows.append(("other (python, I/O)", "", other))
+        for stage, calls, seconds in rows:
+            lines.append(f"  {stage:<20}{calls:>7}{seconds:>10.3f}"
+                         f"{1000 * seconds / max(frames, 1):>10.1f}{seconds / max(total_seconds, 1e-9):>8.1%}")
+        return "\n".join(lines)
+
+
+def timed_models(models: Models, timings: Timings) -> Models:
+    """The same Models with each module's calls timed under its name.
+
+    The generator's two halves for cached sources (source_encoder, generator_cached), where the models
+    have them, count as "generator" too, so the summary compares like with like whichever runs.
+    """
+    stages = {"kp_detector": "kp_detector", "process_kp_driving": "process_kp_driving", "generator": "generator",
+              "source_encoder": "generator", "generator_cached": "generator"}
+    return replace(models, **{field: timings.timed(stage, getattr(models, field)) for field, stage in stages.items()
+                              if getattr(models, field, None) is not None})

@@ -10,6 +10,11 @@ Under --outdir (default: this repository):
   tflite/<model>/<module>.tflite          builtin ops only, converted from the SavedModel
   tflite/<model>/<module>.json            signature input/output names, shapes, dtypes, tensor indices
   tflite/<model>/<module>-float16.tflite  (+ .json) with --float16, beside the float32 file
+  tflite/<model>/<module>-int8.tflite     (+ .json) with --int8: dynamic-range quantized, not exact
+<module> is kp_detector, process_kp_driving and generator (the SPEC signatures), plus source_encoder and
+generator_cached: the generator split into its source-only work, which run.py runs once per video,
+and the rest, per batch. Each JSON records a digest of the weights, so run.py uses that pair only
+with a generator of the same weights.
   js/<model>/<module>/                    with --tfjs: TF.js graph model + signature.json (output order)
 <model> is --model, or the --config file's stem without '-256'. Variants (--prescale, --hardcode,
 --predictiononly, --staticbatchsize) are written to the same paths; each JSON records the options
@@ -30,7 +35,7 @@ import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
 
-MODULES = ("kp_detector", "process_kp_driving", "generator")
+MODULES = ("kp_detector", "process_kp_driving", "generator", "source_encoder", "generator_cached")
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TFJS_VENV_CONVERTER = os.path.join(REPO_DIR, ".venv-tfjs", "bin", "tensorflowjs_converter")
 
@@ -47,6 +52,9 @@ def parse_args(argv=None):
     parser.add_argument("--predictiononly", action="store_true", help="the generator outputs only `prediction`")
     parser.add_argument("--float16", action="store_true",
                         help="also write float16 TF Lite files (<module>-float16.tflite)")
+    parser.add_argument("--int8", action="store_true",
+                        help="also write dynamic-range int8 TF Lite files (<module>-int8.tflite): int8 weights, "
+                             "float32 activations; faster and smaller, with a measured quality cost (README)")
     parser.add_argument("--tfjs", action="store_true",
                         help="also write TF.js graph models (needs tools/make_tfjs_venv.sh)")
     parser.add_argument("--staticbatchsize", type=int, default=None,
@@ -104,10 +112,10 @@ def selected_modules(args):
 def build_options(module, args):
     """The build flags that shape `module`, as recorded in its signature JSON and checked by run.py."""
     return {
-        "static_batch_size": args.staticbatchsize,
+        "static_batch_size": None if module == "source_encoder" else args.staticbatchsize,
         "hardcode": args.hardcode if module == "process_kp_driving" else None,
-        "prescale": args.prescale and module != "process_kp_driving",
-        "prediction_only": args.predictiononly and module == "generator",
+        "prescale": args.prescale and module in ("kp_detector", "generator"),
+        "prediction_only": args.predictiononly and module in ("generator", "generator_cached"),
     }
 
 
@@ -120,6 +128,10 @@ def make_module(module, config, state_dicts, where, args):
     if module == "generator":
         return modules.build_generator(config, state_dicts, where, args.staticbatchsize, args.predictiononly,
                                        args.prescale)
+    if module == "source_encoder":
+        return modules.build_source_encoder(config, state_dicts, where)
+    if module == "generator_cached":
+        return modules.build_generator_cached(config, state_dicts, where, args.staticbatchsize, args.predictiononly)
     return modules.build_process_kp_driving(config, args.staticbatchsize, args.hardcode)
 
 
@@ -221,7 +233,7 @@ def export_savedmodel(module, path, info):
 # TF Lite
 # --------------------------------------------------------------------------------------------------
 
-def convert_to_tflite(saved_model_path, float16=False):
+def convert_to_tflite(saved_model_path, float16=False, int8=False):
     """The SavedModel's serving_default as a .tflite flatbuffer with TF Lite builtin ops only.
 
     The function is frozen and its GraphDef converted, rather than the SavedModel re-imported:
@@ -229,6 +241,9 @@ def convert_to_tflite(saved_model_path, float16=False):
     nearest upsampling, which leaves a Conv2D only Flex could run. Freezing also turns every
     variable into a constant (no VAR_HANDLE / READ_VARIABLE ops). The frozen path writes no
     SignatureDef, so add_signature_def puts serving_default back.
+
+    int8 is TF Lite's dynamic-range quantization: weights stored as int8, activations quantized on
+    the fly where a kernel supports it (conv, fully connected), float32 everywhere else.
     """
     import tensorflow as tf
 
@@ -239,8 +254,9 @@ def convert_to_tflite(saved_model_path, float16=False):
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
     converter.experimental_lower_to_saved_model = False
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if float16:
+    if float16 or int8:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if float16:
         converter.target_spec.supported_types = [tf.float16]
     try:
         flatbuffer = converter.convert()
@@ -296,12 +312,12 @@ def tflite_signature(flatbuffer, info):
                 inputs=[describe(t) for t in signature.inputs], outputs=[describe(t) for t in signature.outputs])
 
 
-def export_tflite(saved_model_path, path, info, float16):
-    """tflite/<model>/<module>[-float16].tflite and its JSON, converted from the SavedModel."""
+def export_tflite(saved_model_path, path, info, float16, int8=False):
+    """tflite/<model>/<module>[-float16|-int8].tflite and its JSON, converted from the SavedModel."""
     import utils
 
-    flatbuffer = convert_to_tflite(saved_model_path, float16)
-    description = tflite_signature(flatbuffer, dict(info, float16=float16))
+    flatbuffer = convert_to_tflite(saved_model_path, float16, int8)
+    description = tflite_signature(flatbuffer, dict(info, float16=float16, int8=int8))
     write_files_atomically({path: flatbuffer, utils.signature_json_path("tflite", path): json_bytes(description)})
 
 
@@ -396,6 +412,16 @@ def report(path, started, outdir):
     print(f"  {os.path.relpath(path, outdir)}  {size_text}  {time.perf_counter() - started:.1f} s", flush=True)
 
 
+def tflite_variants(args):
+    """(float16, int8) of each .tflite to write: float32 always, float16 and int8 on request."""
+    variants = [(False, False)]
+    if args.float16:
+        variants.append((True, False))
+    if args.int8:
+        variants.append((False, True))
+    return variants
+
+
 def build_model(name, config_path, checkpoint_path, args):
     """Every requested artefact of one model."""
     import checkpoint_loader
@@ -409,32 +435,43 @@ def build_model(name, config_path, checkpoint_path, args):
                    if needs_checkpoint(args) else None)
     print(f"{name}:", flush=True)
     for module_name in selected_modules(args):
-        info = {"model": name, "module": module_name, "build": build_options(module_name, args)}
         started = time.perf_counter()
         module = make_module(module_name, config, state_dicts, checkpoint_path, args)
-        saved_model = utils.savedmodel_path(args.outdir, name, module_name)
-        export_savedmodel(module, saved_model, info)
-        report(saved_model, started, args.outdir)
-        if not args.nolite:
-            for float16 in (False, True) if args.float16 else (False,):
-                started = time.perf_counter()
-                path = utils.tflite_path(args.outdir, name, module_name, float16)
-                export_tflite(saved_model, path, info, float16)
-                report(path, started, args.outdir)
-        if args.tfjs:
+        export_module(module, name, module_name, args, started)
+
+
+def export_module(module, name, module_name, args, started):
+    """The SavedModel of one modules.SignatureModule, then the TF Lite files and TF.js model made from it."""
+    import modules
+    import utils
+
+    info = {"model": name, "module": module_name, "build": build_options(module_name, args)}
+    if hasattr(module, "model"):
+        info["weights"] = modules.weights_digest(module.model)
+    saved_model = utils.savedmodel_path(args.outdir, name, module_name)
+    export_savedmodel(module, saved_model, info)
+    report(saved_model, started, args.outdir)
+    if not args.nolite:
+        for float16, int8 in tflite_variants(args):
             started = time.perf_counter()
-            path = utils.tfjs_path(args.outdir, name, module_name)
-            export_tfjs(saved_model, path, info)
+            path = utils.tflite_path(args.outdir, name, module_name, float16, int8)
+            export_tflite(saved_model, path, info, float16, int8)
             report(path, started, args.outdir)
+    if args.tfjs:
+        started = time.perf_counter()
+        path = utils.tfjs_path(args.outdir, name, module_name)
+        export_tfjs(saved_model, path, info)
+        report(path, started, args.outdir)
 
 
 def main(argv=None):
     args = parse_args(argv)
-    import checkpoint_loader
-    import modules
-    import utils
-
     try:
+        # Importing TensorFlow takes seconds; Ctrl-C during them must be as clean as later.
+        import checkpoint_loader
+        import modules
+        import utils
+
         jobs, skipped = model_jobs(args)
         for line in skipped:
             print(f"skipped {line}", flush=True)
@@ -442,12 +479,12 @@ def main(argv=None):
             raise utils.UserError("no model to build: no config in config/ has its checkpoint in checkpoint/")
         for name, config_path, checkpoint_path in jobs:
             build_model(name, config_path, checkpoint_path, args)
+    except KeyboardInterrupt:  # first, so that it never needs the modules named below
+        print("interrupted: exports being written were discarded", file=sys.stderr)
+        return 130
     except (utils.UserError, checkpoint_loader.CheckpointError, modules.ConfigError, ExportError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: exports being written were discarded", file=sys.stderr)
-        return 130
     return 0
 
 

@@ -13,8 +13,13 @@ Sections:
   5. writing video / GIF / PNG frames atomically
   6. output naming
   7. exported models (savedmodel / tflite targets): layout, loading, TF Lite op lists
+  8. clips: a video as the model takes it (file, frame folder, strip of frames)
+  9. datasets: the original FramesDataset's test split, PairedDataset's pairs
+ 10. audio tracks
+ 11. visualizer: the original's row of panels per frame
 """
 
+import csv
 import itertools
 import json
 import math
@@ -31,7 +36,9 @@ import imageio.v3 as imageio_v3
 import imageio_ffmpeg
 import numpy as np
 import yaml
-from skimage import img_as_ubyte
+from PIL import Image
+from skimage import img_as_float32, img_as_ubyte
+from skimage.draw import disk
 from skimage.transform import resize
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
@@ -60,6 +67,12 @@ def _first_line(error):
     return type(error).__name__
 
 
+def _os_reason(error):
+    """Why an OSError happened ("Permission denied"), without the file names it carries:
+    those are often our temporary names, which mean nothing to the user."""
+    return error.strerror or _first_line(error)
+
+
 def _require_file(path, what):
     """Raise UserError unless `path` is an existing regular file."""
     if not os.path.exists(path):
@@ -76,8 +89,10 @@ def load_config(path):
     """Read a model config (YAML) and check the keys inference relies on.
 
     Returns the parsed mapping. Raises UserError when the file is missing or
-    unreadable, is not YAML, is not a mapping, lacks `model_params`, or lacks a
-    valid `dataset_params.frame_shape` ([H, W, C], positive integers).
+    unreadable, is not YAML, is not a mapping, lacks `model_params`, lacks a
+    valid `dataset_params.frame_shape` ([H, W, C], positive integers), or when
+    a `model_params` entry of `MODEL_PARAMS` is missing or of the wrong type;
+    the message names the key.
     """
     path = str(path)
     _require_file(path, "a config file")
@@ -98,8 +113,85 @@ def load_config(path):
         raise UserError(f"{path}: missing 'dataset_params.frame_shape'")
     if not _is_frame_shape(dataset_params["frame_shape"]):
         raise UserError(f"{path}: 'dataset_params.frame_shape' must be [height, width, channels] "
-                        f"of positive integers, got {dataset_params['frame_shape']!r}")
+                        f"of positive integers, got {_short_repr(dataset_params['frame_shape'])}")
+    _check_model_params(path, config["model_params"])
     return config
+
+
+# The model_params entries inference reads, as the original's YAML spells them:
+# (dotted key under model_params, kind, required). Checked here so that a typo
+# is reported with the file and key instead of surfacing as a TensorFlow error.
+MODEL_PARAMS = (
+    ("common_params.num_kp", "size", True),
+    ("common_params.num_channels", "size", True),
+    ("common_params.estimate_jacobian", "flag", False),
+    ("kp_detector_params.temperature", "positive number", True),
+    ("kp_detector_params.block_expansion", "size", True),
+    ("kp_detector_params.max_features", "size", True),
+    ("kp_detector_params.num_blocks", "size", True),
+    ("kp_detector_params.scale_factor", "positive number", False),
+    ("kp_detector_params.single_jacobian_map", "flag", False),
+    ("kp_detector_params.pad", "padding", False),
+    ("generator_params.block_expansion", "size", True),
+    ("generator_params.max_features", "size", True),
+    ("generator_params.num_down_blocks", "count", True),
+    ("generator_params.num_bottleneck_blocks", "count", True),
+    ("generator_params.estimate_occlusion_map", "flag", False),
+    ("generator_params.dense_motion_params.block_expansion", "size", True),
+    ("generator_params.dense_motion_params.max_features", "size", True),
+    ("generator_params.dense_motion_params.num_blocks", "size", True),
+    ("generator_params.dense_motion_params.scale_factor", "positive number", False),
+    ("generator_params.dense_motion_params.kp_variance", "positive number", False),
+)
+
+_KIND_TEXT = {
+    "size": "a positive integer",
+    "count": "a non-negative integer",
+    "positive number": "a positive number",
+    "flag": "true or false",
+    "padding": "a non-negative integer or a list of them",
+}
+
+
+def _check_model_params(path, model_params):
+    """UserError naming the first MODEL_PARAMS entry that is missing or of the wrong kind."""
+    for key, kind, required in MODEL_PARAMS:
+        *sections, name = key.split(".")
+        parent, where = model_params, "model_params"
+        for section in sections:
+            where = f"{where}.{section}"
+            if section not in parent:
+                raise UserError(f"{path}: missing '{where}'")
+            if not isinstance(parent[section], dict):
+                raise UserError(f"{path}: '{where}' must be a mapping, got {_short_repr(parent[section])}")
+            parent = parent[section]
+        if name not in parent:
+            if required:
+                raise UserError(f"{path}: missing '{where}.{name}'")
+            continue
+        if not _is_kind(parent[name], kind):
+            raise UserError(f"{path}: '{where}.{name}' must be {_KIND_TEXT[kind]}, got {_short_repr(parent[name])}")
+
+
+def _short_repr(value, limit=40):
+    """repr() of a value from a user's file, cut short for a one-line message."""
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _is_kind(value, kind):
+    """Whether a YAML value fits one of the MODEL_PARAMS kinds."""
+    if kind == "flag":
+        return isinstance(value, bool)
+    if kind == "padding" and isinstance(value, list):
+        return len(value) > 0 and all(_is_kind(v, "count") for v in value)
+    # bool is an int subclass, but `num_kp: true` is a typo, not a number.
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return False
+    if kind == "positive number":
+        return math.isfinite(value) and value > 0
+    minimum = 1 if kind == "size" else 0
+    return isinstance(value, int) and value >= minimum
 
 
 def _describe_yaml_error(err):
@@ -442,7 +534,7 @@ class FrameWriter:
         try:
             self._sink.write(frame)
         except OSError as err:
-            raise UserError(f"{self.path}: cannot write frame {self.frames_written} ({_first_line(err)})") from err
+            raise UserError(f"{self.path}: cannot write frame {self.frames_written} ({_os_reason(err)})") from err
         self.frames_written += 1
 
     def __enter__(self):
@@ -466,7 +558,7 @@ class FrameWriter:
             self._sink.move_to(self.path)
         except OSError as err:
             self._sink.discard()
-            raise UserError(f"{self.path}: cannot write output ({_first_line(err)})") from err
+            raise UserError(f"{self.path}: cannot write output ({_os_reason(err)})") from err
         except BaseException:
             self._sink.discard()
             raise
@@ -480,7 +572,9 @@ class _PngFolderSink:
         self._index = 0
 
     def write(self, frame):
-        imageio_v3.imwrite(os.path.join(self.temp, FRAME_NAME.format(self._index)), frame)
+        # Pillow itself rather than imageio: imageio makes a plugin object per file, and Ctrl-C
+        # landing while one is half made has its __del__ print an "Exception ignored" traceback.
+        Image.fromarray(frame).save(os.path.join(self.temp, FRAME_NAME.format(self._index)), format="PNG")
         self._index += 1
 
     def finish(self):
@@ -620,7 +714,7 @@ def _make_parent(path):
     try:
         os.makedirs(parent, exist_ok=True)
     except OSError as err:
-        raise UserError(f"{path}: cannot create the folder {parent} ({_first_line(err)})") from err
+        raise UserError(f"{path}: cannot create the folder {parent} ({_os_reason(err)})") from err
 
 
 def _make_temp(path, is_dir):
@@ -639,7 +733,7 @@ def _make_temp(path, is_dir):
             handle, temp = tempfile.mkstemp(prefix=f"{name}.tmp", suffix=extension, dir=parent)
             os.close(handle)
     except OSError as err:
-        raise UserError(f"{path}: cannot write there ({_first_line(err)})") from err
+        raise UserError(f"{path}: cannot write there ({_os_reason(err)})") from err
     # mkstemp/mkdtemp create private (0600/0700) entries; the result should
     # have the permissions any other new file gets.
     os.chmod(temp, (0o777 if is_dir else 0o666) & ~_current_umask())
@@ -694,6 +788,8 @@ def _same_path(first, second):
 # ----------------------------------------------------------------------------
 
 EXPORT_MODULES = ("kp_detector", "process_kp_driving", "generator")
+# Optional exports beside them: the generator split into its once-per-video source side and the rest.
+CACHED_EXPORT_MODULES = ("source_encoder", "generator_cached")
 SIGNATURE_KEY = "serving_default"
 SIGNATURE_JSON = "signature.json"  # name of the signature description inside SavedModel and TF.js folders
 
@@ -711,9 +807,10 @@ def savedmodel_path(root, model, module):
     return os.path.join(root, "saved_models", model, module)
 
 
-def tflite_path(root, model, module, float16=False):
-    """tflite/<model>/<module>.tflite, or <module>-float16.tflite, under the export root."""
-    return os.path.join(root, "tflite", model, f"{module}{'-float16' if float16 else ''}.tflite")
+def tflite_path(root, model, module, float16=False, int8=False):
+    """tflite/<model>/<module>.tflite, or <module>-float16.tflite / <module>-int8.tflite, under the export root."""
+    suffix = "-float16" if float16 else "-int8" if int8 else ""
+    return os.path.join(root, "tflite", model, f"{module}{suffix}.tflite")
 
 
 def tfjs_path(root, model, module):
@@ -787,25 +884,28 @@ class ExportMissing(UserError):
         self.path = path
 
 
-def find_exports(target, root, model, float16=False):
-    """{module: (path, signature description)} of the three exports of `model` under `root`.
+def find_exports(target, root, model, float16=False, int8=False):
+    """{module: (path, signature description)} of the exports of `model` under `root`.
 
-    `target` is 'savedmodel' or 'tflite' (float16 picks the -float16 files). Nothing is loaded
+    `target` is 'savedmodel' or 'tflite' (float16 / int8 pick those files). Nothing is loaded
     yet, so a caller can check the build options first. Raises ExportMissing for the first
-    absent export.
+    absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present.
     """
     exports = {}
-    for module in EXPORT_MODULES:
-        if target == "savedmodel":
-            path = savedmodel_path(root, model, module)
-            present = os.path.isfile(os.path.join(path, "saved_model.pb"))
-        else:
-            path = tflite_path(root, model, module, float16)
-            present = os.path.isfile(path)
-        if not present:
+    for module in EXPORT_MODULES + CACHED_EXPORT_MODULES:
+        path = _export_file(target, root, model, module, float16, int8)
+        present = os.path.isfile(os.path.join(path, "saved_model.pb") if target == "savedmodel" else path)
+        if present:
+            exports[module] = (path, read_signature_json(target, path))
+        elif module in EXPORT_MODULES:
             raise ExportMissing(path)
-        exports[module] = (path, read_signature_json(target, path))
     return exports
+
+
+def _export_file(target, root, model, module, float16, int8):
+    if target == "savedmodel":
+        return savedmodel_path(root, model, module)
+    return tflite_path(root, model, module, float16, int8)
 
 
 def load_export(target, path):
@@ -836,3 +936,339 @@ def tflite_ops(path):
             else:
                 ops.add(builtin_names[builtin])
     return sorted(ops)
+
+
+# ----------------------------------------------------------------------------
+# 8. Clips: a video as the model takes it, from a file, a frame folder or a strip
+# ----------------------------------------------------------------------------
+
+# FramesDataset's layouts: a video file, a folder of frame images, or one image of frames side by side.
+DATASET_VIDEO_EXTENSIONS = (".mp4", ".gif", ".mov")
+DATASET_STRIP_EXTENSIONS = (".png", ".jpg")
+
+
+class Clip:
+    """A video as float32 [H, W, 3] frames in [0, 1], decoded as a stream.
+
+    `path` is the file or folder, `fps` the frame rate the output keeps,
+    `frame_count` an estimate for progress bars (None when unknown) and
+    `media_path` the file whose audio track `--audio` copies (None for folders
+    and strips). Iterating again starts from the first frame, so a clip can be
+    read twice (the best-frame search does) without holding it in memory.
+    """
+
+    def __init__(self, path, fps, frame_count, read_frames, media_path=None, close=None):
+        self.path = str(path)
+        self.fps = fps
+        self.frame_count = frame_count
+        self.media_path = media_path
+        self._read_frames = read_frames
+        self._close = close
+
+    def __iter__(self):
+        return self._read_frames()
+
+    def close(self):
+        if self._close is not None:
+            self._close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, traceback):
+        self.close()
+        return False
+
+
+def open_driving_clip(path, frame_shape):
+    """A driving video file preprocessed as the original demo.py does (`preprocess_frame`)."""
+    return _video_clip(path, lambda frame: preprocess_frame(frame, frame_shape))
+
+
+def open_dataset_clip(path, frame_shape):
+    """One video of a dataset in any of the original FramesDataset's layouts.
+
+    A folder holds one image per frame, in sorted name order; a `.png`/`.jpg`
+    is a strip of frames side by side, each `frame_shape` wide; `.mp4`, `.gif`
+    and `.mov` are video files. Frames of `frame_shape` size are converted
+    exactly as FramesDataset does (`img_as_float32`); other sizes are resized
+    as demo.py does, where FramesDataset would feed them to the model unresized.
+    """
+    path = str(path)
+    lower = path.lower()
+    if os.path.isdir(path):
+        return _folder_clip(path, frame_shape)
+    if lower.endswith(DATASET_STRIP_EXTENSIONS):
+        return _strip_clip(path, frame_shape)
+    if lower.endswith(DATASET_VIDEO_EXTENSIONS):
+        return _video_clip(path, lambda frame: dataset_frame(frame, frame_shape))
+    raise UserError(f"{path}: not a dataset video (expected a folder of frames, "
+                    f"{', '.join(DATASET_VIDEO_EXTENSIONS + DATASET_STRIP_EXTENSIONS)})")
+
+
+def dataset_frame(frame, frame_shape):
+    """A decoded dataset frame as float32 [H, W, 3] in [0, 1] (see `open_dataset_clip`)."""
+    frame = _as_hwc(frame)
+    if frame.shape[:2] != tuple(frame_shape[:2]):
+        return preprocess_frame(frame, frame_shape)
+    # img_as_float32 rather than a same-size resize, which is one float32 ulp off FramesDataset.
+    return _to_rgb(img_as_float32(frame))
+
+
+def _video_clip(path, convert):
+    video = open_video(path)
+
+    def read_frames():
+        return (convert(frame) for frame in video)
+
+    return Clip(path, video.fps, video.frame_count, read_frames, media_path=path, close=video.close)
+
+
+def _folder_clip(path, frame_shape):
+    # Hidden files (.DS_Store and the like) are not frames.
+    names = sorted(name for name in os.listdir(path) if not name.startswith("."))
+    if not names:
+        raise UserError(f"{path}: the folder holds no frames")
+    files = [os.path.join(path, name) for name in names]
+
+    def read_frames():
+        return (dataset_frame(_decode_image(file), frame_shape) for file in files)
+
+    return Clip(path, DEFAULT_FPS, len(files), read_frames)
+
+
+def _strip_clip(path, frame_shape):
+    frames = split_strip(_decode_image(path), frame_shape, path)
+    return Clip(path, DEFAULT_FPS, len(frames), lambda: (dataset_frame(f, frame_shape) for f in frames))
+
+
+def split_strip(image, frame_shape, path="strip"):
+    """[H, T*W, C] frames side by side -> list of T [H, W, C] frames, W from frame_shape's aspect ratio.
+
+    FramesDataset reshapes the strip with frame_shape, which is only right for
+    square frames; this splits it into frame-wide columns instead.
+    """
+    image = _as_hwc(image)
+    height, width = image.shape[:2]
+    frame_width = round(height * frame_shape[1] / frame_shape[0])
+    if frame_width < 1 or width % frame_width:
+        raise UserError(f"{path}: a {width}x{height} strip does not split into frames of "
+                        f"{frame_shape[1]}x{frame_shape[0]} proportions")
+    return [image[:, left:left + frame_width] for left in range(0, width, frame_width)]
+
+
+# ----------------------------------------------------------------------------
+# 9. Datasets: the original FramesDataset's test split and PairedDataset's pairs
+# ----------------------------------------------------------------------------
+
+TEST_SIZE = 0.2  # FramesDataset's train_test_split(test_size=0.2, random_state=0) without a train/ folder
+
+
+def dataset_test_videos(root_dir):
+    """Paths of the videos in the test split of the dataset at `root_dir`.
+
+    As the original FramesDataset: `root_dir/test/` when `root_dir/train/`
+    exists, else a random 20% of `root_dir` chosen exactly as scikit-learn's
+    `train_test_split(names, test_size=0.2, random_state=0)`. Names are sorted
+    first: the original lists them in the file system's arbitrary order, which
+    makes its split differ between machines.
+    """
+    root_dir = str(root_dir)
+    if not os.path.isdir(root_dir):
+        raise UserError(f"{root_dir}: no such dataset folder (set dataset_params.root_dir or pass --root_dir)")
+    if os.path.isdir(os.path.join(root_dir, "train")):
+        test_dir = os.path.join(root_dir, "test")
+        if not os.path.isdir(test_dir):
+            raise UserError(f"{root_dir}: has train/ but no test/ folder")
+        names = _dataset_entries(test_dir)
+        if not names:
+            raise UserError(f"{test_dir}: no videos in the test split")
+        return [os.path.join(test_dir, name) for name in names]
+    return [os.path.join(root_dir, name) for name in random_test_split(_dataset_entries(root_dir), root_dir)]
+
+
+def _dataset_entries(folder):
+    return sorted(name for name in os.listdir(folder) if not name.startswith("."))
+
+
+def random_test_split(names, where="dataset"):
+    """The test part of scikit-learn's `train_test_split(names, test_size=0.2, random_state=0)`.
+
+    ShuffleSplit draws one permutation from `RandomState(0)` and takes its first
+    ceil(0.2 * n) indices as the test set, in permutation order.
+    """
+    count = len(names)
+    test_count = math.ceil(TEST_SIZE * count)
+    if count - test_count < 1:
+        raise UserError(f"{where}: {count} video(s) are too few for a random train/test split; "
+                        f"put the test videos in test/ and the others in train/")
+    permutation = np.random.RandomState(0).permutation(count)
+    return [names[i] for i in permutation[:test_count]]
+
+
+def animation_pairs(names, num_pairs, pairs_list=None):
+    """(driving, source) name pairs for dataset animation, as the original PairedDataset picks them.
+
+    With a pairs list (a CSV with `source` and `driving` columns, like the
+    original's data/vox256.csv), its first `num_pairs` rows whose two videos
+    are both in `names`. Without one, `num_pairs` distinct (driving, source)
+    index pairs drawn with `np.random.seed(0)` from the first
+    min(num_pairs, len(names)) videos (a video may drive itself).
+    """
+    if pairs_list is not None:
+        return _listed_pairs(names, num_pairs, pairs_list)
+    side = min(num_pairs, len(names))
+    grid = np.mgrid[:side, :side].reshape(2, -1).T  # [side * side, 2]: (driving, source) indices
+    count = min(len(grid), num_pairs)
+    chosen = grid.take(np.random.RandomState(0).choice(len(grid), count, replace=False), axis=0)
+    return [(names[driving], names[source]) for driving, source in chosen]
+
+
+def _listed_pairs(names, num_pairs, pairs_list):
+    known = set(names)
+    try:
+        with open(pairs_list, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise UserError(f"{pairs_list}: cannot read the pairs list ({_first_line(err)})") from err
+    if rows and not {"source", "driving"} <= set(rows[0]):
+        raise UserError(f"{pairs_list}: a pairs list needs 'source' and 'driving' columns")
+    pairs = [(row["driving"], row["source"]) for row in rows if row["driving"] in known and row["source"] in known]
+    return pairs[:num_pairs]
+
+
+def write_csv_atomically(path, rows):
+    """Write rows (lists of cells) as CSV under a temporary name, then rename it into place."""
+    _make_parent(path)
+    temp = _make_temp(path, is_dir=False)
+    try:
+        with open(temp, "w", newline="", encoding="utf-8") as f:
+            csv.writer(f).writerows(rows)
+        os.replace(temp, path)
+    except OSError as err:
+        if os.path.exists(temp):
+            os.remove(temp)
+        raise UserError(f"{path}: cannot write ({_first_line(err)})") from err
+
+
+# ----------------------------------------------------------------------------
+# 10. Audio tracks
+# ----------------------------------------------------------------------------
+
+def audio_stream(path):
+    """The line ffmpeg prints for the first audio stream of a media file, or None when it has none."""
+    # `ffmpeg -i` alone describes the input on stderr and exits with an error for want of an output.
+    result = subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", "-i", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, errors="replace")
+    for line in result.stderr.splitlines():
+        if line.strip().startswith("Stream #") and "Audio:" in line:
+            return line.strip()
+    return None
+
+
+# ----------------------------------------------------------------------------
+# 11. Visualizer: the original logger.Visualizer's row of panels per frame
+# ----------------------------------------------------------------------------
+
+# matplotlib's gist_rainbow (the colormap every original config names), as its segment data:
+# (position, (r, g, b)), linear in between. Written out so that no plotting library is needed.
+GIST_RAINBOW = (
+    (0.000, (1.00, 0.00, 0.16)),
+    (0.030, (1.00, 0.00, 0.00)),
+    (0.215, (1.00, 1.00, 0.00)),
+    (0.400, (0.00, 1.00, 0.00)),
+    (0.586, (0.00, 1.00, 1.00)),
+    (0.770, (0.00, 0.00, 1.00)),
+    (0.954, (1.00, 0.00, 1.00)),
+    (1.000, (1.00, 0.00, 0.75)),
+)
+COLORMAP_SIZE = 256  # matplotlib samples a segmented colormap into this many entries
+
+
+def gist_rainbow(x):
+    """RGB in [0, 1] of gist_rainbow at x in [0, 1], as matplotlib's `get_cmap('gist_rainbow')(x)[:3]`.
+
+    matplotlib looks x up in a 256-entry table sampled from the segments, so x
+    is first snapped down to one of those samples.
+    """
+    entry = min(int(float(x) * COLORMAP_SIZE), COLORMAP_SIZE - 1)
+    position = entry / (COLORMAP_SIZE - 1)
+    stops = [stop for stop, _ in GIST_RAINBOW]
+    colors = np.array([color for _, color in GIST_RAINBOW])
+    return np.array([np.interp(position, stops, colors[:, channel]) for channel in range(3)])
+
+
+def resize_nearest(image, height, width):
+    """[h, w, C] -> [height, width, C] as torch's F.interpolate(mode='nearest') (the Visualizer's resize)."""
+    rows = np.minimum(np.floor(np.arange(height) * (image.shape[0] / height)).astype(int), image.shape[0] - 1)
+    cols = np.minimum(np.floor(np.arange(width) * (image.shape[1] / width)).astype(int), image.shape[1] - 1)
+    return image[rows][:, cols]
+
+
+class Visualizer:
+    """One image row per frame, like the original's logger.Visualizer.
+
+    Panels, left to right: the source with its keypoints, the driving frame
+    with its keypoints, the deformed source, the prediction with the keypoints
+    the generator followed, the prediction, the occlusion map, and the motion
+    masks coloured per keypoint (background black). Panels whose generator
+    output is absent (no occlusion map in the config, a --predictiononly
+    export) are left out. Keypoint colours follow gist_rainbow as the original's.
+    """
+
+    def __init__(self, kp_size=5, draw_border=False, colormap="gist_rainbow"):
+        if colormap != "gist_rainbow":
+            warnings.warn(f"visualizer colormap {colormap!r} is not built in; using gist_rainbow")
+        self.kp_size = kp_size
+        self.draw_border = draw_border
+
+    @classmethod
+    def from_config(cls, config):
+        """A Visualizer with the config's `visualizer_params` (the original's defaults where absent)."""
+        params = config.get("visualizer_params") or {}
+        return cls(kp_size=params.get("kp_size", 5), draw_border=params.get("draw_border", False),
+                   colormap=params.get("colormap", "gist_rainbow"))
+
+    def draw_keypoints(self, image, kp):
+        """A copy of [H, W, 3] `image` with a disk per keypoint; kp [K, 2] is (x, y) in [-1, 1]."""
+        image = np.array(image, np.float32)
+        height, width = image.shape[:2]
+        pixels = (np.asarray(kp, np.float64) + 1) / 2 * np.array([width, height])
+        for index, (x, y) in enumerate(pixels):
+            rows, cols = disk((y, x), self.kp_size, shape=(height, width))
+            image[rows, cols] = gist_rainbow(index / len(pixels))
+        return image
+
+    def motion_masks(self, mask, height, width):
+        """[h, w, K+1] dense-motion masks -> [height, width, 3]: mask k coloured like keypoint k, background black."""
+        count = mask.shape[-1] - 1
+        colors = np.stack([np.zeros(3)] + [gist_rainbow(k / count) for k in range(count)])  # [K+1, 3]
+        return resize_nearest(mask, height, width) @ colors
+
+    def panels(self, source, driving, outputs):
+        """The float [H, W, 3] panels of one frame (see the class docstring)."""
+        height, width = source.shape[:2]
+        panels = [self.draw_keypoints(source, outputs["kp_source"]),
+                  self.draw_keypoints(driving, outputs["kp_driving"])]
+        if "deformed" in outputs:
+            panels.append(outputs["deformed"])
+        panels += [self.draw_keypoints(outputs["prediction"], outputs["kp_norm"]), outputs["prediction"]]
+        if "occlusion_map" in outputs:
+            panels.append(np.repeat(resize_nearest(outputs["occlusion_map"], height, width), 3, axis=-1))
+        if "mask" in outputs:
+            panels.append(self.motion_masks(outputs["mask"], height, width))
+        return panels
+
+    def visualize(self, source, driving, outputs):
+        """uint8 [H, n * W, 3]: one frame's panels side by side, white-edged with draw_border.
+
+        `outputs` is one frame of animate.animate_frames: the generator outputs
+        plus 'kp_source', 'kp_driving' and 'kp_norm'. Pixels are converted like
+        the written frames (`to_uint8`), so the plain prediction panel equals
+        the frame written to the result video.
+        """
+        panels = [np.clip(np.asarray(panel, np.float32), 0, 1) for panel in self.panels(source, driving, outputs)]
+        if self.draw_border:
+            for panel in panels:
+                panel[:, [0, -1]] = 1
+        return to_uint8(np.concatenate(panels, axis=1))

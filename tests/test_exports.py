@@ -85,7 +85,7 @@ def kp_inputs(kp, name):
 
 def generator_inputs(fx):
     """Inputs of the original's generator call recorded in the fixture (kp_driving = norm_11)."""
-    return {"source_image": nchw_to_nhwc(fx.ref["source"]), **kp_inputs(fx.kp("norm_11"), "kp_driving"),
+    return {"source_image": nchw_to_nhwc(fx.ref["source"]), **kp_inputs(fx.generator_kp_driving(), "kp_driving"),
             **kp_inputs(fx.kp("kp_source"), "kp_source")}
 
 
@@ -318,6 +318,67 @@ def test_zero_order_exports_have_no_jacobians(builds, name):
         for module in ALL_MODULES:
             names = signature_names(target, root, module, "inputs") + signature_names(target, root, module, "outputs")
             assert not [n for n in names if "jacobian" in n and n != "use_relative_jacobian"], (target, module)
+
+
+# --------------------------------------------------------------------------------------------------
+# The cached generator pair: source_encoder once per video, generator_cached per batch
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def cached_root(builds, tmp_path_factory):
+    """The vox fixture's default exports plus source_encoder and generator_cached, in a folder of their own."""
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = tmp_path_factory.mktemp("exports-cached")
+    shutil.copytree(builds.root(VARIANT_FIXTURE), root, dirs_exist_ok=True)
+    for module in utils.CACHED_EXPORT_MODULES:
+        code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
+                           "--outdir", str(root), "--module", module])
+        assert code == 0, f"build.py failed: {module}"
+    return root
+
+
+def cached_run_args(root, target, output):
+    return run.parse_args(run_args(load_fixture(VARIANT_FIXTURE), output, "--relative", "--adapt", "--target", target,
+                                   "--exportdir", str(root)))
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_cached_pair_equals_generator(cached_root, target):
+    fx = load_fixture(VARIANT_FIXTURE)
+    exports = utils.find_exports(target, cached_root, MODEL)
+    calls = {module: utils.load_export(target, path) for module, (path, _) in exports.items()}
+    inputs = generator_inputs(fx)
+    encoded = calls["source_encoder"](source_image=inputs["source_image"])
+    ours = calls["generator_cached"](**inputs, **encoded)
+    expected = calls["generator"](**inputs)
+    assert set(ours) == set(expected)
+    for key in expected:
+        assert max_abs(ours[key], expected[key]) <= 1e-5, key
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_run_py_uses_the_cached_pair_and_writes_direct_frames(cached_root, tmp_path_factory, tmp_path, target):
+    fx = load_fixture(VARIANT_FIXTURE)
+    args = cached_run_args(cached_root, target, tmp_path / "frames")
+    assert run.load_models(args, fx.config(), str(fx.checkpoint())).cached
+    out = tmp_path / "frames"
+    assert run.main(run_args(fx, out, "--relative", "--adapt", "--target", target,
+                             "--exportdir", str(cached_root))) == 0
+    assert_frames_match(read_png_frames(out), direct_frames(VARIANT_FIXTURE, tmp_path_factory))
+
+
+def test_cached_pair_of_other_weights_is_ignored(cached_root, tmp_path, capsys):
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = tmp_path / "exports"
+    shutil.copytree(cached_root, root)
+    description_path = Path(utils.signature_json_path("tflite", utils.tflite_path(root, MODEL, "generator_cached")))
+    description = json.loads(description_path.read_text())
+    description["weights"] = "0" * 16  # as if built from another checkpoint
+    description_path.write_text(json.dumps(description))
+    models = run.load_models(cached_run_args(root, "tflite", tmp_path / "frames"), fx.config(), str(fx.checkpoint()))
+    assert not models.cached
+    err = capsys.readouterr().err
+    assert "do not match the generator export" in err and "python build.py" in err, err
 
 
 # --------------------------------------------------------------------------------------------------

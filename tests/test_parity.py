@@ -5,10 +5,12 @@ AliaksandrSiarohin/first-order-model code (torch, CPU) on the fixture checkpoint
 keypoints within 1e-4, predictions within 2e-3 max abs, uint8 frames identical on >= 99.9% of pixels
 and never more than one level off.
 """
+import functools
+
 import numpy as np
 import pytest
 
-from conftest import fixture_models, nchw_to_nhwc
+from conftest import fixture_models, load_fixture, nchw_to_nhwc
 
 KP_TOL = 1e-4
 PREDICTION_TOL = 2e-3
@@ -53,10 +55,17 @@ def test_process_kp_driving_matches_normalize_kp(fixture, relative, adapt):
         assert max_abs(ours[key], reference[key]) <= KP_TOL, key
 
 
-def generator_outputs(fixture):
-    _, _, generator = fixture_models(fixture.name)
-    out = generator(nchw_to_nhwc(fixture.ref["source"]), fixture.kp("norm_11"), fixture.kp("kp_source"))
+@functools.lru_cache(maxsize=None)
+def _generator_outputs(name):
+    fixture = load_fixture(name)
+    _, _, generator = fixture_models(name)
+    out = generator(nchw_to_nhwc(fixture.ref["source"]), fixture.generator_kp_driving(), fixture.kp("kp_source"))
     return {k: v.numpy() for k, v in out.items()}
+
+
+def generator_outputs(fixture):
+    """Our generator on the reference inputs (computed once per fixture; several tests read it)."""
+    return _generator_outputs(fixture.name)
 
 
 def test_generator_prediction_matches_original(fixture):
@@ -74,6 +83,26 @@ def test_generator_intermediates_match_original(fixture, key):
     assert max_abs(ours[key], reference) <= INTERMEDIATE_TOL
 
 
+def test_fused_models_match_original(fixture):
+    # What run.py runs: BN folded, sub-pixel upsampling, row-split final conv, source encoded once.
+    import checkpoint_loader
+    import modules
+
+    config = fixture.config()
+    state = checkpoint_loader.load_state_dicts(fixture.checkpoint("legacy"))
+    kp_detector = modules.load_kp_detector(config, state)
+    generator = modules.load_generator(config, state)
+    for images, prefix in (("source", "kp_source"), ("driving", "kp_driving")):
+        ours = kp_detector(nchw_to_nhwc(fixture.ref[images]))
+        for key, reference in fixture.kp(prefix).items():
+            assert max_abs(ours[key], reference) <= KP_TOL, (prefix, key)
+    source = nchw_to_nhwc(fixture.ref["source"])
+    encoded = modules.SourceEncoderModule(generator)(source_image=source)
+    ours = generator(source, fixture.generator_kp_driving(), fixture.kp("kp_source"),
+                     source_scaled=encoded["source_image_scaled"], source_features=encoded["source_features"])
+    assert max_abs(ours["prediction"], nchw_to_nhwc(fixture.ref["prediction"])) <= PREDICTION_TOL
+
+
 def assert_frames_match(ours, reference):
     ours, reference = np.asarray(ours), np.asarray(reference)
     assert ours.shape == reference.shape and ours.dtype == np.uint8
@@ -82,14 +111,22 @@ def assert_frames_match(ours, reference):
     assert (diff == 0).mean() >= 0.999
 
 
+@functools.lru_cache(maxsize=None)
+def _direct_models_from_zip(name):
+    """The direct target's models, loaded from the zip-format checkpoint (the other tests use legacy)."""
+    import animate
+    import checkpoint_loader
+
+    fixture = load_fixture(name)
+    return animate.direct_models(fixture.config(), checkpoint_loader.load_state_dicts(fixture.checkpoint("zip")))
+
+
 @pytest.mark.parametrize("relative,key", [(True, "frames"), (False, "frames_absolute")])
 def test_pipeline_frames_equal_originals_demo(fixture, relative, key):
     import animate
-    import checkpoint_loader
     import utils
 
-    config = fixture.config()
-    models = animate.direct_models(config, checkpoint_loader.load_state_dicts(fixture.checkpoint("zip")))
+    models = _direct_models_from_zip(fixture.name)
     frames = list(nchw_to_nhwc(fixture.ref["driving"]))
     predictions = animate.animate(models, nchw_to_nhwc(fixture.ref["source"])[0], frames,
                                   relative=relative, adapt=relative, batch_size=4)

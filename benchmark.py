@@ -1,0 +1,622 @@
+"""Speed and memory of every target against the original PyTorch code, in one run on one machine.
+
+    python benchmark.py                                              # the full table (vox-256, 16 frames)
+    python benchmark.py --targets direct,tflite --batch 4 --frames 8  # a quick look
+    FOMM_ORIGINAL=/path/to/first-order-model python benchmark.py     # + the original's demo.make_animation
+
+Every row animates the same source image with the same N driving frames (relative, adapt), end to
+end: decode the driving video, preprocess, animate, encode an mp4. Weights are random (speed does not
+depend on their values); the exports of the savedmodel / tflite rows are built from the same random
+weights by build.py's own functions into a temporary folder. Each row runs in a subprocess of its
+own, so that its peak resident memory (ru_maxrss) is its own, and starts with one untimed warm-up
+batch (tracing, interpreter allocation). The original row needs torch and FOMM_ORIGINAL (imported at
+run time like tests/make_fixtures.py; none of its code lives here).
+
+FLOPs per frame are TensorFlow's profiler count (tf.compat.v1.profiler float_operation) of each
+module's graph at batch 1; "% roof" is the FLOP rate of a row's model time (its modules' calls,
+without decoding and encoding) as a fraction of a float32 2048 x 2048 matmul's, timed in
+TensorFlow right before that row. The streaming check runs run.py on synthetic 64- and
+1,024-frame clips with the small example model and compares their peak RSS.
+
+Prints a markdown table and writes JSON (--json). The machine is shared and noisy: compare rows of
+one run, not numbers across runs.
+"""
+import argparse
+import datetime
+import itertools
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+
+REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "tflite-int8", "original",
+           "direct-nocache", "direct-plain")
+DEFAULT_TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "original")
+# The source / driving pair every row animates: the shared data folder when this checkout has one,
+# else the bundled example.
+DATA_CANDIDATES = ("/work/shared/data", os.path.join(REPO_DIR, "example"))
+EXPORT_NAME = "bench"  # <model> of the temporary exports
+RESULT_PREFIX = "BENCHMARK_RESULT "  # how a job's one JSON line is told apart from library output
+MATMUL_SIZE = 2048
+STREAM_LENGTHS = (64, 1024)
+# int8's quality cost is measured on a trained model (random weights would say nothing): the example's.
+EXAMPLE = {name: os.path.join(REPO_DIR, "example", file) for name, file in (
+    ("config", "demo-256.yaml"), ("checkpoint", "demo-cpk.pth.tar"), ("source_image", "source.png"),
+    ("driving_video", "driving.mp4"))}
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description="Frames/s and peak memory of every target vs the original.")
+    parser.add_argument("--config", default=os.path.join(REPO_DIR, "config", "vox-256.yaml"),
+                        help="model config (default: config/vox-256.yaml)")
+    parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
+                        help=f"comma-separated subset of {','.join(TARGETS)} (default: {','.join(DEFAULT_TARGETS)}); "
+                             "direct-nocache runs without the cached source encoder, direct-plain also unfused "
+                             "(the port before its speed work)")
+    parser.add_argument("--batch", default="1,4,8", help="comma-separated batch sizes (default: 1,4,8)")
+    parser.add_argument("--frames", type=int, default=16, help="driving frames per row (default: 16)")
+    parser.add_argument("--source_image", help="source image (default: source.png of the data folder)")
+    parser.add_argument("--driving_video", help="driving video (default: driving.mp4 of the data folder)")
+    parser.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True,
+                        help="peak RSS of run.py on 64 vs 1,024 driving frames (default: on)")
+    parser.add_argument("--json", default=os.path.join(REPO_DIR, "output", "benchmark.json"),
+                        help="where to write the results (default: output/benchmark.json)")
+    parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job (a JSON spec) and exit
+    args = parser.parse_args(argv)
+    args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
+    unknown = sorted(set(args.targets) - set(TARGETS))
+    if unknown:
+        parser.error(f"unknown targets {unknown}; choose from {', '.join(TARGETS)}")
+    try:
+        args.batch = [int(b) for b in args.batch.split(",")]
+    except ValueError:
+        parser.error(f"--batch takes comma-separated integers, got {args.batch!r}")
+    if args.frames < 1 or min(args.batch) < 1:
+        parser.error("--frames and every --batch must be at least 1")
+    data = next((d for d in DATA_CANDIDATES if os.path.isfile(os.path.join(d, "driving.mp4"))), DATA_CANDIDATES[-1])
+    args.source_image = args.source_image or os.path.join(data, "source.png")
+    args.driving_video = args.driving_video or os.path.join(data, "driving.mp4")
+    return args
+
+
+# --------------------------------------------------------------------------------------------------
+# Jobs: each runs in a subprocess of its own and prints one JSON result line
+# --------------------------------------------------------------------------------------------------
+
+def run_job(spec):
+    """Start `benchmark.py --job spec` and return its result dict ({'error': ...} if it failed)."""
+    command = [sys.executable, os.path.abspath(__file__), "--job", json.dumps(spec)]
+    result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO_DIR)
+    for line in reversed(result.stdout.splitlines()):
+        if line.startswith(RESULT_PREFIX):
+            return json.loads(line[len(RESULT_PREFIX):])
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    return {"error": lines[-1] if lines else f"exit status {result.returncode}"}
+
+
+def job_main(spec):
+    """Entry point of a job subprocess."""
+    kinds = {"build": job_build, "flops": job_flops, "matmul": job_matmul, "row": job_row,
+             "original": job_original, "stream": job_stream, "int8_quality": job_int8_quality}
+    result = kinds[spec["kind"]](spec)
+    result["peak_rss_mb"] = peak_rss_mb()
+    print(RESULT_PREFIX + json.dumps(result), flush=True)
+
+
+def peak_rss_mb():
+    """This process's peak resident set size (Linux reports ru_maxrss in kB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def random_keras_models(config_path):
+    """(config, KPDetector, OcclusionAwareGenerator) as created, before any inference fusing; seeded weights."""
+    import keras
+
+    import modules
+    import utils
+
+    config = modules.parse_config(utils.load_config(config_path))
+    keras.utils.set_random_seed(0)
+    return config, modules.create_kp_detector(config), modules.create_generator(config)
+
+
+def job_build(spec):
+    """Every build.py export (SavedModel, TF Lite files) of every module, from seeded random weights."""
+    import keras
+
+    import build
+    import modules
+    import utils
+
+    config = modules.parse_config(utils.load_config(spec["config"]))
+    flags = [f"--{kind}" for kind in spec["tflite"] if kind != "float32"] if spec["tflite"] else ["--nolite"]
+    args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *flags])
+    for name in build.MODULES:
+        keras.utils.set_random_seed(0)  # the same weights in every module that holds the generator
+        module = build.make_module(name, config, None, "random weights", args)  # None: random weights
+        build.export_module(module, EXPORT_NAME, name, args, time.perf_counter())
+    return {}
+
+
+def job_flops(spec):
+    """GFLOP of one call of each module at batch 1: the original's graph and ours (fused, cached)."""
+    import modules
+
+    config, kp_detector, generator = random_keras_models(spec["config"])
+    counts = {"kp_detector": graph_gflop(modules.KPDetectorModule(kp_detector, batch_size=1)),
+              "generator (original)": graph_gflop(modules.GeneratorModule(generator, batch_size=1))}
+    modules.fuse_for_inference(kp_detector)
+    modules.fuse_for_inference(generator)
+    counts["kp_detector (fused)"] = graph_gflop(modules.KPDetectorModule(kp_detector, batch_size=1))
+    counts["generator (fused)"] = graph_gflop(modules.GeneratorModule(generator, batch_size=1))
+    counts["source_encoder"] = graph_gflop(modules.SourceEncoderModule(generator))
+    counts["generator_cached"] = graph_gflop(modules.CachedGeneratorModule(generator, batch_size=1))
+    return {"gflop": counts}
+
+
+def graph_gflop(module):
+    """The profiler's float-op count of a module's frozen signature graph, in GFLOP."""
+    import tensorflow as tf
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    graph = convert_variables_to_constants_v2(module.concrete_function()).graph
+    options = tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
+    options["output"] = "none"
+    return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops / 1e9
+
+
+def job_matmul(spec):
+    """GFLOP/s of a float32 MATMUL_SIZE^2 matmul in TensorFlow: the machine's practical roof."""
+    import tensorflow as tf
+
+    a = tf.random.normal([MATMUL_SIZE, MATMUL_SIZE])
+    matmul = tf.function(lambda: tf.matmul(a, a))
+    matmul().numpy()
+    best = min(timed(lambda: matmul().numpy()) for _ in range(spec.get("repeats", 10)))
+    return {"gflops": 2 * MATMUL_SIZE ** 3 / best / 1e9}
+
+
+def median(values):
+    values = sorted(values)
+    return values[len(values) // 2] if values else None
+
+
+def timed(function):
+    start = time.perf_counter()
+    function()
+    return time.perf_counter() - start
+
+
+class ModuleTimer:
+    """Wraps the callables of an animate.Models and adds up the seconds each module runs."""
+
+    def __init__(self):
+        self.seconds = {}
+
+    def wrap(self, name, function):
+        if function is None:
+            return None
+
+        def call(**inputs):
+            start = time.perf_counter()
+            try:
+                return function(**inputs)
+            finally:
+                self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+        return call
+
+    def wrap_models(self, models):
+        import dataclasses
+
+        callables = {field.name: self.wrap(field.name, getattr(models, field.name))
+                     for field in dataclasses.fields(models) if callable(getattr(models, field.name))}
+        return dataclasses.replace(models, **callables)
+
+
+def job_row(spec):
+    """One target at one batch size: load, warm up, then animate N frames end to end."""
+    import numpy as np
+
+    import animate
+    import utils
+
+    started = time.perf_counter()
+    config, models = load_row_models(spec)
+    load_s = time.perf_counter() - started
+    source = utils.read_image(spec["source_image"], config.frame_shape)
+    warmup = list(driving_frames(spec["driving_video"], config.frame_shape, spec["batch"]))
+    animator = animate.Animator(models, source, relative=True, adapt=True, batch_size=spec["batch"])
+    animator.animate_batch(np.stack(warmup))
+
+    timer = ModuleTimer()
+    timed_models = timer.wrap_models(models)
+    output = os.path.join(spec["tmpdir"], f"{spec['target']}-{spec['batch']}.mp4")
+    start = time.perf_counter()
+    frames = driving_frames(spec["driving_video"], config.frame_shape, spec["frames"])
+    with utils.FrameWriter(output, 25) as writer:
+        for prediction in animate.animate(timed_models, source, frames, relative=True, adapt=True,
+                                          batch_size=spec["batch"]):
+            writer.write(utils.to_uint8(prediction))
+    seconds = time.perf_counter() - start
+    return {"seconds": seconds, "module_seconds": timer.seconds, "load_s": load_s, "cached": models_cached(models)}
+
+
+def models_cached(models):
+    return models.cached
+
+
+def driving_frames(path, frame_shape, count):
+    """`count` preprocessed frames of the driving video, starting over at its end when it is short."""
+    import utils
+
+    def passes():
+        while True:
+            yield utils.iter_driving_frames(path, frame_shape)
+
+    return itertools.islice(itertools.chain.from_iterable(passes()), count)
+
+
+def load_row_models(spec):
+    """(config, animate.Models) for the row's target, loaded the way run.py loads them."""
+    import animate
+    import modules
+    import run
+    import utils
+
+    import keras
+
+    config = modules.parse_config(utils.load_config(spec["config"]))
+    if spec["target"].startswith("direct"):
+        keras.utils.set_random_seed(0)
+        return config, direct_variant(config, spec["target"])
+    target, _, kind = spec["target"].partition("-")
+    argv = ["--target", target, "--model", EXPORT_NAME, "--exportdir", spec["outdir"],
+            "--batchsize", str(spec["batch"])]
+    argv += {"float16": ["--float16"], "int8": ["--int8"]}.get(kind, [])
+    return config, run.load_models(run.parse_args(argv), config, None)
+
+
+def direct_variant(config, target):
+    """animate.Models of the direct target ('direct', as run.py runs it) or of an ablation of it."""
+    import dataclasses
+
+    import animate
+    import modules
+
+    if target == "direct-plain":
+        def numpy_call(module):
+            return lambda **kwargs: {k: v.numpy() for k, v in module(**kwargs).items()}
+
+        return animate.Models(numpy_call(modules.KPDetectorModule(modules.create_kp_detector(config))),
+                              numpy_call(modules.build_process_kp_driving(config)),
+                              numpy_call(modules.GeneratorModule(modules.create_generator(config))),
+                              config.estimate_jacobian)
+    models = animate.direct_models(config, None)  # None: random weights
+    if target == "direct-nocache":
+        return dataclasses.replace(models, source_encoder=None, generator_cached=None)
+    return models
+
+
+def job_original(spec):
+    """The original's demo.py path: read the video, demo.make_animation, write the mp4."""
+    import numpy as np
+    from skimage import img_as_ubyte
+
+    import utils  # before the original is imported: it takes over the names `modules` and `animate`
+
+    original, demo = import_original()
+    import imageio
+    import torch
+
+    config = utils.load_config(spec["config"])
+    params, frame_shape = config["model_params"], config["dataset_params"]["frame_shape"]
+    started = time.perf_counter()
+    torch.manual_seed(0)
+    generator = original.OcclusionAwareGenerator(**params["generator_params"], **params["common_params"]).eval()
+    kp_detector = original.KPDetector(**params["kp_detector_params"], **params["common_params"]).eval()
+    load_s = time.perf_counter() - started
+    source = utils.read_image(spec["source_image"], frame_shape)
+    warmup = list(driving_frames(spec["driving_video"], frame_shape, 1))
+    original.make_animation(source, warmup, generator, kp_detector, relative=True, adapt_movement_scale=True, cpu=True)
+
+    seconds = {}
+    timed_kp = TimedCall(kp_detector, "kp_detector", seconds)
+    timed_generator = TimedCall(generator, "generator", seconds)
+    demo.normalize_kp = TimedCall(demo.normalize_kp, "process_kp_driving", seconds)
+    start = time.perf_counter()
+    driving = list(driving_frames(spec["driving_video"], frame_shape, spec["frames"]))  # demo.py reads them all
+    predictions = original.make_animation(source, driving, timed_generator, timed_kp, relative=True,
+                                          adapt_movement_scale=True, cpu=True)
+    imageio.mimsave(os.path.join(spec["tmpdir"], "original.mp4"), [img_as_ubyte(p) for p in predictions], fps=25)
+    total = time.perf_counter() - start
+    return {"seconds": total, "module_seconds": seconds, "load_s": load_s, "cached": False,
+            "torch_threads": torch.get_num_threads(), "frames_out": int(np.shape(predictions)[0])}
+
+
+class TimedCall:
+    """A callable that forwards to `function` and adds its run time to seconds[name]."""
+
+    def __init__(self, function, name, seconds):
+        self.function, self.name, self.seconds = function, name, seconds
+
+    def __call__(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return self.function(*args, **kwargs)
+        finally:
+            self.seconds[self.name] = self.seconds.get(self.name, 0.0) + time.perf_counter() - start
+
+
+def import_original():
+    """(namespace, demo module) of the original, through tests/make_fixtures.py's import_original."""
+    sys.path.insert(0, os.path.join(REPO_DIR, "tests"))
+    import make_fixtures
+
+    original = make_fixtures.import_original()
+    return original, sys.modules["demo"]
+
+
+def original_available():
+    """None when the original row can run here, else why not."""
+    root = os.environ.get("FOMM_ORIGINAL")
+    if not root or not os.path.isfile(os.path.join(root, "modules", "generator.py")):
+        return "FOMM_ORIGINAL is not set to a checkout of the original"
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        return "torch is not installed"
+    return None
+
+
+def job_stream(spec):
+    """run.py with the small example model on a clip of spec['frames'] frames; its peak RSS is the result."""
+    import run
+
+    example = os.path.join(REPO_DIR, "example")
+    code = run.main(["--config", os.path.join(example, "demo-256.yaml"),
+                     "--checkpoint", os.path.join(example, "demo-cpk.pth.tar"),
+                     "--source_image", os.path.join(example, "source.png"), "--driving_video", spec["clip"],
+                     "--output", os.path.join(spec["tmpdir"], f"stream-{spec['frames']}.mp4"),
+                     "--relative", "--adapt"])
+    return {"exit_code": code, "frames": spec["frames"]}
+
+
+def job_int8_quality(spec):
+    """float32 vs int8 TF Lite exports of the example model on the example clip.
+
+    Animation (relative, adapt): the int8 predictions' max / mean abs difference from float32's.
+    Reconstruction (the clip from its first frame): each one's L1 to the real frames, and the change.
+    """
+    import numpy as np
+
+    import animate
+    import build
+    import modules
+    import run
+    import utils
+
+    paths = ["--config", EXAMPLE["config"], "--checkpoint", EXAMPLE["checkpoint"]]
+    if build.main([*paths, "--outdir", spec["outdir"], "--int8"]) != 0:
+        raise RuntimeError("build.py --int8 failed on the example model")
+    config = modules.parse_config(utils.load_config(EXAMPLE["config"]))
+    source = utils.read_image(EXAMPLE["source_image"], config.frame_shape)
+    frames = list(utils.iter_driving_frames(EXAMPLE["driving_video"], config.frame_shape))  # a short clip
+    predictions, l1 = {}, {}
+    for kind, flags in (("float32", []), ("int8", ["--int8"])):
+        args = run.parse_args([*paths, "--target", "tflite", "--exportdir", spec["outdir"], *flags])
+        models = run.load_models(args, config, EXAMPLE["checkpoint"])
+        predictions[kind] = np.stack(list(animate.animate(models, source, frames, relative=True, adapt=True,
+                                                          batch_size=4)))
+        l1[kind] = float(np.mean([animate.reconstruction_l1(out["prediction"], frame)
+                                  for frame, out in animate.reconstruct_frames(models, frames, batch_size=4)]))
+    difference = np.abs(predictions["int8"] - predictions["float32"])
+    return {"frames": len(frames), "prediction_max_abs": float(difference.max()),
+            "prediction_mean_abs": float(difference.mean()), "reconstruction_l1": l1,
+            "reconstruction_l1_change": l1["int8"] / l1["float32"] - 1}
+
+
+def write_clip(source_video, path, count):
+    """A `count`-frame clip of `source_video` played forwards and backwards, written as a stream."""
+    import utils
+
+    with utils.open_video(source_video) as video:
+        fps = video.fps
+        frames = list(video)  # the short source clip; the long one is never held in memory
+    loop = frames + frames[-2:0:-1]
+    with utils.FrameWriter(path, fps) as writer:
+        for index in range(count):
+            writer.write(loop[index % len(loop)][..., :3])
+
+
+# --------------------------------------------------------------------------------------------------
+# The run: jobs in order, then the table
+# --------------------------------------------------------------------------------------------------
+
+def row_specs(args, outdir, tmpdir):
+    """One job spec per (target, batch); the original runs frame by frame, so it has one row."""
+    base = {"config": args.config, "source_image": args.source_image, "driving_video": args.driving_video,
+            "frames": args.frames, "outdir": outdir, "tmpdir": tmpdir}
+    specs = []
+    for target in args.targets:
+        if target == "original":
+            specs.append(dict(base, kind="original", target=target, batch=1))
+        else:
+            specs += [dict(base, kind="row", target=target, batch=batch) for batch in args.batch]
+    return specs
+
+
+def tflite_kinds(targets):
+    kinds = {"tflite": "float32", "tflite-float16": "float16", "tflite-int8": "int8"}
+    return [kinds[t] for t in targets if t in kinds]
+
+
+def streaming_check(args, tmpdir):
+    """{frames: peak RSS MB} of run.py on synthetic clips of STREAM_LENGTHS frames."""
+    results = {}
+    for count in STREAM_LENGTHS:
+        clip = os.path.join(tmpdir, f"clip-{count}.mp4")
+        write_clip(args.driving_video, clip, count)
+        print(f"streaming: {count} frames ...", flush=True)
+        results[count] = run_job({"kind": "stream", "clip": clip, "frames": count, "tmpdir": tmpdir})
+        os.remove(clip)
+    return results
+
+
+def machine():
+    """CPU model name (lscpu) and core count."""
+    model = platform.processor() or platform.machine()
+    try:
+        out = subprocess.run(["lscpu"], stdout=subprocess.PIPE, text=True, check=True).stdout
+        model = next((line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name")),
+                     model)
+    except (OSError, subprocess.CalledProcessError):
+        pass  # lscpu is Linux-only; platform's answer stays
+    return {"cpu": model, "cores": os.cpu_count()}
+
+
+def gflop_per_frame(row, gflop, frames):
+    """FLOPs a row performs per frame: per-frame modules plus per-video work shared by the N frames."""
+    if row["target"] in ("original", "direct-plain"):
+        # The original computes kp_detector on the source and on the first driving frame once more.
+        extra = 2 if row["target"] == "original" else 1
+        return gflop["kp_detector"] + gflop["generator (original)"] + extra * gflop["kp_detector"] / frames
+    if row.get("cached"):
+        per_video = gflop["kp_detector (fused)"] + gflop["source_encoder"]
+        return gflop["kp_detector (fused)"] + gflop["generator_cached"] + per_video / frames
+    return gflop["kp_detector (fused)"] + gflop["generator (fused)"] + gflop["kp_detector (fused)"] / frames
+
+
+def summarize(row, gflop, roof, frames, original_fps):
+    """Derived numbers of one finished row: frames/s end to end and per module, % of the matmul roof."""
+    module_seconds = row["module_seconds"]
+    model_seconds = sum(module_seconds.values())
+    summary = {"fps": frames / row["seconds"],
+               "module_ms_per_frame": {k: 1000 * v / frames for k, v in module_seconds.items()},
+               "module_fps": {k: frames / v for k, v in module_seconds.items() if v > 0}}
+    if gflop and roof:
+        per_frame = gflop_per_frame(row, gflop, frames)
+        summary["gflop_per_frame"] = per_frame
+        summary["roof_fraction"] = per_frame * frames / model_seconds / roof
+    if original_fps:
+        summary["vs_original"] = summary["fps"] / original_fps
+    return summary
+
+
+def table(rows):
+    """The markdown table of the finished rows."""
+    header = ("| target | batch | frames/s | vs original | kp_detector ms/frame | process_kp_driving ms/frame "
+              "| generator ms/frame | source_encoder ms/video | GFLOP/frame | % matmul roof | peak RSS MB |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['target']} | {row['batch']} | failed: {row['error']} |" + " |" * 8)
+            continue
+        ms = row["module_ms_per_frame"]
+        generator_ms = ms.get("generator_cached", ms.get("generator", 0.0))
+        encoder = row["module_seconds"].get("source_encoder")
+        cells = [row["target"], str(row["batch"]), f"{row['fps']:.3f}", _ratio(row.get("vs_original")),
+                 f"{ms.get('kp_detector', 0):.0f}", f"{ms.get('process_kp_driving', 0):.1f}", f"{generator_ms:.0f}",
+                 "-" if encoder is None else f"{1000 * encoder:.0f}",
+                 _number(row.get("gflop_per_frame"), "{:.1f}"), _number(row.get("roof_fraction"), "{:.0%}"),
+                 f"{row['peak_rss_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(value):
+    return "-" if value is None else f"{value:.2f}x"
+
+
+def _number(value, fmt):
+    return "-" if value is None else fmt.format(value)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    if args.job:
+        job_main(json.loads(args.job))
+        return 0
+    skipped = original_available() if "original" in args.targets else None
+    if skipped:
+        print(f"original row skipped: {skipped}")
+        args.targets.remove("original")
+    report = {"date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"), "machine": machine(),
+              "command": " ".join(["python", "benchmark.py", *(sys.argv[1:] if argv is None else argv)]),
+              "config": os.path.relpath(args.config, REPO_DIR), "frames": args.frames,
+              "source_image": args.source_image, "driving_video": args.driving_video}
+    with tempfile.TemporaryDirectory(prefix="fomm-benchmark-") as tmpdir:
+        outdir = os.path.join(tmpdir, "exports")
+        exported = [t for t in args.targets if t.startswith(("savedmodel", "tflite"))]
+        if exported:
+            print("building exports ...", flush=True)
+            built = run_job({"kind": "build", "config": args.config, "outdir": outdir,
+                             "tflite": tflite_kinds(args.targets)})
+            if "error" in built:
+                sys.exit(f"error: building the exports failed: {built['error']}")
+        print("counting FLOPs ...", flush=True)
+        report["gflop_per_call"] = run_job({"kind": "flops", "config": args.config}).get("gflop")
+        rows = []
+        for spec in row_specs(args, outdir, tmpdir):
+            print(f"{spec['target']} batch {spec['batch']} ...", flush=True)
+            # The machine is shared: its roof is measured again right before each row.
+            matmul = run_job({"kind": "matmul"}).get("gflops")
+            rows.append(dict(run_job(spec), target=spec["target"], batch=spec["batch"], matmul_gflops=matmul))
+        report["matmul_gflops"] = median([row["matmul_gflops"] for row in rows if row["matmul_gflops"]])
+        if "tflite-int8" in args.targets:
+            print("int8 quality on the example model ...", flush=True)
+            report["int8_quality"] = run_job({"kind": "int8_quality", "outdir": os.path.join(tmpdir, "example")})
+        if args.streaming:
+            report["streaming"] = streaming_check(args, tmpdir)
+    original = next((r for r in rows if r["target"] == "original" and "error" not in r), None)
+    original_fps = args.frames / original["seconds"] if original else None
+    for row in rows:
+        if "error" not in row:
+            row.update(summarize(row, report["gflop_per_call"], row["matmul_gflops"], args.frames, original_fps))
+    report["rows"] = rows
+    print_report(report)
+    os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
+    with open(args.json, "w", encoding="utf-8") as f:
+        json.dump(report, f, indent=2)
+    print(f"\nwrote {args.json}")
+    return 0
+
+
+def print_report(report):
+    print()
+    print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores, {report['date']}; "
+          f"{report['config']}, {report['frames']} driving frames, random weights")
+    if report.get("matmul_gflops"):
+        print(f"float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul in TensorFlow: {report['matmul_gflops']:.0f} GFLOP/s")
+    if report.get("gflop_per_call"):
+        print("GFLOP per call (batch 1): " + ", ".join(f"{k} {v:.1f}" for k, v in report["gflop_per_call"].items()))
+    print()
+    print(table(report["rows"]))
+    quality = report.get("int8_quality")
+    if quality and "error" not in quality:
+        print(f"\nint8 quality (example model, example clip, {quality['frames']} frames, vs tflite float32): "
+              f"prediction max abs {quality['prediction_max_abs']:.4f}, mean abs {quality['prediction_mean_abs']:.4f}; "
+              f"reconstruction L1 {quality['reconstruction_l1']['float32']:.4f} -> "
+              f"{quality['reconstruction_l1']['int8']:.4f} ({quality['reconstruction_l1_change']:+.1%})")
+    elif quality:
+        print(f"\nint8 quality check failed: {quality['error']}")
+    streaming = report.get("streaming")
+    if streaming:
+        rss = {count: result.get("peak_rss_mb") for count, result in streaming.items()}
+        short, long = rss.get(STREAM_LENGTHS[0]), rss.get(STREAM_LENGTHS[1])
+        if short and long:
+            print(f"\nstreaming (run.py, example model): peak RSS {short:.0f} MB at {STREAM_LENGTHS[0]} frames, "
+                  f"{long:.0f} MB at {STREAM_LENGTHS[1]} frames ({long / short:.2f}x)")
+        else:
+            print(f"\nstreaming check failed: {streaming}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
