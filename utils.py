@@ -889,10 +889,13 @@ def find_exports(target, root, model, float16=False, int8=False):
 
     `target` is 'savedmodel' or 'tflite' (float16 / int8 pick those files). Nothing is loaded
     yet, so a caller can check the build options first. Raises ExportMissing for the first
-    absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present.
+    absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present, for SavedModel
+    only: LiteRT's XNNPACK delegate gives wrong generator_cached frames (see build.NO_TFLITE_MODULES),
+    so stale .tflite files of the pair from older builds are never used.
     """
     exports = {}
-    for module in EXPORT_MODULES + CACHED_EXPORT_MODULES:
+    cached_modules = CACHED_EXPORT_MODULES if target == "savedmodel" else ()
+    for module in EXPORT_MODULES + cached_modules:
         path = _export_file(target, root, model, module, float16, int8)
         present = os.path.isfile(os.path.join(path, "saved_model.pb") if target == "savedmodel" else path)
         if present:
