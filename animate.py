@@ -77,14 +77,16 @@ class Animator:
     """Animates one source image; feed it driving batches in order.
 
     Relative motion is measured from `kp_driving_initial` ({'value', 'jacobian'?}, batch of one) when
-    given, else from the first driving frame, as the original.
+    given, else from the first driving frame, as the original. `relative_jacobian` False keeps the
+    detected driving jacobians (normalize_kp's use_relative_jacobian, which configs' animate_params set).
     """
 
     def __init__(self, models: Models, source_image, relative=False, adapt=False, batch_size=1, exact_batch=False,
-                 kp_driving_initial=None):
+                 kp_driving_initial=None, relative_jacobian=True):
         self.models = models
         self.relative = relative
         self.adapt = adapt
+        self.relative_jacobian = relative_jacobian
         self.batch_size = batch_size
         self.exact_batch = exact_batch
         self.source = np.asarray(source_image, np.float32)[None]  # [1, H, W, C]
@@ -118,7 +120,7 @@ class Animator:
             **kp_arguments(kp_driving, "kp_driving"),
             **kp_arguments(self.kp_driving_initial, "kp_driving_initial"),
             **kp_arguments(self.kp_source, "kp_source"),
-            use_relative_jacobian=np.float32(1.0),
+            use_relative_jacobian=np.float32(1.0 if self.relative_jacobian else 0.0),
             adapt_movement_scale=np.float32(1.0 if self.adapt else 0.0))
 
     def animate_batch(self, driving):
@@ -176,14 +178,15 @@ def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Mo
 # --------------------------------------------------------------------------------------------------
 
 def animate_frames(models: Models, source_image, driving_frames: Iterable[np.ndarray], relative=False, adapt=False,
-                   batch_size=1, exact_batch=False, kp_driving_initial=None) -> Iterator[tuple]:
+                   batch_size=1, exact_batch=False, kp_driving_initial=None, relative_jacobian=True) -> Iterator[tuple]:
     """Yield (driving frame, outputs) per driving frame, streaming.
 
     `outputs` holds that frame's generator outputs ('prediction' and, unless the generator was built
     prediction-only, 'mask', 'occlusion_map', 'deformed') and the keypoint values [K, 2]
     'kp_source', 'kp_driving' (detected) and 'kp_norm' (followed by the generator).
     """
-    animator = Animator(models, source_image, relative, adapt, batch_size, exact_batch, kp_driving_initial)
+    animator = Animator(models, source_image, relative, adapt, batch_size, exact_batch, kp_driving_initial,
+                        relative_jacobian)
     kp_source = animator.kp_source["value"][0]
     for driving in batches(driving_frames, batch_size):
         out = animator.animate_batch(driving)

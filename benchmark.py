@@ -6,7 +6,7 @@
 
 Every row animates the same source image with the same N driving frames (relative, adapt), end to
 end: decode the driving video, preprocess, animate, encode an mp4. Weights are random (speed does not
-depend on their values); the exports of the savedmodel / tflite rows are built from the same random
+depend on their values); the exports of the savedmodel / tflite / onnx rows are built from the same random
 weights by build.py's own functions into a temporary folder. Each row runs in a subprocess of its
 own, so that its peak resident memory (ru_maxrss) is its own, and starts with one untimed warm-up
 batch (tracing, interpreter allocation). The original row needs torch and FOMM_ORIGINAL (imported at
@@ -15,7 +15,8 @@ run time like tests/make_fixtures.py; none of its code lives here).
 FLOPs per frame are TensorFlow's profiler count (tf.compat.v1.profiler float_operation) of each
 module's graph at batch 1; "% roof" is the FLOP rate of a row's model time (its modules' calls,
 without decoding and encoding) as a fraction of a float32 2048 x 2048 matmul's, timed in
-TensorFlow right before that row. The streaming check runs run.py on synthetic 64- and
+TensorFlow and in NumPy's BLAS right before each row (the faster of the two; the roof is the median
+over the rows). The streaming check runs run.py on synthetic 64- and
 1,024-frame clips with the small example model and compares their peak RSS.
 
 Prints a markdown table and writes JSON (--json). The machine is shared and noisy: compare rows of
@@ -36,7 +37,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "tflite-int8", "original",
+TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "tflite-int8", "onnx", "original",
            "direct-nocache", "direct-plain")
 DEFAULT_TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "original")
 # The source / driving pair every row animates: the shared data folder when this checkout has one,
@@ -70,6 +71,7 @@ def parse_args(argv=None):
                         help="peak RSS of run.py on 64 vs 1,024 driving frames (default: on)")
     parser.add_argument("--json", default=os.path.join(REPO_DIR, "output", "benchmark.json"),
                         help="where to write the results (default: output/benchmark.json)")
+    parser.add_argument("--report", metavar="JSON", help="only print the table of an earlier run's JSON")
     parser.add_argument("--job", help=argparse.SUPPRESS)  # internal: run one job (a JSON spec) and exit
     args = parser.parse_args(argv)
     args.targets = [t.strip() for t in args.targets.split(",") if t.strip()]
@@ -139,6 +141,7 @@ def job_build(spec):
 
     config = modules.parse_config(utils.load_config(spec["config"]))
     flags = [f"--{kind}" for kind in spec["tflite"] if kind != "float32"] if spec["tflite"] else ["--nolite"]
+    flags += ["--onnx"] if spec.get("onnx") else []
     args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *flags])
     for name in build.MODULES:
         keras.utils.set_random_seed(0)  # the same weights in every module that holds the generator
@@ -175,14 +178,25 @@ def graph_gflop(module):
 
 
 def job_matmul(spec):
-    """GFLOP/s of a float32 MATMUL_SIZE^2 matmul in TensorFlow: the machine's practical roof."""
+    """GFLOP/s of a float32 MATMUL_SIZE^2 matmul in TensorFlow and in NumPy's BLAS.
+
+    The faster of the two is the machine's practical roof: on the 2-core reference machine
+    OpenBLAS reaches ~185 GFLOP/s (near the AVX2-FMA peak) where TensorFlow's matmul reaches ~130,
+    and a roof below what a model's convolutions reach would overstate every row's fraction.
+    """
+    import numpy as np
     import tensorflow as tf
 
     a = tf.random.normal([MATMUL_SIZE, MATMUL_SIZE])
-    matmul = tf.function(lambda: tf.matmul(a, a))
+    matmul = tf.function(lambda: tf.matmul(a, a), autograph=False)
     matmul().numpy()
-    best = min(timed(lambda: matmul().numpy()) for _ in range(spec.get("repeats", 10)))
-    return {"gflops": 2 * MATMUL_SIZE ** 3 / best / 1e9}
+    a_numpy = a.numpy()
+    np.matmul(a_numpy, a_numpy)
+    repeats = spec.get("repeats", 10)
+    seconds = {"tensorflow": min(timed(lambda: matmul().numpy()) for _ in range(repeats)),
+               "numpy": min(timed(lambda: np.matmul(a_numpy, a_numpy)) for _ in range(repeats))}
+    rates = {name: 2 * MATMUL_SIZE ** 3 / best / 1e9 for name, best in seconds.items()}
+    return {"gflops": max(rates.values()), "by_library": rates}
 
 
 def median(values):
@@ -525,6 +539,10 @@ def main(argv=None):
     if args.job:
         job_main(json.loads(args.job))
         return 0
+    if args.report:
+        with open(args.report, encoding="utf-8") as f:
+            print_report(json.load(f))
+        return 0
     skipped = original_available() if "original" in args.targets else None
     if skipped:
         print(f"original row skipped: {skipped}")
@@ -535,11 +553,11 @@ def main(argv=None):
               "source_image": args.source_image, "driving_video": args.driving_video}
     with tempfile.TemporaryDirectory(prefix="fomm-benchmark-") as tmpdir:
         outdir = os.path.join(tmpdir, "exports")
-        exported = [t for t in args.targets if t.startswith(("savedmodel", "tflite"))]
+        exported = [t for t in args.targets if t.startswith(("savedmodel", "tflite", "onnx"))]
         if exported:
             print("building exports ...", flush=True)
             built = run_job({"kind": "build", "config": args.config, "outdir": outdir,
-                             "tflite": tflite_kinds(args.targets)})
+                             "tflite": tflite_kinds(args.targets), "onnx": "onnx" in args.targets})
             if "error" in built:
                 sys.exit(f"error: building the exports failed: {built['error']}")
         print("counting FLOPs ...", flush=True)
@@ -548,9 +566,13 @@ def main(argv=None):
         for spec in row_specs(args, outdir, tmpdir):
             print(f"{spec['target']} batch {spec['batch']} ...", flush=True)
             # The machine is shared: its roof is measured again right before each row.
-            matmul = run_job({"kind": "matmul"}).get("gflops")
-            rows.append(dict(run_job(spec), target=spec["target"], batch=spec["batch"], matmul_gflops=matmul))
+            matmul = run_job({"kind": "matmul"})
+            rows.append(dict(run_job(spec), target=spec["target"], batch=spec["batch"],
+                             matmul_gflops=matmul.get("gflops"), matmul_by_library=matmul.get("by_library")))
         report["matmul_gflops"] = median([row["matmul_gflops"] for row in rows if row["matmul_gflops"]])
+        report["matmul_by_library"] = {library: median([row["matmul_by_library"][library] for row in rows
+                                                        if row.get("matmul_by_library")])
+                                       for library in ("tensorflow", "numpy")}
         if "tflite-int8" in args.targets:
             print("int8 quality on the example model ...", flush=True)
             report["int8_quality"] = run_job({"kind": "int8_quality", "outdir": os.path.join(tmpdir, "example")})
@@ -560,7 +582,9 @@ def main(argv=None):
     original_fps = args.frames / original["seconds"] if original else None
     for row in rows:
         if "error" not in row:
-            row.update(summarize(row, report["gflop_per_call"], row["matmul_gflops"], args.frames, original_fps))
+            # One roof for every row: the median of the per-row measurements, so a row whose matmul
+            # happened to be timed during a hiccup does not get an inflated fraction.
+            row.update(summarize(row, report["gflop_per_call"], report["matmul_gflops"], args.frames, original_fps))
     report["rows"] = rows
     print_report(report)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -575,7 +599,10 @@ def print_report(report):
     print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores, {report['date']}; "
           f"{report['config']}, {report['frames']} driving frames, random weights")
     if report.get("matmul_gflops"):
-        print(f"float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul in TensorFlow: {report['matmul_gflops']:.0f} GFLOP/s")
+        by_library = report.get("matmul_by_library") or {}
+        print(f"float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul: TensorFlow {by_library.get('tensorflow', 0):.0f}, "
+              f"NumPy {by_library.get('numpy', 0):.0f} GFLOP/s; the roof is the faster, "
+              f"{report['matmul_gflops']:.0f} GFLOP/s (median over the rows)")
     if report.get("gflop_per_call"):
         print("GFLOP per call (batch 1): " + ", ".join(f"{k} {v:.1f}" for k, v in report["gflop_per_call"].items()))
     print()
@@ -590,7 +617,7 @@ def print_report(report):
         print(f"\nint8 quality check failed: {quality['error']}")
     streaming = report.get("streaming")
     if streaming:
-        rss = {count: result.get("peak_rss_mb") for count, result in streaming.items()}
+        rss = {int(count): result.get("peak_rss_mb") for count, result in streaming.items()}  # JSON keys: str
         short, long = rss.get(STREAM_LENGTHS[0]), rss.get(STREAM_LENGTHS[1])
         if short and long:
             print(f"\nstreaming (run.py, example model): peak RSS {short:.0f} MB at {STREAM_LENGTHS[0]} frames, "

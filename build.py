@@ -1,7 +1,8 @@
-"""Export CLI: SavedModel, TF Lite (float32 / float16) and TF.js files of a FOMM checkpoint.
+"""Export CLI: SavedModel, TF Lite (float32 / float16 / int8), TF.js and ONNX files of a FOMM checkpoint.
 
     python build.py --model vox                    # SavedModels + float32 .tflite of all three modules
     python build.py --model vox --float16 --tfjs   # + float16 .tflite and TF.js graph models
+    python build.py --model vox --onnx             # + ONNX models (pip install -r requirements-onnx.txt)
     python build.py -a                             # every config/NAME-256.yaml whose checkpoint is present
 
 Under --outdir (default: this repository):
@@ -13,9 +14,11 @@ Under --outdir (default: this repository):
   tflite/<model>/<module>-int8.tflite     (+ .json) with --int8: dynamic-range quantized, not exact
 <module> is kp_detector, process_kp_driving and generator (the SPEC signatures), plus source_encoder and
 generator_cached: the generator split into its source-only work, which run.py runs once per video,
-and the rest, per batch (SavedModel and TF.js only, see NO_TFLITE_MODULES). Each JSON records a
+and the rest, per batch (SavedModel, TF.js and ONNX, not TF Lite: see NO_TFLITE_MODULES). Each JSON records a
 digest of the weights, so run.py uses that pair only with a generator of the same weights.
   js/<model>/<module>/                    with --tfjs: TF.js graph model + signature.json (output order)
+  onnx/<model>/<module>.onnx              with --onnx: converted from the SavedModel by tf2onnx (opset 17)
+  onnx/<model>/<module>.json              its input/output names, shapes and dtypes
 <model> is --model, or the --config file's stem without '-256'. Variants (--prescale, --hardcode,
 --predictiononly, --staticbatchsize) are written to the same paths; each JSON records the options
 it was built with, and run.py checks them.
@@ -39,8 +42,10 @@ MODULES = ("kp_detector", "process_kp_driving", "generator", "source_encoder", "
 # LiteRT 2.3's XNNPACK delegate returns wrong generator_cached outputs (max abs 0.8) from the second call
 # with new keypoints on, in a process where TensorFlow has run (the first call is right; so is every call
 # without XNNPACK, but 3x slower; the plain generator is right): the pair is exported as SavedModel (and
-# TF.js) only, and run.py's tflite target runs the plain generator.
+# TF.js, ONNX: onnxruntime runs it right, tests/test_onnx.py) only, and run.py's tflite target runs the
+# plain generator.
 NO_TFLITE_MODULES = ("source_encoder", "generator_cached")
+ONNX_OPSET = 17  # tf2onnx 1.17 converts up to opset 18; 17 is what onnxruntime has supported longest
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TFJS_VENV_CONVERTER = os.path.join(REPO_DIR, ".venv-tfjs", "bin", "tensorflowjs_converter")
 
@@ -62,6 +67,8 @@ def parse_args(argv=None):
                              "float32 activations; faster and smaller, with a measured quality cost (README)")
     parser.add_argument("--tfjs", action="store_true",
                         help="also write TF.js graph models (needs tools/make_tfjs_venv.sh)")
+    parser.add_argument("--onnx", action="store_true",
+                        help="also write ONNX models (onnx/<model>/<module>.onnx; needs requirements-onnx.txt)")
     parser.add_argument("--staticbatchsize", type=int, default=None,
                         help="fix the batch size of the driving inputs (TF Lite delegates need static shapes)")
     parser.add_argument("--hardcode", choices=["00", "01", "10", "11"], default=None,
@@ -73,7 +80,7 @@ def parse_args(argv=None):
     parser.add_argument("--loadwithtorch", action="store_true",
                         help="load the checkpoint with torch.load instead of the built-in reader (needs PyTorch)")
     parser.add_argument("--outdir", default=REPO_DIR,
-                        help="folder that receives saved_models/, tflite/ and js/ (default: the repository)")
+                        help="folder that receives saved_models/, tflite/, js/ and onnx/ (default: the repository)")
     args = parser.parse_args(argv)
     if args.all and (args.model or args.config or args.checkpoint):
         parser.error("-a builds every model in config/; drop --model/--config/--checkpoint")
@@ -392,6 +399,114 @@ def _identity_number(tensor_name):
 
 
 # --------------------------------------------------------------------------------------------------
+# ONNX
+# --------------------------------------------------------------------------------------------------
+
+def check_onnx_converter():
+    """Fail before building anything when --onnx cannot convert: tf2onnx is an optional extra."""
+    import utils
+
+    try:
+        import tf2onnx  # noqa: F401
+    except ImportError:
+        raise ExportError(f"--onnx needs tf2onnx: {utils.ONNX_INSTALL}") from None
+
+
+def convert_to_onnx(saved_model_path, saved):
+    """The SavedModel's serving_default as an ONNX ModelProto whose inputs and outputs keep its names.
+
+    As for TF Lite, the signature function is frozen (variables become initializers) and its GraphDef
+    converted. Inputs come in the signature's order, outputs sorted by name as in every other export.
+    tf2onnx keeps going past a TensorFlow op it cannot convert, leaving it in the graph, so the ONNX
+    checker must accept the result: a bad graph fails here, not when run.py loads it. `saved` is the
+    SavedModel's signature description (build.py's JSON inside it).
+    """
+    import onnx
+    import tensorflow as tf
+    import tf2onnx
+    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+
+    import utils
+
+    loaded = tf.saved_model.load(saved_model_path)
+    function = loaded.signatures[utils.SIGNATURE_KEY]
+    frozen = convert_variables_to_constants_v2(function)
+    placeholders = {tensor.name.split(":")[0]: tensor.name for tensor in frozen.inputs}
+    input_names = [entry["name"] for entry in saved["inputs"]]
+    output_names = [entry["name"] for entry in saved["outputs"]]
+    if sorted(placeholders) != sorted(input_names):
+        raise ExportError(f"{saved_model_path}: frozen inputs {sorted(placeholders)} do not match the signature "
+                          f"{input_names}")
+    # The function returns its outputs flattened, i.e. sorted by name, as tensors Identity, Identity_1, ...
+    outputs = dict(zip(sorted(function.structured_outputs), (tensor.name for tensor in frozen.outputs)))
+    if sorted(outputs) != output_names:
+        raise ExportError(f"{saved_model_path}: frozen outputs {sorted(outputs)} do not match the signature "
+                          f"{output_names}")
+    renames = {**{placeholders[name]: name for name in input_names}, **{outputs[name]: name for name in output_names}}
+    try:
+        with _quiet_loggers("tensorflow", "tf2onnx"):
+            model, _ = tf2onnx.convert.from_graph_def(
+                frozen.graph.as_graph_def(), name=saved.get("module"),
+                input_names=[placeholders[n] for n in input_names], output_names=[outputs[n] for n in output_names],
+                opset=ONNX_OPSET, tensors_to_rename=renames)
+        onnx.checker.check_model(model)
+    except Exception as err:  # tf2onnx raises anything from ValueError to KeyError; one line, export intact
+        raise ExportError(f"{saved_model_path}: ONNX conversion failed ({_first_line(err)})") from err
+    return model
+
+
+@contextlib.contextmanager
+def _quiet_loggers(*names):
+    """Silence Python loggers for a block: tf2onnx logs each rewrite and the TF1 APIs it calls warn of
+    their deprecation; a failure is reported in one line instead."""
+    import logging
+
+    loggers = [logging.getLogger(name) for name in names]
+    levels = [logger.level for logger in loggers]
+    for logger in loggers:
+        logger.setLevel(logging.CRITICAL)
+    try:
+        yield
+    finally:
+        for logger, level in zip(loggers, levels):
+            logger.setLevel(level)
+
+
+def onnx_signature(model, info):
+    """Signature description of an ONNX model: input and output names, shapes (-1 = dynamic), dtypes."""
+    import onnx
+
+    def describe(value):
+        tensor_type = value.type.tensor_type
+        shape = [dim.dim_value if dim.HasField("dim_value") else -1 for dim in tensor_type.shape.dim]
+        return {"name": value.name, "shape": shape,
+                "dtype": onnx.helper.tensor_dtype_to_np_dtype(tensor_type.elem_type).name}
+
+    return dict(info, opset=ONNX_OPSET, inputs=[describe(v) for v in model.graph.input],
+                outputs=[describe(v) for v in model.graph.output])
+
+
+def check_onnx_signature(description, saved, saved_model_path):
+    """The names, input shapes and dynamic batch callers bind to must survive the conversion."""
+    inputs = [(i["name"], i["shape"]) for i in description["inputs"]]
+    outputs = [o["name"] for o in description["outputs"]]
+    if inputs != [(i["name"], i["shape"]) for i in saved["inputs"]] or outputs != [o["name"] for o in saved["outputs"]]:
+        raise ExportError(f"{saved_model_path}: ONNX inputs {inputs} and outputs {outputs} differ from the signature's")
+
+
+def export_onnx(saved_model_path, path, info):
+    """onnx/<model>/<module>.onnx and its JSON, converted from the SavedModel."""
+    import utils
+
+    saved = utils.read_signature_json("savedmodel", saved_model_path)
+    model = convert_to_onnx(saved_model_path, saved)
+    description = onnx_signature(model, info)
+    check_onnx_signature(description, saved, saved_model_path)
+    write_files_atomically({path: model.SerializeToString(),
+                            utils.signature_json_path("onnx", path): json_bytes(description)})
+
+
+# --------------------------------------------------------------------------------------------------
 # The build
 # --------------------------------------------------------------------------------------------------
 
@@ -446,7 +561,7 @@ def build_model(name, config_path, checkpoint_path, args):
 
 
 def export_module(module, name, module_name, args, started):
-    """The SavedModel of one modules.SignatureModule, then the TF Lite files and TF.js model made from it."""
+    """The SavedModel of one modules.SignatureModule, then the TF Lite, TF.js and ONNX files made from it."""
     import modules
     import utils
 
@@ -467,6 +582,11 @@ def export_module(module, name, module_name, args, started):
         path = utils.tfjs_path(args.outdir, name, module_name)
         export_tfjs(saved_model, path, info)
         report(path, started, args.outdir)
+    if args.onnx:
+        started = time.perf_counter()
+        path = utils.onnx_path(args.outdir, name, module_name)
+        export_onnx(saved_model, path, info)
+        report(path, started, args.outdir)
 
 
 def main(argv=None):
@@ -477,6 +597,8 @@ def main(argv=None):
         import modules
         import utils
 
+        if args.onnx:
+            check_onnx_converter()
         jobs, skipped = model_jobs(args)
         for line in skipped:
             print(f"skipped {line}", flush=True)

@@ -666,9 +666,13 @@ class OcclusionAwareGenerator(keras.Model):
             out = block(out)
         for block in self.up_blocks:
             out = block(out)
+        return self.final_image(out)
+
+    def final_image(self, features):
+        """The last up block's features -> the predicted image: final 7x7 conv and sigmoid."""
         if self.final_rows is not None:
-            return tf.sigmoid(row_split_conv(out, *self.final_rows, self.final.kernel.shape[0]))
-        return tf.sigmoid(self.final(out))
+            return tf.sigmoid(row_split_conv(features, *self.final_rows, self.final.kernel.shape[0]))
+        return tf.sigmoid(self.final(features))
 
     def call(self, source_image, kp_driving, kp_source, source_scaled=None, source_features=None):
         if source_features is None:

@@ -7,8 +7,9 @@ Every mode and datamode becomes a list of jobs (one driving clip -> one output v
 the model loaded once: --datamode file animates --source_image (or, with --mode reconstruction,
 rebuilds the driving video from its first frame); --datamode dataset does the same over the config's
 test split. --find_best_frame / --best_frame, --audio, --visualizer and --profile apply to any job.
-`--target savedmodel` and `--target tflite` run the files `python build.py --model vox` writes
-(no checkpoint needed); the options each export was built with are checked against the run's.
+`--target savedmodel` and `--target tflite` run the files `python build.py --model vox` writes,
+`--target onnx` those of `python build.py --model vox --onnx` (with onnxruntime); no checkpoint is
+needed, and the options each export was built with are checked against the run's.
 Bad input ends with one line on stderr and exit code 1 (2 for usage errors, 130 on Ctrl-C);
 outputs appear only when complete.
 """
@@ -29,10 +30,10 @@ REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description="Run inference")
-    parser.add_argument("--target", choices=["direct", "savedmodel", "tflite"], default="direct",
-                        help="run the model directly, from its SavedModel, or from its TF Lite file")
+    parser.add_argument("--target", choices=["direct", "savedmodel", "tflite", "onnx"], default="direct",
+                        help="run the model directly, or its SavedModel, TF Lite or ONNX (onnxruntime) export")
     parser.add_argument("--exportdir", default=REPO_DIR,
-                        help="folder holding build.py's saved_models/ and tflite/ (default: the repository)")
+                        help="folder holding build.py's saved_models/, tflite/ and onnx/ (default: the repository)")
     parser.add_argument("--mode", choices=["animate", "reconstruction"], default="animate", help="run mode")
     parser.add_argument("--datamode", choices=["file", "dataset"], default="file",
                         help="CLI-given files or the config's dataset")
@@ -110,6 +111,7 @@ class Job:
     output: str
     relative: bool = False
     adapt: bool = False
+    relative_jacobian: bool = True  # with relative motion: the jacobian too (demo.py), or as detected
 
 
 def run(args):
@@ -166,7 +168,8 @@ def render(args, models, job, clip, visualizer, timings, trace):
         outputs = animate.reconstruct_frames(models, frames, args.batch_size, args.exactbatch)
     else:
         outputs = animate.animate_frames(models, job.source, frames, job.relative, job.adapt, args.batch_size,
-                                         args.exactbatch, kp_driving_initial=initial)
+                                         args.exactbatch, kp_driving_initial=initial,
+                                         relative_jacobian=job.relative_jacobian)
     losses = []
     source = job.source
     with contextlib.ExitStack() as stack:
@@ -291,15 +294,15 @@ def report_reconstruction(losses, path):
 class TensorBoardTrace:
     """A tf.profiler trace of the first TRACE_BATCHES batches under ./log (direct and savedmodel targets).
 
-    TF Lite runs outside TensorFlow's profiler, so --target tflite gets the timing summary only.
+    TF Lite and onnxruntime run outside TensorFlow's profiler, so those targets get the timing summary only.
     """
 
     def __init__(self, args):
-        self.enabled = args.profile and args.target != "tflite"
+        self.enabled = args.profile and args.target in ("direct", "savedmodel")
         self.remaining = TRACE_BATCHES * args.batch_size
         self.active = False
         if args.profile and not self.enabled:
-            warn("--profile: no TensorBoard trace for --target tflite; timings are printed at the end")
+            warn(f"--profile: no TensorBoard trace for --target {args.target}; timings are printed at the end")
 
     def __enter__(self):
         if self.enabled:
@@ -350,7 +353,8 @@ def file_jobs(args, config):
 def dataset_jobs(args, raw_config, config):
     """Jobs over the test split of the config's dataset (or --root_dir), as the original run.py's modes.
 
-    reconstruction: each test video from its own first frame (at most reconstruction_params.num_videos);
+    reconstruction: each test video from its own first frame (at most reconstruction_params.num_videos + 1,
+    as reconstruction.py);
     animate: animate_params.num_pairs (driving, source) pairs, with relative motion and movement
     scaling from animate_params.normalization_params (or --relative / --adapt). The videos are listed
     now, so a bad dataset fails before the model loads, and opened one job at a time.
@@ -367,22 +371,27 @@ def dataset_jobs(args, raw_config, config):
         params = raw_config.get("reconstruction_params") or {}
         extension = output_format(params)
         if params.get("num_videos") is not None:
-            videos = videos[:params["num_videos"]]
+            # reconstruction.py stops at `it > num_videos`, so it reconstructs num_videos + 1 videos.
+            videos = videos[:params["num_videos"] + 1]
         return (dataset_job(os.path.basename(path), path, None, os.path.join(folder, _stem(path) + extension), shape)
                 for path in videos)
     params = raw_config.get("animate_params") or {}
     normalization = params.get("normalization_params") or {}
     relative = args.relative or bool(normalization.get("use_relative_movement", False))
     adapt = args.adapt or bool(normalization.get("adapt_movement_scale", False))
+    # normalize_kp's own default is False; a config without the key but run with --relative follows demo.py.
+    relative_jacobian = bool(normalization.get("use_relative_jacobian", args.relative))
     extension = output_format(params)
     by_name = {os.path.basename(path): path for path in videos}
     pairs = utils.animation_pairs(list(by_name), params.get("num_pairs", 50), pairs_list(raw_config))
     return (dataset_job(f"{driving}-{source}", by_name[driving], by_name[source],
-                        os.path.join(folder, f"{_stem(driving)}-{_stem(source)}{extension}"), shape, relative, adapt)
+                        os.path.join(folder, f"{_stem(driving)}-{_stem(source)}{extension}"), shape, relative, adapt,
+                        relative_jacobian)
             for driving, source in pairs)
 
 
-def dataset_job(name, driving_path, source_path, output, frame_shape, relative=False, adapt=False):
+def dataset_job(name, driving_path, source_path, output, frame_shape, relative=False, adapt=False,
+                relative_jacobian=True):
     """Open one dataset job; the source is the first frame of `source_path` (None: reconstruction)."""
     import utils
 
@@ -391,7 +400,7 @@ def dataset_job(name, driving_path, source_path, output, frame_shape, relative=F
         with utils.open_dataset_clip(source_path, frame_shape) as clip:
             source = next(iter(clip))
     return Job(name, functools.partial(utils.open_dataset_clip, driving_path, frame_shape), source, output,
-               relative, adapt)
+               relative, adapt, relative_jacobian)
 
 
 def dataset_output_dir(args):
@@ -444,7 +453,7 @@ def load_models(args, config, checkpoint_path):
 
 
 def exported_models(args, checkpoint_path):
-    """animate.Models over the savedmodel / tflite exports, after checking they fit the requested run."""
+    """animate.Models over the savedmodel / tflite / onnx exports, after checking they fit the requested run."""
     import animate
     import utils
 
@@ -497,8 +506,8 @@ def build_command(args, checkpoint_path):
         words += ["--config", args.config, "--checkpoint", checkpoint_path]
     else:
         words += ["--model", args.model]
-    words += [flag for flag, on in (("--prescale", args.prescale), ("--float16", args.float16), ("--int8", args.int8))
-              if on]
+    words += [flag for flag, on in (("--prescale", args.prescale), ("--float16", args.float16), ("--int8", args.int8),
+                                    ("--onnx", args.target == "onnx")) if on]
     if os.path.abspath(args.exportdir) != REPO_DIR:
         words += ["--outdir", args.exportdir]
     return shlex.join(words)

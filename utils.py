@@ -12,7 +12,7 @@ Sections:
   4. reading video as a stream
   5. writing video / GIF / PNG frames atomically
   6. output naming
-  7. exported models (savedmodel / tflite targets): layout, loading, TF Lite op lists
+  7. exported models (savedmodel / tflite / onnx targets): layout, loading, op lists
   8. clips: a video as the model takes it (file, frame folder, strip of frames)
   9. datasets: the original FramesDataset's test split, PairedDataset's pairs
  10. audio tracks
@@ -784,7 +784,7 @@ def _same_path(first, second):
 
 
 # ----------------------------------------------------------------------------
-# 7. Exported models: layout, loading per target, TF Lite op lists
+# 7. Exported models: layout, loading per target, TF Lite and ONNX op lists
 # ----------------------------------------------------------------------------
 
 EXPORT_MODULES = ("kp_detector", "process_kp_driving", "generator")
@@ -792,6 +792,7 @@ EXPORT_MODULES = ("kp_detector", "process_kp_driving", "generator")
 CACHED_EXPORT_MODULES = ("source_encoder", "generator_cached")
 SIGNATURE_KEY = "serving_default"
 SIGNATURE_JSON = "signature.json"  # name of the signature description inside SavedModel and TF.js folders
+ONNX_INSTALL = "pip install -r requirements-onnx.txt"  # tf2onnx and onnxruntime are optional extras
 
 
 def export_model_name(model, config=None):
@@ -813,6 +814,11 @@ def tflite_path(root, model, module, float16=False, int8=False):
     return os.path.join(root, "tflite", model, f"{module}{suffix}.tflite")
 
 
+def onnx_path(root, model, module):
+    """onnx/<model>/<module>.onnx under the export root."""
+    return os.path.join(root, "onnx", model, f"{module}.onnx")
+
+
 def tfjs_path(root, model, module):
     """js/<model>/<module>/ (model.json, weight shards, signature.json) under the export root."""
     return os.path.join(root, "js", model, module)
@@ -820,7 +826,7 @@ def tfjs_path(root, model, module):
 
 def signature_json_path(target, path):
     """Where build.py describes the export at `path`: inputs, outputs (in order) and build options."""
-    if target == "tflite":
+    if target in ("tflite", "onnx"):
         return os.path.splitext(path)[0] + ".json"
     if target == "savedmodel":
         # assets.extra/ is the SavedModel folder for files TensorFlow itself ignores.
@@ -876,6 +882,36 @@ def tflite_function(path):
     return call
 
 
+def onnx_session(path):
+    """An onnxruntime session on the CPU with one intra-op thread per core; UserError without onnxruntime."""
+    try:
+        import onnxruntime
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+    except ImportError:
+        raise UserError(f"--target onnx needs onnxruntime: {ONNX_INSTALL}") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count()
+    # onnxruntime's load errors derive from Exception directly, so they are named one by one.
+    load_errors = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
+                   ort_errors.NoSuchFile, ort_errors.NotImplemented)
+    try:
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except load_errors as err:
+        raise UserError(f"{path}: onnxruntime cannot load it ({_first_line(err)})") from err
+
+
+def onnx_function(path):
+    """Run an .onnx file with numpy keyword inputs (any batch size); returns {output name: numpy}."""
+    session = onnx_session(path)
+    output_names = [output.name for output in session.get_outputs()]
+
+    def call(**inputs):
+        outputs = session.run(output_names, {name: np.asarray(value, np.float32) for name, value in inputs.items()})
+        return dict(zip(output_names, outputs))
+
+    return call
+
+
 class ExportMissing(UserError):
     """An export that run.py needs is not on disk; `path` names it."""
 
@@ -887,14 +923,14 @@ class ExportMissing(UserError):
 def find_exports(target, root, model, float16=False, int8=False):
     """{module: (path, signature description)} of the exports of `model` under `root`.
 
-    `target` is 'savedmodel' or 'tflite' (float16 / int8 pick those files). Nothing is loaded
-    yet, so a caller can check the build options first. Raises ExportMissing for the first
-    absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present, for SavedModel
-    only: LiteRT's XNNPACK delegate gives wrong generator_cached frames (see build.NO_TFLITE_MODULES),
+    `target` is 'savedmodel', 'tflite' (float16 / int8 pick those files) or 'onnx'. Nothing is
+    loaded yet, so a caller can check the build options first. Raises ExportMissing for the first
+    absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present, except for TF Lite:
+    LiteRT's XNNPACK delegate gives wrong generator_cached frames (see build.NO_TFLITE_MODULES),
     so stale .tflite files of the pair from older builds are never used.
     """
     exports = {}
-    cached_modules = CACHED_EXPORT_MODULES if target == "savedmodel" else ()
+    cached_modules = () if target == "tflite" else CACHED_EXPORT_MODULES
     for module in EXPORT_MODULES + cached_modules:
         path = _export_file(target, root, model, module, float16, int8)
         present = os.path.isfile(os.path.join(path, "saved_model.pb") if target == "savedmodel" else path)
@@ -908,12 +944,15 @@ def find_exports(target, root, model, float16=False, int8=False):
 def _export_file(target, root, model, module, float16, int8):
     if target == "savedmodel":
         return savedmodel_path(root, model, module)
+    if target == "onnx":
+        return onnx_path(root, model, module)
     return tflite_path(root, model, module, float16, int8)
 
 
 def load_export(target, path):
-    """A callable over numpy keyword inputs for the savedmodel or tflite export at `path`."""
-    return savedmodel_function(path) if target == "savedmodel" else tflite_function(path)
+    """A callable over numpy keyword inputs for the savedmodel, tflite or onnx export at `path`."""
+    loaders = {"savedmodel": savedmodel_function, "tflite": tflite_function, "onnx": onnx_function}
+    return loaders[target](path)
 
 
 def tflite_ops(path):
@@ -939,6 +978,24 @@ def tflite_ops(path):
             else:
                 ops.add(builtin_names[builtin])
     return sorted(ops)
+
+
+def onnx_ops(path):
+    """Sorted op types an .onnx file runs, those inside control-flow subgraphs included.
+
+    Ops outside the standard ONNX domain are named domain:op_type, so they stand out.
+    """
+    import onnx
+
+    def graph_ops(graph):
+        for node in graph.node:
+            yield node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+            for attribute in node.attribute:  # the bodies of Loop / If / Scan
+                subgraphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+                for subgraph in subgraphs:
+                    yield from graph_ops(subgraph)
+
+    return sorted(set(graph_ops(onnx.load(path, load_external_data=False).graph)))
 
 
 # ----------------------------------------------------------------------------

@@ -123,7 +123,12 @@ def import_original():
 
     # animate.py imports the dataset and logger (sklearn, pandas, torchvision,
     # matplotlib); demo.py imports ffmpeg-python for audio copying only.
-    _import_or_stub('frames_dataset', PairedDataset=None, DatasetRepeater=None)
+    # frames_dataset itself is needed (FramesDataset, read_video: the dataset references); its
+    # training-only imports are stubbed when missing.
+    for name, attributes in (('sklearn', {}), ('sklearn.model_selection', {'train_test_split': None}),
+                             ('pandas', {}), ('augmentation', {'AllAugmentationTransform': None})):
+        _import_or_stub(name, **attributes)
+    _import_or_stub('frames_dataset', PairedDataset=None, DatasetRepeater=None, FramesDataset=None)
     _import_or_stub('logger', Logger=None, Visualizer=None)
     _import_or_stub('ffmpeg', Error=Exception)
 
@@ -131,6 +136,7 @@ def import_original():
     from modules.keypoint_detector import KPDetector
     from modules.discriminator import MultiScaleDiscriminator
     from animate import normalize_kp
+    from frames_dataset import FramesDataset
     import demo
 
     return types.SimpleNamespace(
@@ -141,6 +147,7 @@ def import_original():
         normalize_kp=normalize_kp,
         make_animation=demo.make_animation,
         load_checkpoints=demo.load_checkpoints,
+        FramesDataset=FramesDataset,
     )
 
 
@@ -639,12 +646,18 @@ KEY_DESCRIPTIONS = {
               'cpu=True), i.e. exactly the frames demo.py writes (zero-order: the same loop with '
               'use_relative_jacobian=False)',
     'frames_absolute': '[T,H,W,3] uint8: same with relative=False, adapt_movement_scale=False',
+    'dataset_animation_prediction': '[T,3,H,W] float32: the original animate.py loop on the dataset pair '
+                                    'expected.json names, with its normalization_params (use_relative_jacobian '
+                                    'False)',
+    'frames_best_{k}': '[T,H,W,3] uint8: demo.py --best_frame k --relative --adapt_scale: make_animation '
+                       'forward from frame k and backward from it to frame 0, joined as demo.py does',
 }
 
 
 def described_keys(ref):
     """KEY_DESCRIPTIONS restricted to what this fixture's reference.npz holds."""
-    present = {re.sub(r'^norm_\d\d_', 'norm_{rel}{adapt}_', key) for key in ref}
+    present = {re.sub(r'^frames_best_\d+$', 'frames_best_{k}', re.sub(r'^norm_\d\d_', 'norm_{rel}{adapt}_', key))
+               for key in ref}
     return {key: text for key, text in KEY_DESCRIPTIONS.items() if key in present}
 
 
@@ -672,6 +685,137 @@ def write_expected_json(directory, spec, config, ref, fps, sizes, train_stats):
     with open(directory / 'expected.json', 'w') as f:
         json.dump(meta, f, indent=2)
         f.write('\n')
+
+
+# ----------------------------------------------------------------------------
+# Extra references: dataset modes (reconstruction.py, animate.py) and demo.py's best frame
+# ----------------------------------------------------------------------------
+
+# Fixtures that also get a small dataset and the references of the original's dataset modes.
+EXTRAS_FIXTURES = ('vox',)
+# The dataset: one video per FramesDataset layout in test/, one in train/ (so the predefined split is used).
+DATASET_VIDEOS = {
+    'test/a_frames': ('folder', (0.05, 0.31, 0.58, 0.77)),
+    'test/b.mp4': ('mp4', (0.12, 0.27, 0.44, 0.63, 0.91)),
+    'test/c.png': ('strip', (0.08, 0.50, 0.83)),
+    'train/d.png': ('strip', (0.2, 0.7)),
+}
+# animate.py's normalization_params for the dataset-animate reference: relative motion and movement
+# scale, but the driving jacobians as detected (use_relative_jacobian False, which run.py must honour).
+ANIMATE_NORMALIZATION = {'use_relative_movement': True, 'use_relative_jacobian': False, 'adapt_movement_scale': True}
+ANIMATE_PAIR = ('c.png', 'a_frames')  # (driving, source): the source is the first frame of a_frames
+BEST_FRAME = 3  # demo.py --best_frame on the fixture's driving.mp4 (frames 0..5)
+
+
+def write_dataset(scene, root, frame_hw):
+    """The fixture dataset at `root` in the three layouts FramesDataset reads, frames of frame_shape size."""
+    for name, (layout, times) in DATASET_VIDEOS.items():
+        frames = render_clip(scene, times, frame_hw, strength=0.8)
+        path = root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if layout == 'folder':
+            path.mkdir(exist_ok=True)
+            for index, frame in enumerate(frames):
+                imageio.imwrite(path / f'{index:03d}.png', img_as_ubyte(frame))
+        elif layout == 'mp4':
+            write_mp4(frames, path, DRIVING_FPS)
+        else:  # frames side by side, as FramesDataset's read_video un-concatenates them
+            imageio.imwrite(path, img_as_ubyte(np.concatenate(list(frames), axis=1)))
+
+
+def original_reconstruction(original, dataset, generator, kp_detector):
+    """{video name: per-frame L1} by the loop of the original reconstruction.py (its Visualizer and file
+    writing left out): source = frame 0, kp_source once, every frame drives with absolute keypoints."""
+    losses = {}
+    with torch.no_grad():
+        for index in range(len(dataset)):
+            item = dataset[index]
+            video = torch.tensor(item['video'][np.newaxis])  # [1, C, T, H, W], as the DataLoader gives it
+            kp_source = kp_detector(video[:, :, 0])
+            frame_losses = []
+            for frame_idx in range(video.shape[2]):
+                source = video[:, :, 0]
+                driving = video[:, :, frame_idx]
+                kp_driving = kp_detector(driving)
+                out = generator(source, kp_source=kp_source, kp_driving=kp_driving)
+                frame_losses.append(float(torch.abs(out['prediction'] - driving).mean().cpu().numpy()))
+            losses[item['name']] = frame_losses
+    return losses
+
+
+def original_dataset_animation(original, dataset, generator, kp_detector, driving_name, source_name):
+    """Predictions [T, 3, H, W] of one (driving, source) pair by the loop of the original animate.py
+    with ANIMATE_NORMALIZATION as its animate_params.normalization_params."""
+    by_name = {name: index for index, name in enumerate(dataset.videos)}
+    driving_video = torch.tensor(dataset[by_name[driving_name]]['video'][np.newaxis])
+    source_frame = torch.tensor(dataset[by_name[source_name]]['video'][np.newaxis])[:, :, 0]
+    predictions = []
+    with torch.no_grad():
+        kp_source = kp_detector(source_frame)
+        kp_driving_initial = kp_detector(driving_video[:, :, 0])
+        for frame_idx in range(driving_video.shape[2]):
+            kp_driving = kp_detector(driving_video[:, :, frame_idx])
+            kp_norm = original.normalize_kp(kp_source=kp_source, kp_driving=kp_driving,
+                                            kp_driving_initial=kp_driving_initial, **ANIMATE_NORMALIZATION)
+            predictions.append(generator(source_frame, kp_source=kp_source, kp_driving=kp_norm)['prediction'].numpy())
+    return np.concatenate(predictions).astype(np.float32)
+
+
+def original_best_frame_animation(original, directory, config, generator, kp_detector, index):
+    """demo.py with --best_frame index (relative, adapt_scale): animate forward from the driving frame
+    `index` and backward from it to frame 0, and join the two as demo.py does."""
+    frame_hw = tuple(config['dataset_params']['frame_shape'][:2])
+    source_image, driving_video, _ = read_inputs_like_demo(directory / 'source.png', directory / 'driving.mp4',
+                                                           frame_hw)
+    driving_forward = driving_video[index:]
+    driving_backward = driving_video[:(index + 1)][::-1]
+    forward = original.make_animation(source_image, driving_forward, generator, kp_detector, relative=True,
+                                      adapt_movement_scale=True, cpu=True)
+    backward = original.make_animation(source_image, driving_backward, generator, kp_detector, relative=True,
+                                       adapt_movement_scale=True, cpu=True)
+    predictions = backward[::-1] + forward[1:]
+    return np.stack([img_as_ubyte(frame) for frame in predictions])
+
+
+def make_extras(original, spec):
+    """Add the dataset and best-frame references to an existing fixture (its checkpoint is not touched)."""
+    if original.FramesDataset is None:
+        sys.exit('the original frames_dataset.py did not import; its FramesDataset is needed for the dataset '
+                 'references')
+    directory = FIXTURES_DIR / spec.name
+    with open(directory / 'config.yaml') as f:
+        config = yaml.safe_load(f)
+    frame_shape = tuple(config['dataset_params']['frame_shape'])
+    root = directory / 'dataset'
+    write_dataset(SCENES[spec.scene], root, frame_shape[:2])
+    generator, kp_detector = original.load_checkpoints(str(directory / 'config.yaml'),
+                                                       str(directory / 'legacy.pth.tar'), cpu=True)
+    dataset = original.FramesDataset(str(root), frame_shape=frame_shape, is_train=False)
+    losses = original_reconstruction(original, dataset, generator, kp_detector)
+    ref = dict(np.load(directory / 'reference.npz'))
+    ref['dataset_animation_prediction'] = original_dataset_animation(original, dataset, generator, kp_detector,
+                                                                     *ANIMATE_PAIR)
+    ref[f'frames_best_{BEST_FRAME}'] = original_best_frame_animation(original, directory, config, generator,
+                                                                     kp_detector, BEST_FRAME)
+    np.savez_compressed(directory / 'reference.npz', **ref)
+    meta = json.loads((directory / 'expected.json').read_text())
+    meta['reconstruction'] = {
+        'dataset': 'dataset/ (test split: a_frames/ PNG folder, b.mp4, c.png strip)',
+        'l1_per_frame': losses,
+        'mean_l1': float(np.mean([loss for video in losses.values() for loss in video])),
+        'how': 'reconstruction.py loop on FramesDataset(dataset, is_train=False); mean over every frame of '
+               'every video, as its printed "Reconstruction loss"'}
+    meta['dataset_animation'] = {'driving': ANIMATE_PAIR[0], 'source': ANIMATE_PAIR[1],
+                                 'normalization_params': ANIMATE_NORMALIZATION}
+    meta['best_frame'] = BEST_FRAME
+    meta['keys'] = described_keys(ref)
+    meta['shapes'] = {key: list(np.shape(value)) for key, value in ref.items()}
+    with open(directory / 'expected.json', 'w') as f:
+        json.dump(meta, f, indent=2)
+        f.write('\n')
+    print(f'  [{spec.name}] extras: reconstruction mean L1 {meta["reconstruction"]["mean_l1"]:.6f} over '
+          f'{len(losses)} videos; dataset animation {ref["dataset_animation_prediction"].shape}; '
+          f'best frame {BEST_FRAME}', flush=True)
 
 
 # ----------------------------------------------------------------------------
@@ -715,6 +859,8 @@ def make_fixture(original, spec):
     ref, fps = compute_reference(original, directory, config)
     np.savez_compressed(directory / 'reference.npz', **ref)
     write_expected_json(directory, spec, config, ref, fps, sizes, stats)
+    if spec.name in EXTRAS_FIXTURES:
+        make_extras(original, spec)
     print(f'  wrote {directory.relative_to(REPO_ROOT)} ({dir_size(directory) / 1e6:.2f} MB) '
           f'in {time.time() - started:.0f}s', flush=True)
     return stats
@@ -803,6 +949,9 @@ def parse_args():
     parser.add_argument('--only', nargs='+', metavar='NAME', choices=list(FIXTURES) + ['example'],
                         help='build only these fixtures ("example" = the example only)')
     parser.add_argument('--example', action='store_true', help='also build example/')
+    parser.add_argument('--extras-only', action='store_true',
+                        help=f'only (re)write the dataset and best-frame references of {", ".join(EXTRAS_FIXTURES)} '
+                             'from their existing checkpoints (no training)')
     parser.add_argument('--random-checkpoint', nargs=2, metavar=('CONFIG', 'OUT'),
                         help='only write an untrained (random-init) legacy checkpoint of the original for CONFIG '
                              'to OUT, e.g. a full-size config/vox-256.yaml for timing; nothing else is built')
@@ -826,6 +975,10 @@ def main():
     original = import_original()
     if args.random_checkpoint:
         write_random_checkpoint(original, *args.random_checkpoint)
+        return
+    if args.extras_only:
+        for name in EXTRAS_FIXTURES:
+            make_extras(original, FIXTURES[name])
         return
     names = args.only if args.only else list(FIXTURES)
     results = {}

@@ -309,6 +309,68 @@ def test_dataset_animate_writes_one_video_per_pair(cached_models, tmp_path):
             counts[driving]
 
 
+# The original's dataset modes on the vox fixture's dataset/ (written by tests/make_fixtures.py, with the
+# references in its expected.json and reference.npz from the original's reconstruction.py / animate.py loops).
+
+def test_dataset_reconstruction_l1_equals_the_original_reconstruction_py(cached_models, tmp_path):
+    fx = load_fixture(FIRST_ORDER)
+    original = fx.meta["reconstruction"]
+    out = tmp_path / "out"
+    code = run.main([*model_args(fx), "--datamode", "dataset", "--mode", "reconstruction",
+                     "--root_dir", str(fx.dir / "dataset"), "--output", f"{out}/"])
+    assert code == 0
+    metrics = read_metrics(out / "metrics.csv")
+    for name, losses in original["l1_per_frame"].items():
+        # predictions agree to ~3e-6 max abs, so a mean absolute error can move by no more than that
+        assert metrics[name] == (len(losses), pytest.approx(np.mean(losses), abs=5e-6)), name
+    total = sum(len(losses) for losses in original["l1_per_frame"].values())
+    assert metrics["mean"] == (total, pytest.approx(original["mean_l1"], abs=5e-6))
+
+
+def dataset_animation_job(fx, tmp_path, normalization):
+    """run.py's dataset job for the fixture's reference pair, with `normalization` as the config's."""
+    reference = fx.meta["dataset_animation"]
+    pairs = tmp_path / "pairs.csv"
+    pairs.write_text(f"distance,source,driving,frame\n0,{reference['source']},{reference['driving']},0\n")
+    config = yaml.safe_load(fx.config_path.read_text())
+    config["dataset_params"]["pairs_list"] = str(pairs)
+    config["animate_params"]["normalization_params"] = normalization
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+    args = run.parse_args(["--config", str(config_path), "--checkpoint", str(fx.checkpoint()), "--datamode",
+                           "dataset", "--root_dir", str(fx.dir / "dataset"), "--output", f"{tmp_path}/out/"])
+    raw_config = utils.load_config(config_path)
+    [job] = list(run.dataset_jobs(args, raw_config, fx.config()))
+    return job
+
+
+def dataset_animation(fx, job):
+    with job.open_driving() as clip:
+        outputs = animate.animate_frames(direct_models(FIRST_ORDER), job.source, list(clip), job.relative, job.adapt,
+                                         batch_size=4, relative_jacobian=job.relative_jacobian)
+        return np.stack([out["prediction"] for _, out in outputs])
+
+
+def test_dataset_animate_follows_normalization_params_like_the_original_animate_py(tmp_path):
+    fx = load_fixture(FIRST_ORDER)
+    normalization = fx.meta["dataset_animation"]["normalization_params"]
+    assert normalization["use_relative_jacobian"] is False  # the case this reference exists for
+    job = dataset_animation_job(fx, tmp_path, normalization)
+    assert (job.relative, job.adapt, job.relative_jacobian) == (True, True, False)
+    expected = nchw_to_nhwc(fx.ref["dataset_animation_prediction"])
+    assert np.abs(dataset_animation(fx, job) - expected).max() <= 1e-4
+    # the flag matters on this pair: with relative jacobians the frames are visibly different
+    relative_jacobian = dataset_animation_job(fx, tmp_path, {**normalization, "use_relative_jacobian": True})
+    assert np.abs(dataset_animation(fx, relative_jacobian) - expected).max() > 1e-2
+
+
+def test_best_frame_frames_equal_the_original_demo_py(cached_models, tmp_path):
+    fx = load_fixture(FIRST_ORDER)
+    best = fx.meta["best_frame"]
+    assert run.main(animate_args(fx, f"{tmp_path}/out/", "--relative", "--adapt", "--best_frame", str(best))) == 0
+    assert_frames_match(png_frames(tmp_path / "out"), fx.ref[f"frames_best_{best}"])
+
+
 def test_missing_dataset_is_one_line_error(tmp_path, capsys):
     fx = load_fixture(ZERO_ORDER)
     code = run.main([*model_args(fx), "--datamode", "dataset", "--root_dir", str(tmp_path / "nope"),

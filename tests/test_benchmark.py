@@ -1,0 +1,82 @@
+"""benchmark.py and tools/profile_parts.py on a small fixture: the README's Performance commands, run as written.
+
+Only the shape of the report is checked here (speed belongs to the benchmark's own table, never to
+a timed test): every requested row ran, the FLOP and roof columns are derived from the counted FLOPs,
+and the JSON holds what the README's table is made of.
+"""
+import json
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+
+def performance_commands():
+    text = (REPO / "README.md").read_text()
+    section = text.split("## Performance", 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+
+
+def performance_command(script):
+    [command] = [c for c in performance_commands() if shlex.split(c)[:2] == ["python", script]]
+    return shlex.split(command)
+
+
+def test_readme_performance_commands_are_the_benchmark_and_the_profile():
+    assert sorted(shlex.split(c)[1] for c in performance_commands()) == ["benchmark.py", "tools/profile_parts.py"]
+
+
+def run_readme_command(words):
+    result = subprocess.run([sys.executable, *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def quick_report():
+    words = performance_command("benchmark.py")
+    stdout = run_readme_command(words)
+    json_path = REPO / words[words.index("--json") + 1]
+    return words, stdout, json.loads(json_path.read_text())
+
+
+def test_quick_benchmark_reports_every_requested_row(quick_report):
+    words, stdout, report = quick_report
+    targets = words[words.index("--targets") + 1].split(",")
+    batches = [int(b) for b in words[words.index("--batch") + 1].split(",")]
+    rows = {(row["target"], row["batch"]): row for row in report["rows"]}
+    assert set(rows) == {(target, batch) for target in targets for batch in batches}
+    for (target, batch), row in rows.items():
+        assert "error" not in row, row
+        assert row["fps"] > 0 and row["peak_rss_mb"] > 0
+        assert re.search(rf"^\| {re.escape(target)} \| {batch} \| {row['fps']:.3f} \|", stdout, re.M), stdout
+
+
+def test_quick_benchmark_flops_and_roof_follow_the_counts(quick_report):
+    _, _, report = quick_report
+    gflop = report["gflop_per_call"]
+    # the fused generator (BatchNorm folded) and the cached split do less work than the original graph
+    assert gflop["generator (fused)"] <= gflop["generator (original)"]
+    assert gflop["source_encoder"] + gflop["generator_cached"] == pytest.approx(gflop["generator (fused)"], rel=0.02)
+    assert report["matmul_gflops"] == max(report["matmul_by_library"].values())
+    for row in report["rows"]:
+        per_frame = row["gflop_per_frame"]
+        model_seconds = sum(row["module_seconds"].values())
+        assert row["roof_fraction"] == pytest.approx(
+            per_frame * report["frames"] / model_seconds / report["matmul_gflops"], rel=1e-9)
+
+
+def test_profile_parts_prints_every_stage_for_both_graphs():
+    stdout = run_readme_command(performance_command("tools/profile_parts.py"))
+    stages = re.findall(r"^\| ([^|]+?) \| ([\d.]+) \| ([\d.]+) \| (\S+) \|$", stdout, re.M)
+    names = [name for name, *_ in stages]
+    assert names[:3] == ["kp_detector", "dense motion", "warp features"] and names[-1] == "per-frame sum", stdout
+    per_frame = [(float(a), float(b)) for name, a, b, _ in stages if name not in ("per-frame sum",)
+                 and "per video" not in name]
+    total = next((float(a), float(b)) for name, a, b, _ in stages if name == "per-frame sum")
+    rounding = 0.05 * (len(per_frame) + 1)  # every number is printed to 0.1 ms
+    assert total == pytest.approx((sum(a for a, _ in per_frame), sum(b for _, b in per_frame)), abs=rounding)
