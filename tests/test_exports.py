@@ -83,6 +83,13 @@ def kp_inputs(kp, name):
     return args
 
 
+def assert_kp_close(ours, reference, label):
+    """Keypoint outputs {'value', 'jacobian'?} within KP_TOL of the original's, key for key."""
+    assert set(ours) == set(reference), label
+    for key in reference:
+        assert max_abs(ours[key], reference[key]) <= KP_TOL, (label, key)
+
+
 def generator_inputs(fx):
     """Inputs of the original's generator call recorded in the fixture (kp_driving = norm_11)."""
     return {"source_image": nchw_to_nhwc(fx.ref["source"]), **kp_inputs(fx.generator_kp_driving(), "kp_driving"),
@@ -108,10 +115,7 @@ def test_exported_kp_detector_matches_original(builds, name, target):
     kp_detector = builds.models(name, target)["kp_detector"]
     for images, prefix in (("source", "kp_source"), ("driving", "kp_driving")):
         ours = kp_detector(img=nchw_to_nhwc(fx.ref[images]))
-        reference = fx.kp(prefix)
-        assert set(ours) == set(reference)
-        for key in reference:
-            assert max_abs(ours[key], reference[key]) <= KP_TOL, (prefix, key)
+        assert_kp_close(ours, fx.kp(prefix), prefix)
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -121,10 +125,7 @@ def test_exported_process_kp_driving_matches_normalize_kp(builds, name, target):
     process = builds.models(name, target)["process_kp_driving"]
     for adapt in (0, 1):
         ours = process(**process_inputs(fx, 1.0, adapt))
-        reference = fx.kp(f"norm_1{adapt}")
-        assert set(ours) == set(reference)
-        for key in reference:
-            assert max_abs(ours[key], reference[key]) <= KP_TOL, (adapt, key)
+        assert_kp_close(ours, fx.kp(f"norm_1{adapt}"), adapt)
 
 
 @pytest.mark.parametrize("target", TARGETS)

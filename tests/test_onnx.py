@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from conftest import FIXTURE_NAMES, REPO, load_fixture, nchw_to_nhwc
-from test_exports import (MODEL, VARIANT_FIXTURE, Builds, assert_one_line_error, direct_frames, generator_inputs,
-                          kp_inputs, process_inputs, read_png_frames, run_args)
+from test_exports import (MODEL, VARIANT_FIXTURE, Builds, assert_kp_close, assert_one_line_error, direct_frames,
+                          generator_inputs, kp_inputs, process_inputs, read_png_frames, run_args)
 from test_parity import INTERMEDIATE_TOL, KP_TOL, PREDICTION_TOL, assert_frames_match, max_abs
 
 import build
@@ -65,10 +65,7 @@ def test_onnx_kp_detector_matches_original(onnx_builds, name):
     kp_detector = onnx_builds.models(name)["kp_detector"]
     for images, prefix in (("source", "kp_source"), ("driving", "kp_driving")):
         ours = kp_detector(img=nchw_to_nhwc(fx.ref[images]))
-        reference = fx.kp(prefix)
-        assert set(ours) == set(reference)
-        for key in reference:
-            assert max_abs(ours[key], reference[key]) <= KP_TOL, (prefix, key)
+        assert_kp_close(ours, fx.kp(prefix), prefix)
 
 
 @requires_onnx
@@ -78,10 +75,7 @@ def test_onnx_process_kp_driving_matches_normalize_kp(onnx_builds, name):
     process = onnx_builds.models(name)["process_kp_driving"]
     for adapt in (0, 1):
         ours = process(**process_inputs(fx, 1.0, adapt))
-        reference = fx.kp(f"norm_1{adapt}")
-        assert set(ours) == set(reference)
-        for key in reference:
-            assert max_abs(ours[key], reference[key]) <= KP_TOL, (adapt, key)
+        assert_kp_close(ours, fx.kp(f"norm_1{adapt}"), adapt)
 
 
 @requires_onnx
