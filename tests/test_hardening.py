@@ -876,8 +876,11 @@ class RealRun:
     """`python run.py ...` in its own process group (as a shell runs it), stderr collected as it comes."""
 
     def __init__(self, args):
+        # An interactive shell starts run.py with SIGINT at its default; a harness run in the background
+        # (nohup, `cmd &`) passes SIGINT ignored, and Python then keeps ignoring it. Start as a terminal would.
         self.process = subprocess.Popen([sys.executable, str(REPO / "run.py"), *args], cwd=REPO,
-                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True,
+                                        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         self.started = time.monotonic()
         self._stderr = b""
         self._reader = threading.Thread(target=self._collect, daemon=True)
