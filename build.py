@@ -14,7 +14,7 @@ Under --outdir (default: this repository):
   tflite/<model>/<module>-int8.tflite     (+ .json) with --int8: dynamic-range quantized, not exact
 <module> is kp_detector, process_kp_driving and generator (the SPEC signatures), plus source_encoder and
 generator_cached: the generator split into its source-only work, which run.py runs once per video,
-and the rest, per batch (SavedModel, TF.js and ONNX, not TF Lite: see NO_TFLITE_MODULES). Each JSON records a
+and the rest, per batch (SavedModel, TF.js and ONNX, not TF Lite: see utils.NO_TFLITE_MODULES). Each JSON records a
 digest of the weights, so run.py uses that pair only with a generator of the same weights.
   js/<model>/<module>/                    with --tfjs: TF.js graph model + signature.json (output order)
   onnx/<model>/<module>.onnx              with --onnx: converted from the SavedModel by tf2onnx (opset 17)
@@ -39,12 +39,6 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
 
 MODULES = ("kp_detector", "process_kp_driving", "generator", "source_encoder", "generator_cached")
-# LiteRT 2.3's XNNPACK delegate returns wrong generator_cached outputs (max abs 0.8) from the second call
-# with new keypoints on, in a process where TensorFlow has run (the first call is right; so is every call
-# without XNNPACK, but 3x slower; the plain generator is right): the pair is exported as SavedModel (and
-# TF.js, ONNX: onnxruntime runs it right, tests/test_onnx.py) only, and run.py's tflite target runs the
-# plain generator.
-NO_TFLITE_MODULES = ("source_encoder", "generator_cached")
 ONNX_OPSET = 17  # tf2onnx 1.17 converts up to opset 18; 17 is what onnxruntime has supported longest
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TFJS_VENV_CONVERTER = os.path.join(REPO_DIR, ".venv-tfjs", "bin", "tensorflowjs_converter")
@@ -571,7 +565,7 @@ def export_module(module, name, module_name, args, started):
     saved_model = utils.savedmodel_path(args.outdir, name, module_name)
     export_savedmodel(module, saved_model, info)
     report(saved_model, started, args.outdir)
-    if not args.nolite and module_name not in NO_TFLITE_MODULES:
+    if not args.nolite and module_name not in utils.NO_TFLITE_MODULES:
         for float16, int8 in tflite_variants(args):
             started = time.perf_counter()
             path = utils.tflite_path(args.outdir, name, module_name, float16, int8)

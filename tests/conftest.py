@@ -61,6 +61,15 @@ class Fixture:
         return kp
 
 
+def assert_one_line_error(capsys, code, *fragments):
+    """A CLI failure: exit code 1 and one line on stderr, no traceback, naming every fragment."""
+    err = capsys.readouterr().err.strip()
+    assert code == 1, err
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for fragment in fragments:
+        assert fragment in err, err
+
+
 _CACHE = {}
 
 

@@ -7,7 +7,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_NAMES, REPO, load_fixture
+from conftest import FIXTURE_NAMES, REPO, assert_one_line_error, load_fixture
 
 import run
 
@@ -63,13 +63,6 @@ def test_cli_animates_bundled_example(tmp_path):
                                                           .get_meta_data()["fps"])
     assert sum(1 for _ in reader) == 4
 
-
-def assert_one_line_error(capsys, code, *fragments):
-    err = capsys.readouterr().err.strip()
-    assert code == 1
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def test_missing_checkpoint_is_one_line(tmp_path, capsys):

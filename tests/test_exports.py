@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import FIXTURE_NAMES, REPO, load_fixture, nchw_to_nhwc
+from conftest import FIXTURE_NAMES, REPO, assert_one_line_error, load_fixture, nchw_to_nhwc
 from test_parity import INTERMEDIATE_TOL, KP_TOL, PREDICTION_TOL, assert_frames_match, max_abs
 
 import build
@@ -344,7 +344,7 @@ def cached_run_args(root, target, output):
 
 
 def test_cached_pair_is_not_converted_to_tflite(cached_root):
-    # build.NO_TFLITE_MODULES: LiteRT's XNNPACK gives wrong generator_cached outputs after the first call.
+    # utils.NO_TFLITE_MODULES: LiteRT's XNNPACK gives wrong generator_cached outputs after the first call.
     for module in utils.CACHED_EXPORT_MODULES:
         assert os.path.isfile(os.path.join(utils.savedmodel_path(cached_root, MODEL, module), "saved_model.pb"))
         assert not os.path.exists(utils.tflite_path(cached_root, MODEL, module))
@@ -525,13 +525,6 @@ def test_run_py_float16_target_runs(builds, tmp_path):
                              "--exportdir", str(root))) == 0
     assert len(read_png_frames(out)) == fx.ref["frames"].shape[0]
 
-
-def assert_one_line_error(capsys, code, *fragments):
-    err = capsys.readouterr().err.strip()
-    assert code == 1, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 @pytest.mark.parametrize("target", TARGETS)

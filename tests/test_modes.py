@@ -20,7 +20,7 @@ import pytest
 import yaml
 from skimage import img_as_float32
 
-from conftest import REPO, load_fixture, nchw_to_nhwc
+from conftest import REPO, assert_one_line_error, load_fixture, nchw_to_nhwc
 from test_parity import assert_frames_match
 
 import animate
@@ -88,13 +88,6 @@ def png_frames(folder):
 def ffmpeg(*args):
     return subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-hide_banner", *args], capture_output=True, text=True)
 
-
-def assert_one_line_error(capsys, code, *fragments):
-    err = capsys.readouterr().err.strip()
-    assert code == 1, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
-    for fragment in fragments:
-        assert fragment in err, err
 
 
 def write_video(path, frames, fps=10):

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_NAMES, REPO, load_fixture, nchw_to_nhwc
-from test_exports import (MODEL, VARIANT_FIXTURE, Builds, assert_kp_close, assert_one_line_error, direct_frames,
+from conftest import FIXTURE_NAMES, REPO, assert_one_line_error, load_fixture, nchw_to_nhwc
+from test_exports import (MODEL, VARIANT_FIXTURE, Builds, assert_kp_close, direct_frames,
                           generator_inputs, kp_inputs, process_inputs, read_png_frames, run_args)
 from test_parity import INTERMEDIATE_TOL, KP_TOL, PREDICTION_TOL, assert_frames_match, max_abs
 
@@ -192,7 +192,7 @@ def onnx_cached_root(onnx_builds):
 
 @requires_onnx
 def test_onnx_cached_pair_equals_generator_call_after_call(onnx_cached_root):
-    # LiteRT's XNNPACK got generator_cached wrong from its second call on (build.NO_TFLITE_MODULES):
+    # LiteRT's XNNPACK got generator_cached wrong from its second call on (utils.NO_TFLITE_MODULES):
     # here sources and keypoints change on every call, in one session.
     fx = load_fixture(VARIANT_FIXTURE)
     exports = utils.find_exports("onnx", onnx_cached_root, MODEL)
