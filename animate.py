@@ -8,6 +8,7 @@ Built on that pipeline: per-frame outputs with keypoints (for the visualizer), r
 L1 (the original reconstruction.py), the best start frame (the original demo.py's --find_best_frame,
 with the model's own keypoints) and per-stage timing (run.py --profile).
 """
+import contextlib
 import itertools
 import time
 from dataclasses import dataclass, replace
@@ -30,6 +31,10 @@ class Models:
     'source_image_scaled'} runs the generator's source-only work once per video, and
     generator_cached(source_image=, source_features=, source_image_scaled=, kp_driving=..., kp_source=...)
     does the rest per batch, with the generator's outputs.
+
+    `stage(name)` is a context manager around work done once per video (the source's encoding, the
+    best start frame's search); run.py --profile's `timed_models` times it as one stage, and
+    otherwise it does nothing.
     """
     kp_detector: Callable
     process_kp_driving: Callable
@@ -38,6 +43,7 @@ class Models:
     prescale: bool = False
     source_encoder: Callable = None
     generator_cached: Callable = None
+    stage: Callable = contextlib.nullcontext
 
     @property
     def cached(self):
@@ -90,8 +96,9 @@ class Animator:
         self.batch_size = batch_size
         self.exact_batch = exact_batch
         self.source = np.asarray(source_image, np.float32)[None]  # [1, H, W, C]
-        self.kp_source, self.source_scaled = self.source_keypoints()
-        self.source_encoded = self.models.source_encoder(source_image=self.source) if self.models.cached else None
+        with models.stage("source encoding"):
+            self.kp_source, self.source_scaled = self.source_keypoints()
+            self.source_encoded = models.source_encoder(source_image=self.source) if models.cached else None
         self.kp_driving_initial = kp_driving_initial
 
     def source_keypoints(self):
@@ -294,13 +301,14 @@ def find_best_frame(models: Models, source_image, driving_frames: Iterable[np.nd
     depends only on its own frame, the source and frame `index`, so one pass in driving order with
     that `kp_driving_initial` gives the same frames while streaming.
     """
-    kp_source = next(frame_keypoints(models, [source_image], batch_size, exact_batch))
-    source_pose = normalized_pose(kp_source["value"])
-    best = None
-    for index, kp in enumerate(frame_keypoints(models, driving_frames, batch_size, exact_batch)):
-        distance = pose_distance(source_pose, normalized_pose(kp["value"]))
-        if best is None or distance < best[0]:
-            best = (distance, index, kp)
+    with models.stage("best frame"):
+        kp_source = next(frame_keypoints(models, [source_image], batch_size, exact_batch))
+        source_pose = normalized_pose(kp_source["value"])
+        best = None
+        for index, kp in enumerate(frame_keypoints(models, driving_frames, batch_size, exact_batch)):
+            distance = pose_distance(source_pose, normalized_pose(kp["value"]))
+            if best is None or distance < best[0]:
+                best = (distance, index, kp)
     if best is None:
         raise ValueError("no driving frames")
     _, index, kp = best
@@ -313,12 +321,13 @@ def keypoints_at(models: Models, driving_frames: Iterable[np.ndarray], index, ba
     Decodes the frames up to `index` only. Raises IndexError naming the frame count when the video
     is shorter.
     """
-    count, frame = 0, None
-    for count, frame in enumerate(itertools.islice(driving_frames, index + 1), start=1):
-        pass
-    if count <= index:
-        raise IndexError(f"frame {index} is out of range: the video has {count} frames (0-{count - 1})")
-    kp = next(frame_keypoints(models, [frame], batch_size, exact_batch))
+    with models.stage("best frame"):
+        count, frame = 0, None
+        for count, frame in enumerate(itertools.islice(driving_frames, index + 1), start=1):
+            pass
+        if count <= index:
+            raise IndexError(f"frame {index} is out of range: the video has {count} frames (0-{count - 1})")
+        kp = next(frame_keypoints(models, [frame], batch_size, exact_batch))
     return {k: v[None] for k, v in kp.items()}
 
 
@@ -326,65 +335,92 @@ def keypoints_at(models: Models, driving_frames: Iterable[np.ndarray], index, ba
 # Per-stage timing (run.py --profile)
 # --------------------------------------------------------------------------------------------------
 
+# Stages run.py --profile shows per frame; any other stage (load models, source encoding, best frame)
+# runs once per run or per video and is shown as a total.
+PER_FRAME_STAGES = ("kp_detector", "process_kp_driving", "generator", "decode", "encode", "visualizer")
+
+
 class Timings:
-    """Wall time and call counts per stage: the three modules, decode, encode and whatever else is timed."""
+    """Wall time and calls per stage, and run.py --profile's table of them.
+
+    A stage timed while another one is being timed is part of that one and not counted on its own:
+    the kp_detector call on the source is source encoding, not one more kp_detector batch.
+    """
 
     def __init__(self):
         self.seconds = {}
         self.calls = {}
+        self._open = None  # the stage being timed now
 
-    def add(self, stage, seconds):
+    def add(self, stage, seconds, calls=1):
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds
-        self.calls[stage] = self.calls.get(stage, 0) + 1
+        self.calls[stage] = self.calls.get(stage, 0) + calls
+
+    @contextlib.contextmanager
+    def stage(self, name, calls=1):
+        """Time the block as `calls` calls of `name` (unless it runs inside another stage)."""
+        if self._open is not None:
+            yield
+            return
+        self._open, start = name, time.perf_counter()
+        try:
+            yield
+        finally:
+            self._open = None
+            self.add(name, time.perf_counter() - start, calls)
 
     def timed(self, stage, function):
-        """`function` wrapped so each call adds its wall time to `stage`."""
+        """`function` wrapped so each call is timed as a call of `stage`."""
         def call(*args, **kwargs):
-            start = time.perf_counter()
-            try:
+            with self.stage(stage):
                 return function(*args, **kwargs)
-            finally:
-                self.add(stage, time.perf_counter() - start)
 
         return call
 
     def timed_iter(self, stage, iterable):
-        """Yield from `iterable`, adding the time each item takes to produce (e.g. decoding) to `stage`."""
+        """Yield from `iterable`, timing the making of each item (e.g. decoding a frame) as a call of
+        `stage`; the last look, which finds no item, adds its time but no call."""
         iterator = iter(iterable)
         while True:
-            start = time.perf_counter()
-            try:
-                item = next(iterator)
-            except StopIteration:
+            with self.stage(stage, calls=0):
+                item = next(iterator, _END)
+            if item is _END:
                 return
-            finally:
-                self.add(stage, time.perf_counter() - start)
+            self.add(stage, 0.0)  # one call per item, counted once it has come
             yield item
 
     def summary(self, frames, total_seconds):
-        """A small table: per stage its calls, total seconds, ms per output frame and share of the run."""
-        lines = [f"profile: {frames} frames in {total_seconds:.2f} s "
-                 f"({frames / total_seconds if total_seconds else 0:.1f} frames/s)",
-                 f"  {'stage':<20}{'calls':>7}{'total s':>10}{'ms/frame':>10}{'share':>8}"]
-        rows = [(stage, self.calls[stage], self.seconds[stage])
-                for stage in sorted(self.seconds, key=self.seconds.get, reverse=True)]
-        # Stages can nest (a timed module inside a timed iterator), so "other" is only shown when positive.
-        other = total_seconds - sum(self.seconds.values())
-        if other > 0:
-            rows.append(("other (python, I/O)", "", other))
-        for stage, calls, seconds in rows:
-            lines.append(f"  {stage:<20}{calls:>7}{seconds:>10.3f}"
-                         f"{1000 * seconds / max(frames, 1):>10.1f}{seconds / max(total_seconds, 1e-9):>8.1%}")
-        return "\n".join(lines)
+        """The table: totals for the once-per-run-or-video stages, and ms per output frame as well for the
+        per-frame ones; each stage's calls and share of the run."""
+        per_frame = sorted((s for s in self.seconds if s in PER_FRAME_STAGES), key=self.seconds.get, reverse=True)
+        once = [s for s in self.seconds if s not in PER_FRAME_STAGES]
+        other = max(total_seconds - sum(self.seconds.values()), 0.0)
+
+        def row(name, calls, seconds, ms_per_frame=""):
+            return (f"  {name:<26}{calls:>6}{seconds:>10.3f}{ms_per_frame:>10}"
+                    f"{seconds / max(total_seconds, 1e-9):>8.1%}")
+
+        return "\n".join([
+            f"profile: {frames} frames in {total_seconds:.2f} s ({frames / max(total_seconds, 1e-9):.1f} frames/s)",
+            f"  {'once per run or video':<26}{'calls':>6}{'total s':>10}{'':>10}{'share':>8}",
+            *(row(s, self.calls[s], self.seconds[s]) for s in once),
+            row("other (imports, setup)", "", other),
+            f"  {'per frame':<26}{'calls':>6}{'total s':>10}{'ms/frame':>10}{'share':>8}",
+            *(row(s, self.calls[s], self.seconds[s], f"{1000 * self.seconds[s] / max(frames, 1):.1f}")
+              for s in per_frame)])
+
+
+_END = object()  # timed_iter's mark for an iterator's end
 
 
 def timed_models(models: Models, timings: Timings) -> Models:
-    """The same Models with each module's calls timed under its name.
+    """The same Models with each module's calls timed under its name, and its `stage` timed.
 
-    The generator's two halves for cached sources (source_encoder, generator_cached), where the models
-    have them, count as "generator" too, so the summary compares like with like whichever runs.
+    The cached generator's per-batch half (generator_cached) counts as "generator", so the table
+    compares like with like whichever runs; its source half runs within "source encoding".
     """
     stages = {"kp_detector": "kp_detector", "process_kp_driving": "process_kp_driving", "generator": "generator",
-              "source_encoder": "generator", "generator_cached": "generator"}
-    return replace(models, **{field: timings.timed(stage, getattr(models, field)) for field, stage in stages.items()
-                              if getattr(models, field, None) is not None})
+              "source_encoder": "source encoding", "generator_cached": "generator"}
+    return replace(models, stage=timings.stage,
+                   **{field: timings.timed(stage, getattr(models, field)) for field, stage in stages.items()
+                      if getattr(models, field, None) is not None})

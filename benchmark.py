@@ -536,6 +536,9 @@ def _number(value, fmt):
 
 def main(argv=None):
     args = parse_args(argv)
+    import backends
+
+    backends.tensorflow()  # first, so that TensorFlow's start-up lines stay off the terminal
     if args.job:
         job_main(json.loads(args.job))
         return 0

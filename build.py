@@ -26,7 +26,6 @@ it was built with, and run.py checks them.
 Every artefact is written under a temporary name beside its destination and renamed into place, so
 a failed build leaves the previous export intact. Bad input ends with one line on stderr and exit 1.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -36,7 +35,7 @@ import sys
 import tempfile
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+import utils  # TensorFlow-free; modules (and TensorFlow, quietly) load once the arguments are parsed
 
 MODULES = ("kp_detector", "process_kp_driving", "generator", "source_encoder", "generator_cached")
 ONNX_OPSET = 17  # tf2onnx 1.17 converts up to opset 18; 17 is what onnxruntime has supported longest
@@ -45,7 +44,7 @@ TFJS_VENV_CONVERTER = os.path.join(REPO_DIR, ".venv-tfjs", "bin", "tensorflowjs_
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Build SavedModel, TF Lite and TF.js exports from a checkpoint.")
+    parser = utils.ArgumentParser(description="Build SavedModel, TF Lite and TF.js exports from a checkpoint.")
     parser.add_argument("--model", help="model name: config/NAME-256.yaml and checkpoint/NAME-cpk.pth.tar")
     parser.add_argument("--config", help="config path (with --checkpoint; <model> becomes the file's stem)")
     parser.add_argument("--checkpoint", help="checkpoint path")

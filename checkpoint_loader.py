@@ -56,6 +56,11 @@ class _Malformed(Exception):
     """
 
 
+def _truncated(needed, left):
+    """The message for a file that ends early: in bytes the user can check against the download."""
+    return f"truncated: a tensor needs {needed} bytes, the file has {left} left (an interrupted download?)"
+
+
 # ---- file-format constants ----
 
 # torch.serialization.MAGIC_NUMBER and PROTOCOL_VERSION: the first two pickles
@@ -604,7 +609,7 @@ class _LegacySource:
         data = self._file.read(nbytes)
         self._file.seek(resume)
         if len(data) != nbytes:
-            raise _Malformed(f"truncated (storage {key} needs {nbytes} bytes, {len(data)} left)")
+            raise _Malformed(_truncated(nbytes, len(data)))
         return data
 
 
@@ -653,7 +658,7 @@ class _LegacyCatalog:
             header = file.read(8)
             if len(header) != 8:
                 raise _Malformed(
-                    f"truncated (storage {key} needs an 8-byte header, {len(header)} left)"
+                    _truncated(8, len(header))
                 )
             (count,) = struct.unpack(count_format, header)
             if count != numel:
@@ -663,7 +668,7 @@ class _LegacyCatalog:
             nbytes = count * dtype.itemsize
             left = file_size - (pos + 8)
             if nbytes > left:
-                raise _Malformed(f"truncated (storage {key} needs {nbytes} bytes, {left} left)")
+                raise _Malformed(_truncated(nbytes, left))
             offsets[key] = pos + 8
             pos += 8 + nbytes
             file.seek(pos)
@@ -786,7 +791,7 @@ class _ZipSource:
         needed = sid.numel * sid.dtype.itemsize
         if info.file_size < needed:
             raise _Malformed(
-                f"truncated (storage {sid.key} needs {needed} bytes, {info.file_size} left)"
+                _truncated(needed, info.file_size)
             )
         return _make_ref(sid, self)
 
@@ -795,7 +800,7 @@ class _ZipSource:
             member.seek(start)
             data = member.read(nbytes)
         if len(data) != nbytes:
-            raise _Malformed(f"truncated (storage {key} needs {nbytes} bytes, {len(data)} left)")
+            raise _Malformed(_truncated(nbytes, len(data)))
         return data
 
 

@@ -18,10 +18,12 @@ import hashlib
 from dataclasses import dataclass, field
 
 import numpy as np
-import tensorflow as tf
-import keras
 
+import backends
 import checkpoint_loader
+
+tf = backends.tensorflow()  # quietly: TensorFlow's native start-up lines never reach the user
+import keras  # noqa: E402  (imported with TensorFlow above)
 
 
 # --------------------------------------------------------------------------------------------------

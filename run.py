@@ -10,8 +10,9 @@ test split. --find_best_frame / --best_frame, --audio, --visualizer and --profil
 `--target savedmodel` and `--target tflite` run the files `python build.py --model vox` writes,
 `--target onnx` those of `python build.py --model vox --onnx` (with onnxruntime); no checkpoint is
 needed, and the options each export was built with are checked against the run's.
-Bad input ends with one line on stderr and exit code 1 (2 for usage errors, 130 on Ctrl-C);
-outputs appear only when complete.
+Everything the user can get wrong is checked first (`prepare`, which never imports TensorFlow), then
+the target's runtime and the model load (`run`). Bad input ends with one line on stderr and exit code 1
+(2 for usage errors, 130 on Ctrl-C); outputs appear only when complete.
 """
 import argparse
 import contextlib
@@ -23,13 +24,20 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
+# TensorFlow-free: everything a user can get wrong is checked with these before TensorFlow loads.
+import backends
+import checkpoint_loader
+import utils
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+EXAMPLE_SOURCE = os.path.join("example", "source.png")  # the seed CLI's defaults, inside the repository
+EXAMPLE_DRIVING = os.path.join("example", "driving.mp4")
+DEFAULT_MODEL = "vox"
+ASPECT_TOLERANCE = 0.05  # a frame whose aspect differs more from frame_shape's is visibly stretched
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description="Run inference")
+    parser = utils.ArgumentParser(description="Run inference")
     parser.add_argument("--target", choices=["direct", "savedmodel", "tflite", "onnx"], default="direct",
                         help="run the model directly, or its SavedModel, TF Lite or ONNX (onnxruntime) export")
     parser.add_argument("--exportdir", default=REPO_DIR,
@@ -37,12 +45,14 @@ def parse_args(argv=None):
     parser.add_argument("--mode", choices=["animate", "reconstruction"], default="animate", help="run mode")
     parser.add_argument("--datamode", choices=["file", "dataset"], default="file",
                         help="CLI-given files or the config's dataset")
-    parser.add_argument("--model", default="vox",
-                        help="model name: config/NAME-256.yaml and checkpoint/NAME-cpk.pth.tar")
+    parser.add_argument("--model", default=None,
+                        help="model name: config/NAME-256.yaml and checkpoint/NAME-cpk.pth.tar (default: vox)")
     parser.add_argument("--config", help="config path (overrides --model)")
     parser.add_argument("--checkpoint", help="checkpoint path (overrides --model)")
-    parser.add_argument("--source_image", default="example/source.png", help="source image (file datamode)")
-    parser.add_argument("--driving_video", default="example/driving.mp4", help="driving video (file datamode)")
+    parser.add_argument("--source_image", default=None,
+                        help="source image (file datamode; default: the bundled example/source.png)")
+    parser.add_argument("--driving_video", default=None,
+                        help="driving video (file datamode; default: the bundled example/driving.mp4)")
     parser.add_argument("--output", default="output/result",
                         help="output: .mp4 (default), .gif, or a directory ending in / for PNG frames")
     parser.add_argument("--dontappend", action="store_true",
@@ -71,9 +81,15 @@ def parse_args(argv=None):
     parser.add_argument("--audio", action="store_true", help="copy the driving video's audio track")
     parser.add_argument("--root_dir", help="dataset folder for --datamode dataset (default: the config's "
                                            "dataset_params.root_dir)")
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--verbose", action="store_true",
+                          help="also show TensorFlow's and LiteRT's own start-up and log lines")
+    loudness.add_argument("--quiet", action="store_true", help="print errors only (no progress, notes or warnings)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batchsize must be at least 1")
+    if args.frames == 0 or args.frames < -1:
+        parser.error(f"--frames must be a positive number of frames (or -1 for all), got {args.frames}")
     if args.best_frame is not None and args.best_frame < 0:
         parser.error("--best_frame must be 0 or more")
     if args.mode == "reconstruction" and (args.find_best_frame or args.best_frame is not None):
@@ -96,6 +112,7 @@ def parse_args(argv=None):
 LOG_DIR = "log"  # --profile's TensorBoard traces, relative to the current directory as in the seed
 TRACE_BATCHES = 3  # batches a TensorBoard trace covers: enough to see the steady state, small to load
 DATASET_FORMATS = (".mp4", ".gif", ".mov", ".mkv", ".avi", ".m4v")
+VIDEO_EXTENSIONS = DATASET_FORMATS + (".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 
 
 @dataclass
@@ -114,31 +131,117 @@ class Job:
     relative_jacobian: bool = True  # with relative motion: the jacobian too (demo.py), or as detected
 
 
-def run(args):
+@dataclass
+class Plan:
+    """Everything a run needs that can be checked without TensorFlow: it is made before the import."""
+    config_path: str
+    checkpoint_path: object  # str, or None for an export target without one
+    raw_config: dict
+    jobs: list
+    exports: object = None  # CheckedExports for the savedmodel / tflite / onnx targets
+
+
+def prepare(args):
+    """Resolve defaults and check every path, file kind and flag combination; never imports TensorFlow.
+
+    Returns a Plan; raises UserError naming the flag or file at fault, so a typo fails in well under a
+    second instead of after TensorFlow and the model have loaded.
+    """
+    warn_about_flags(args)
+    config_path, checkpoint_path = resolve_model(args)
+    raw_config = utils.load_config(config_path)
+    exports = check_exports(args, checkpoint_path) if args.target != "direct" else None
+    frame_shape = tuple(raw_config["dataset_params"]["frame_shape"])
+    if args.datamode == "file":
+        jobs = file_jobs(args, frame_shape)
+    else:
+        jobs = dataset_jobs(args, raw_config, frame_shape)
+    return Plan(config_path, checkpoint_path, raw_config, jobs, exports)
+
+
+def warn_about_flags(args):
+    """Flags that do nothing in this combination: say so rather than ignore them silently."""
+    relative_from_flags = args.datamode == "file" and not args.relative  # dataset mode reads the config's
+    if args.adapt and relative_from_flags and args.mode == "animate":
+        warn("--adapt scales relative motion and does nothing without --relative; add --relative")
+    if args.find_best_frame and relative_from_flags:
+        warn("--find_best_frame picks where relative motion starts and does nothing without --relative; "
+             "add --relative")
+    if args.best_frame is not None and relative_from_flags:
+        warn("--best_frame picks where relative motion starts and does nothing without --relative; add --relative")
+    if args.source_image is not None and args.mode == "reconstruction":
+        warn("--source_image is not used: --mode reconstruction rebuilds the driving video from its own first frame")
+    if args.datamode == "dataset" and (args.source_image is not None or args.driving_video is not None):
+        warn("--source_image and --driving_video are not used with --datamode dataset")
+    if args.device is not None and args.target in ("tflite", "onnx"):
+        warn(f"--device applies to the direct and savedmodel targets; --target {args.target} runs on the CPU")
+
+
+def resolve_model(args):
+    """(config path, checkpoint path or None) from --model / --config / --checkpoint, checked to exist.
+
+    The direct target needs the checkpoint; export targets only name it in build hints.
+    """
+    if args.config is None:
+        if args.model is None:
+            note(f"no --model given: using {DEFAULT_MODEL} (config/{DEFAULT_MODEL}-256.yaml)")
+        config_path, published = utils.model_paths(args.model or DEFAULT_MODEL)
+        checkpoint_path = args.checkpoint or published
+    else:
+        _require_input("--config", args.config)
+        config_path = args.config
+        checkpoint_path = args.checkpoint or utils.checkpoint_for_config(args.config)
+        if args.checkpoint is None and checkpoint_path is not None and args.target == "direct":
+            note(f"no --checkpoint given: using {checkpoint_path}, named after the config")
+    if args.target != "direct":
+        return config_path, checkpoint_path
+    if checkpoint_path is None:
+        raise utils.UserError(f"--config {args.config}: give --checkpoint (no checkpoint named after the config "
+                              f"was found beside it or in checkpoint/)")
+    if args.checkpoint is None and args.config is None and not os.path.exists(checkpoint_path):
+        raise utils.UserError(utils.published_checkpoint_missing(checkpoint_path))
+    _require_input("--checkpoint", checkpoint_path)
+    return config_path, checkpoint_path
+
+
+def _require_input(flag, path):
+    """UserError naming the flag when `path` is not an existing file."""
+    if not os.path.exists(path):
+        raise utils.UserError(f"{flag} {path}: no such file")
+    if os.path.isdir(path):
+        raise utils.UserError(f"{flag} {path}: is a directory, not a file")
+
+
+def example_input(path, flag):
+    """The bundled example standing in for a flag the user did not give, said in one line."""
+    note(f"no {flag} given: using the bundled {path}")
+    return os.path.join(REPO_DIR, path)
+
+
+def run(args, plan):
     """Load the model once, render every job of --mode / --datamode, then report metrics and timings."""
     import time
 
-    import animate
-    import modules
-    import utils
-
     started = time.perf_counter()
-    config_path, checkpoint_path = utils.model_paths(args.model, args.config, args.checkpoint)
-    raw_config = utils.load_config(config_path)
-    config = modules.parse_config(raw_config)
-    jobs = file_jobs(args, config) if args.datamode == "file" else dataset_jobs(args, raw_config, config)
-    visualizer = utils.Visualizer.from_config(raw_config) if args.visualizer else None
+    status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
+    if args.target in ("direct", "savedmodel"):
+        backends.tensorflow()
+        check_device(args.device)
+    import animate
+
+    visualizer = utils.Visualizer.from_config(plan.raw_config) if args.visualizer else None
     timings = animate.Timings() if args.profile else None
     losses = {}
     outputs = []
     frames = 0
     with _device(args.device):
+        status(f"loading the model ({describe_model(args, plan)})")
         load = load_models if timings is None else timings.timed("load models", load_models)
-        models = load(args, config, checkpoint_path)
+        models = load(args, model_config(args, plan), plan.checkpoint_path, plan.exports)
         if timings is not None:
             models = animate.timed_models(models, timings)
         with TensorBoardTrace(args) as trace:
-            for job in jobs:
+            for job in plan.jobs:
                 with job.open_driving() as clip:
                     written, losses[job.name] = render(args, models, job, clip, visualizer, timings, trace)
                 frames += written
@@ -148,7 +251,31 @@ def run(args):
     if args.mode == "reconstruction":
         report_reconstruction(losses, metrics_path(args, outputs[0]))
     if timings is not None:
-        print(timings.summary(frames, time.perf_counter() - started))
+        say(timings.summary(frames, time.perf_counter() - started))
+
+
+def describe_model(args, plan):
+    if args.target == "direct":
+        return f"{plan.checkpoint_path}"
+    return f"{args.target} exports of {utils.export_model_name(args.model or DEFAULT_MODEL, args.config)}"
+
+
+def check_device(name):
+    """--device naming a device this machine lacks: one line, before the model loads."""
+    if name is None:
+        return
+    tf = backends.tensorflow()
+    try:
+        wanted = tf.DeviceSpec.from_string(name)
+    except ValueError:
+        raise utils.UserError(f"--device {name}: not a device name (expected e.g. /CPU:0 or /GPU:0)") from None
+    devices = [tf.DeviceSpec.from_string(device.name) for device in tf.config.list_logical_devices()]
+    for device in devices:
+        if ((wanted.device_type or "").upper() == (device.device_type or "").upper()
+                and wanted.device_index in (None, device.device_index)):
+            return
+    have = ", ".join(f"/{d.device_type}:{d.device_index}" for d in devices)
+    raise utils.UserError(f"--device {name}: no such device on this machine (it has {have})")
 
 
 def render(args, models, job, clip, visualizer, timings, trace):
@@ -157,8 +284,6 @@ def render(args, models, job, clip, visualizer, timings, trace):
     Returns the number of frames written and, for reconstruction, each frame's L1 to the real frame.
     """
     import animate
-    import utils
-    from tqdm import tqdm
 
     initial = start_keypoints(args, models, job, clip)
     frames = limited_frames(clip, args.frames)
@@ -180,19 +305,54 @@ def render(args, models, job, clip, visualizer, timings, trace):
             visual_writer = stack.enter_context(utils.FrameWriter(visualizer_path(job.output), clip.fps))
             draw = _timed(timings, "visualizer", lambda source, driving, out: visual_writer.write(
                 visualizer.visualize(source, driving, out)))
-        for driving, out in tqdm(outputs, total=expected_frames(clip, args.frames), unit="frame", desc=job.name):
-            source = driving if source is None else source  # reconstruction: frame 0 is the source
-            encode(out["prediction"])
-            if visualizer is not None:
-                draw(source, driving, out)
-            if job.source is None:
-                losses.append(animate.reconstruction_l1(out["prediction"], driving))
-            trace.frame_done()
+        status(f"{job.name}: building the graph on the first batch")
+        with Progress(expected_frames(clip, args.frames), job.name) as progress:
+            for driving, out in outputs:
+                source = driving if source is None else source  # reconstruction: frame 0 is the source
+                encode(out["prediction"])
+                if visualizer is not None:
+                    draw(source, driving, out)
+                if job.source is None:
+                    losses.append(animate.reconstruction_l1(out["prediction"], driving))
+                trace.frame_done()
+                progress.frame_done()
         if writer.frames_written == 0:
             raise utils.UserError(f"{clip.path}: no frames to animate")
-    print(f"wrote {writer.frames_written} frames to {job.output}" +
-          (f" (and {visualizer_path(job.output)})" if visualizer is not None else ""))
+    say(f"wrote {plural(writer.frames_written, 'frame')} to {job.output}" +
+        (f" (and {visualizer_path(job.output)})" if visualizer is not None else ""))
     return writer.frames_written, losses
+
+
+class Progress:
+    """A tqdm bar that starts at the first finished frame.
+
+    The first batch also traces the graph, so a bar started before it shows an ETA of minutes for a job
+    of seconds; started after it, the rate is that of the frames to come.
+    """
+
+    def __init__(self, total, name):
+        self.total = total
+        self.name = name
+        self.bar = None
+
+    def frame_done(self):
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=self.total, unit="frame", desc=self.name, disable=backends.verbosity() == "quiet")
+        self.bar.update(1)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.close()
+        return False
+
+
+def plural(count, noun):
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
 
 def _timed(timings, stage, function):
@@ -220,8 +380,6 @@ def start_keypoints(args, models, job, clip):
     animation from its best frame (see animate.find_best_frame); the output keeps driving order.
     """
     import animate
-    import utils
-
     if args.best_frame is None and not args.find_best_frame:
         return None
     frames = limited_frames(clip, args.frames)
@@ -231,24 +389,23 @@ def start_keypoints(args, models, job, clip):
         except IndexError as err:
             cut = f" with --frames {args.frames}" if args.frames >= 0 else ""
             raise utils.UserError(f"--best_frame {args.best_frame}: {clip.path}{cut}: {err}") from None
-        print(f"{job.name}: starting from driving frame {args.best_frame}")
+        say(f"{job.name}: starting from driving frame {args.best_frame}")
         return kp
     try:
         index, kp = animate.find_best_frame(models, job.source, frames, args.batch_size, args.exactbatch)
     except ValueError:
         raise utils.UserError(f"{clip.path}: no frames to animate") from None
-    print(f"{job.name}: best frame {index} (keypoints closest to the source's)")
+    say(f"{job.name}: best frame {index} (keypoints closest to the source's)")
     return kp
 
 
 def audio_source(args, job, clip):
     """The file whose audio track --audio copies into this job's output, or None (with a warning why)."""
-    import utils
-
     if not args.audio:
         return None
     if job.output.endswith("/") or job.output.lower().endswith(".gif"):
-        warn(f"--audio: {job.output} is a GIF or PNG frames, which carry no audio; writing it without")
+        kind = "PNG frames" if job.output.endswith("/") else "a GIF"
+        warn(f"--audio: {job.output} is {kind}, which cannot hold sound; writing it without the audio track")
         return None
     if clip.media_path is None or utils.audio_stream(clip.media_path) is None:
         warn(f"--audio: {clip.path} has no audio track; writing a silent video")
@@ -257,7 +414,26 @@ def audio_source(args, job, clip):
 
 
 def warn(message):
-    print(f"warning: {message}", file=sys.stderr)
+    if backends.verbosity() != "quiet":
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def note(message):
+    """A default standing in for something the user did not give, said once."""
+    if backends.verbosity() != "quiet":
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def status(message):
+    """What the run is doing before its progress bar can say it."""
+    if backends.verbosity() != "quiet":
+        print(f"{message}...", file=sys.stderr, flush=True)
+
+
+def say(message):
+    """A result line (what was written, metrics), on stdout."""
+    if backends.verbosity() != "quiet":
+        print(message, flush=True)
 
 
 def visualizer_path(output):
@@ -279,15 +455,14 @@ def report_reconstruction(losses, path):
     """Print and save the per-video and mean L1 (the mean over every frame, as reconstruction.py)."""
     import numpy as np
 
-    import utils
-
     rows = [["video", "frames", "l1"]]
     for name, values in losses.items():
         rows.append([name, len(values), f"{np.mean(values):.8f}"])
-        print(f"L1 {name}: {np.mean(values):.6f} ({len(values)} frames)")
+        say(f"L1 {name}: {np.mean(values):.6f} ({plural(len(values), 'frame')})")
     every_frame = [value for values in losses.values() for value in values]
     rows.append(["mean", len(every_frame), f"{np.mean(every_frame):.8f}"])
-    print(f"mean L1: {np.mean(every_frame):.6f} ({len(losses)} videos, {len(every_frame)} frames); wrote {path}")
+    say(f"mean L1: {np.mean(every_frame):.6f} ({plural(len(losses), 'video')}, "
+        f"{plural(len(every_frame), 'frame')}); wrote {path}")
     utils.write_csv_atomically(path, rows)
 
 
@@ -324,7 +499,8 @@ class TensorBoardTrace:
 
             tf.profiler.experimental.stop()
             self.active = False
-            print(f"TensorBoard trace written under {LOG_DIR}/ (view it with: tensorboard --logdir {LOG_DIR})")
+            say(f"TensorBoard trace written under {LOG_DIR}/ (to view it: pip install tensorboard "
+                f"tensorboard-plugin-profile, then tensorboard --logdir {LOG_DIR}, Profile tab)")
 
     def __exit__(self, *exc):
         self.stop()
@@ -335,22 +511,54 @@ class TensorBoardTrace:
 # Jobs per datamode
 # --------------------------------------------------------------------------------------------------
 
-def file_jobs(args, config):
+def file_jobs(args, frame_shape):
     """The one job of --datamode file: animate --source_image, or reconstruct the driving video."""
-    import utils
-
     reconstruction = args.mode == "reconstruction"
-    source = None if reconstruction else utils.read_image(args.source_image, config.frame_shape)
-    output = utils.output_path(args.output, None if reconstruction else args.source_image, args.driving_video,
-                               args.mode, args.dontappend)
+    source_path = None
+    source = None
+    if not reconstruction:
+        source_path = args.source_image or example_input(EXAMPLE_SOURCE, "--source_image")
+        _require_input("--source_image", source_path)
+        source = read_source(source_path, frame_shape)
+    driving_path = args.driving_video or example_input(EXAMPLE_DRIVING, "--driving_video")
+    _require_input("--driving_video", driving_path)
+    output = utils.output_path(args.output, source_path, driving_path, args.mode, args.dontappend)
+
     def open_driving():
-        return utils.open_driving_clip(args.driving_video, config.frame_shape)
+        return utils.open_driving_clip(driving_path, frame_shape)
 
-    open_driving().close()  # a bad video fails now, before the model loads
-    return [Job(os.path.basename(args.driving_video), open_driving, source, output, args.relative, args.adapt)]
+    with open_driving() as clip:  # a bad video fails now, before the model loads
+        check_driving_clip(clip, args.frames, frame_shape)
+    return [Job(os.path.basename(driving_path), open_driving, source, output, args.relative, args.adapt)]
 
 
-def dataset_jobs(args, raw_config, config):
+def read_source(path, frame_shape):
+    """The source image, preprocessed as demo.py does, with a warning when resizing will stretch it."""
+    height, width = utils.image_size(path)
+    warn_if_stretched(path, "source image", width, height, frame_shape)
+    return utils.read_image(path, frame_shape)
+
+
+def check_driving_clip(clip, frames, frame_shape):
+    """A still image is not a driving video; --frames beyond the clip's end is said, not ignored."""
+    if clip.frame_count == 1 and os.path.splitext(clip.path)[1].lower() not in VIDEO_EXTENSIONS:
+        raise utils.UserError(f"--driving_video {clip.path}: a still image, not a video (give a video, "
+                              f"e.g. .mp4 or .gif, whose motion the source will follow)")
+    if frames > 0 and clip.frame_count is not None and frames > clip.frame_count:
+        warn(f"--frames {frames}: {clip.path} has {plural(clip.frame_count, 'frame')}; animating all of them")
+    if clip.size is not None:
+        warn_if_stretched(clip.path, "driving video", *clip.size, frame_shape)
+
+
+def warn_if_stretched(path, what, width, height, frame_shape):
+    """The original resizes to frame_shape whatever the aspect (kept, for parity); say when that distorts."""
+    model_height, model_width = frame_shape[:2]
+    if abs((width / height) / (model_width / model_height) - 1) > ASPECT_TOLERANCE:
+        warn(f"{path}: the {what} is {width}x{height} and will be stretched to the model's "
+             f"{model_width}x{model_height}; crop it to that aspect first (or see --crop)")
+
+
+def dataset_jobs(args, raw_config, frame_shape):
     """Jobs over the test split of the config's dataset (or --root_dir), as the original run.py's modes.
 
     reconstruction: each test video from its own first frame (at most reconstruction_params.num_videos + 1,
@@ -359,14 +567,12 @@ def dataset_jobs(args, raw_config, config):
     scaling from animate_params.normalization_params (or --relative / --adapt). The videos are listed
     now, so a bad dataset fails before the model loads, and opened one job at a time.
     """
-    import utils
-
     root = args.root_dir or raw_config["dataset_params"].get("root_dir")
     if not root:
         raise utils.UserError("the config has no dataset_params.root_dir; pass --root_dir")
     videos = utils.dataset_test_videos(root)
     folder = dataset_output_dir(args)
-    shape = config.frame_shape
+    shape = frame_shape
     if args.mode == "reconstruction":
         params = raw_config.get("reconstruction_params") or {}
         extension = output_format(params)
@@ -393,8 +599,6 @@ def dataset_jobs(args, raw_config, config):
 def dataset_job(name, driving_path, source_path, output, frame_shape, relative=False, adapt=False,
                 relative_jacobian=True):
     """Open one dataset job; the source is the first frame of `source_path` (None: reconstruction)."""
-    import utils
-
     source = None
     if source_path is not None:
         with utils.open_dataset_clip(source_path, frame_shape) as clip:
@@ -413,8 +617,6 @@ def dataset_output_dir(args):
 
 def output_format(params):
     """The extension a dataset mode writes its videos with: the config's `format` (default .mp4)."""
-    import utils
-
     extension = params.get("format", ".mp4")
     if extension not in DATASET_FORMATS:
         raise utils.UserError(f"format {extension!r} in the config: expected one of {', '.join(DATASET_FORMATS)}")
@@ -441,24 +643,51 @@ def _device(name):
     return tf.device(name)
 
 
-def load_models(args, config, checkpoint_path):
-    """animate.Models for --target: built from the checkpoint (direct) or loaded from build.py's exports."""
+def load_models(args, config, checkpoint_path, exports=None):
+    """animate.Models for --target: built from the checkpoint (direct) or loaded from build.py's exports
+    (`exports`, the CheckedExports prepare() found; looked up again when not given)."""
     import animate
-    import checkpoint_loader
 
-    if args.target == "direct":
-        state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
-        return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale)
-    return exported_models(args, checkpoint_path)
+    if args.target != "direct":
+        return (exports or check_exports(args, checkpoint_path)).load(args.target)
+    state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
+    return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale)
 
 
-def exported_models(args, checkpoint_path):
-    """animate.Models over the savedmodel / tflite / onnx exports, after checking they fit the requested run."""
-    import animate
-    import utils
+def model_config(args, plan):
+    """The parsed model config the direct target builds from (export targets need none)."""
+    if args.target != "direct":
+        return None
+    import modules
 
+    return modules.parse_config(plan.raw_config)
+
+
+@dataclass
+class CheckedExports:
+    """build.py's exports for this run, found and checked against its options from their JSON alone."""
+    exports: dict  # {module: (path, signature description)}
+    hardcode: object  # process_kp_driving's --hardcode XY, or None
+    first_order: bool
+    prescale: bool
+
+    def load(self, target):
+        """animate.Models over the exports (this imports the target's runtime)."""
+        import animate
+
+        calls = {module: utils.load_export(target, path) for module, (path, _) in self.exports.items()}
+        process = calls["process_kp_driving"]
+        if self.hardcode is not None:
+            process = without_flag_inputs(process)
+        return animate.Models(calls["kp_detector"], process, calls["generator"], estimate_jacobian=self.first_order,
+                              prescale=self.prescale, source_encoder=calls.get("source_encoder"),
+                              generator_cached=calls.get("generator_cached"))
+
+
+def check_exports(args, checkpoint_path):
+    """The savedmodel / tflite / onnx exports this run needs, checked to exist and fit its options."""
     command = build_command(args, checkpoint_path)
-    name = utils.export_model_name(args.model, args.config)
+    name = utils.export_model_name(args.model or DEFAULT_MODEL, args.config)
     try:
         exports = utils.find_exports(args.target, args.exportdir, name, args.float16, args.int8)
     except utils.ExportMissing as missing:
@@ -472,11 +701,7 @@ def exported_models(args, checkpoint_path):
     hardcode = builds["process_kp_driving"]["hardcode"]
     if hardcode is not None:
         check_hardcode(args, hardcode, first_order, command)
-    calls = {module: utils.load_export(args.target, path) for module, (path, _) in exports.items()}
-    process = calls["process_kp_driving"] if hardcode is None else without_flag_inputs(calls["process_kp_driving"])
-    return animate.Models(calls["kp_detector"], process, calls["generator"], estimate_jacobian=first_order,
-                          prescale=builds["generator"]["prescale"], source_encoder=calls.get("source_encoder"),
-                          generator_cached=calls.get("generator_cached"))
+    return CheckedExports(exports, hardcode, first_order, builds["generator"]["prescale"])
 
 
 def without_stale_cache(exports, command):
@@ -485,8 +710,6 @@ def without_stale_cache(exports, command):
     build.py records a digest of the weights in each export's JSON; a pair left from a build of other
     weights (or a partial one) is dropped with a warning, and the plain generator runs instead.
     """
-    import utils
-
     cached = [module for module in utils.CACHED_EXPORT_MODULES if module in exports]
     if not cached:
         return exports
@@ -503,9 +726,10 @@ def build_command(args, checkpoint_path):
     """The build.py command that makes the exports this run asks for."""
     words = ["python", "build.py"]
     if args.config:
-        words += ["--config", args.config, "--checkpoint", checkpoint_path]
+        # The checkpoint the user gave, else the one named after the config; never another model's.
+        words += ["--config", args.config, "--checkpoint", checkpoint_path or "<CHECKPOINT>"]
     else:
-        words += ["--model", args.model]
+        words += ["--model", args.model or DEFAULT_MODEL]
     words += [flag for flag, on in (("--prescale", args.prescale), ("--float16", args.float16), ("--int8", args.int8),
                                     ("--onnx", args.target == "onnx")) if on]
     if os.path.abspath(args.exportdir) != REPO_DIR:
@@ -515,8 +739,6 @@ def build_command(args, checkpoint_path):
 
 def check_prescale_exports(args, builds, command):
     """--prescale needs prescale exports; kp_detector and generator must agree either way."""
-    import utils
-
     kp_prescale, generator_prescale = builds["kp_detector"]["prescale"], builds["generator"]["prescale"]
     if args.prescale and not (kp_prescale and generator_prescale):
         raise utils.UserError(f"--prescale: the {args.target} exports were built without --prescale; "
@@ -528,8 +750,6 @@ def check_prescale_exports(args, builds, command):
 
 def check_static_batch(args, builds, command):
     """An export with --staticbatchsize N runs only full batches of N (--batchsize N --exactbatch)."""
-    import utils
-
     for module, build in builds.items():
         size = build["static_batch_size"]
         if size is not None and (args.batch_size != size or not args.exactbatch):
@@ -544,8 +764,6 @@ def check_hardcode(args, hardcode, first_order, command):
     The pipeline always asks for a relative jacobian (X = 1) and for adapt_movement_scale = --adapt;
     zero-order models have no jacobian, so X does not matter for them.
     """
-    import utils
-
     relative_jacobian, adapt = hardcode
     if args.relative and ((first_order and relative_jacobian != "1") or adapt != ("1" if args.adapt else "0")):
         raise utils.UserError(f"the {args.target} process_kp_driving export was built with --hardcode {hardcode}, "
@@ -569,23 +787,27 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 
 def main(argv=None):
     args = parse_args(argv)
+    backends.set_verbosity("quiet" if args.quiet else "verbose" if args.verbose else "normal")
     try:
-        # Importing TensorFlow takes seconds; Ctrl-C during them must be as clean as later.
-        import checkpoint_loader
-        import modules
-        import utils
-
         with warnings.catch_warnings():
             # Library warnings (a broken video tail, an audio track that does not fit) as one line each.
             warnings.showwarning = _one_line_warning
-            run(args)
-    except KeyboardInterrupt:  # first, so that it never needs the modules named below
+            plan = prepare(args)  # before TensorFlow: a typo fails in well under a second
+            run(args, plan)
+    except KeyboardInterrupt:  # Ctrl-C while TensorFlow imports must be as clean as later
         print("interrupted: no output written", file=sys.stderr)
         return 130
-    except (utils.UserError, checkpoint_loader.CheckpointError, modules.ConfigError) as err:
+    except user_errors() as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
     return 0
+
+
+def user_errors():
+    """The exception types that mean bad input; modules' only when TensorFlow was loaded for it."""
+    errors = (utils.UserError, checkpoint_loader.CheckpointError)
+    modules = sys.modules.get("modules")
+    return errors + (modules.ConfigError,) if modules is not None else errors
 
 
 if __name__ == "__main__":

@@ -3,10 +3,11 @@
     python serve_web.py [--port 8000] [--host 127.0.0.1] [--exportdir DIR] [--datadir DIR] [--results DIR]
                         [--quiet]
 
-Serves the repository read-only, so the page finds TF.js in node_modules/ (`npm ci`), the bundled
-example in example/ and the graph models `build.py --tfjs` wrote in js/<model>/<module>/ (or under
---exportdir, like run.py's). The page is at /web/. --datadir DIR is served at /data/, for inputs
-the page is given by URL (tests/test_web.py's frames).
+Serves, read-only, only what the page needs: web/ (the page is at /web/), the TF.js files it loads
+from node_modules/ (`npm ci`), the bundled example's photo and video, and the graph models
+`build.py --tfjs` wrote in js/<model>/<module>/ (or under --exportdir, like run.py's). --datadir DIR
+is served at /data/, for inputs the page is given by URL (tests/test_web.py's frames). Everything
+else answers 404: checkpoints, sources, .git.
 
 With --results DIR the page's test mode (report=NAME in its URL) POSTs its outputs to /report/NAME,
 stored as DIR/NAME.json; without it, nothing is ever written.
@@ -25,6 +26,17 @@ REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 REPORT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 BYTE_RANGE = re.compile(r"bytes=(\d*)-(\d*)")
 MAX_REPORT_BYTES = 512 * 1024 * 1024  # a few hundred full-size float32 frames, base64
+# Repository files the page loads outside web/: web/index.html's scripts, the wasm backend's binaries
+# (source maps only for the browser's developer tools), and the default inputs in app.js.
+PAGE_FILES = frozenset([
+    *(f"node_modules/@tensorflow/{path}" for path in (
+        "tfjs/dist/tf.min.js", "tfjs/dist/tf.min.js.map",
+        "tfjs-backend-wasm/dist/tf-backend-wasm.min.js", "tfjs-backend-wasm/dist/tf-backend-wasm.min.js.map",
+        "tfjs-backend-wasm/dist/tfjs-backend-wasm.wasm", "tfjs-backend-wasm/dist/tfjs-backend-wasm-simd.wasm",
+        "tfjs-backend-wasm/dist/tfjs-backend-wasm-threaded-simd.wasm")),
+    "example/source.png", "example/driving.mp4",
+])
+NOT_SERVED = os.path.join(REPO_DIR, ".not-served")  # no such file: the handler answers 404
 
 
 def parse_args(argv=None):
@@ -40,7 +52,7 @@ def parse_args(argv=None):
 
 
 class PageHandler(http.server.SimpleHTTPRequestHandler):
-    """GET/HEAD of repository files; POST /report/NAME only when a results folder is set."""
+    """GET/HEAD of the page's files; POST /report/NAME only when a results folder is set."""
 
     extensions_map = {**http.server.SimpleHTTPRequestHandler.extensions_map,
                       ".wasm": "application/wasm", ".mjs": "text/javascript", ".js": "text/javascript",
@@ -102,16 +114,24 @@ class PageHandler(http.server.SimpleHTTPRequestHandler):
                 remaining -= len(chunk)
 
     def translate_path(self, path):
-        """/js/... comes from the export folder, /data/... from --datadir, everything else from the
-        repository; hidden paths (.git, .venv-tfjs) map to nothing, so they answer 404."""
-        parts = [part for part in unquote(urlsplit(path).path).split("/") if part and part not in (".", "..")]
-        if any(part.startswith(".") for part in parts):
-            return os.path.join(self.directory, ".hidden-paths-are-not-served")
-        if parts[:1] == ["js"]:
-            return os.path.join(self.exportdir, *parts)
-        if parts[:1] == ["data"] and self.datadir is not None:
-            return os.path.join(self.datadir, *parts[1:])
-        return super().translate_path(path)
+        """/web/... from web/, /js/... from the export folder, /data/... from --datadir, PAGE_FILES from
+        the repository; anything else, and any path with a hidden or dot segment (.git, ..), maps to
+        NOT_SERVED."""
+        parts = unquote(urlsplit(path).path).split("/")[1:]
+        # basename differs where a segment holds a separator or a drive (Windows: "..\\", "C:"); a NUL
+        # would make open() raise ValueError, not the OSError that answers 404
+        if any(part.startswith(".") or os.path.basename(part) != part or "\0" in part for part in parts):
+            return NOT_SERVED
+        top, *rest = parts or [""]
+        if top == "web":
+            return os.path.join(REPO_DIR, "web", *rest)
+        if top == "js":
+            return os.path.join(self.exportdir, "js", *rest)
+        if top == "data" and self.datadir is not None:
+            return os.path.join(self.datadir, *rest)
+        if "/".join(parts) in PAGE_FILES:
+            return os.path.join(REPO_DIR, *parts)
+        return NOT_SERVED
 
     def do_POST(self):
         name = self.report_name()

@@ -19,6 +19,8 @@ Sections:
  11. visualizer: the original's row of panels per frame
 """
 
+import argparse
+import contextlib
 import csv
 import itertools
 import json
@@ -57,6 +59,13 @@ class UserError(Exception):
 
     def __init__(self, message):
         super().__init__(" ".join(str(message).split()))
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse whose usage errors are one line (exit code 2), like every other error of the CLIs."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def _first_line(error):
@@ -229,6 +238,28 @@ def model_paths(model, config=None, checkpoint=None):
     return str(config), str(checkpoint)
 
 
+def checkpoint_for_config(config_path):
+    """The checkpoint that goes with `X/NAME-256.yaml` by the published naming rule, or None.
+
+    `X/NAME-cpk.pth.tar` beside the config wins, then the repository's `checkpoint/NAME-cpk.pth.tar`;
+    a config named otherwise, or whose checkpoint is in neither place, has none.
+    """
+    stem = os.path.splitext(os.path.basename(str(config_path)))[0]
+    if not stem.endswith("-256"):
+        return None
+    name = f"{stem[:-len('-256')]}-cpk.pth.tar"
+    for candidate in (os.path.join(os.path.dirname(str(config_path)), name), os.path.join(REPO_DIR, "checkpoint", name)):
+        if os.path.isfile(candidate):
+            return candidate
+    return None
+
+
+def published_checkpoint_missing(checkpoint_path):
+    """The message for a `checkpoint/NAME-cpk.pth.tar` that is not there yet: where to get it."""
+    return (f"{checkpoint_path}: no such file; download the published checkpoint into checkpoint/ "
+            f"(see checkpoint/README.md), or give --config and --checkpoint")
+
+
 def known_models():
     """Model names that have a `config/NAME-256.yaml`, sorted."""
     suffix = "-256.yaml"
@@ -255,10 +286,18 @@ def read_image(path, frame_shape):
     return preprocess_frame(_decode_image(path), frame_shape)
 
 
+def image_size(path):
+    """(height, width) of the image at `path`, decoded as read_image would; UserError as read_image."""
+    path = str(path)
+    _require_file(path, "an image")
+    return _decode_image(path).shape[:2]
+
+
 def _decode_image(path):
     """The first image in `path` as imageio returns it (any dtype, 2-D or HxWxC)."""
     try:
-        image = imageio_v2.imread(path)
+        with _imageio_quiet():
+            image = imageio_v2.imread(path)
         if image.ndim == 3 and image.shape[-1] == 4 and _is_cmyk(path):
             # Pillow hands CMYK JPEGs over as raw ink channels; `[..., :3]`
             # would then show C, M, Y as R, G, B. Let Pillow convert instead.
@@ -267,8 +306,17 @@ def _decode_image(path):
     # types (ValueError, OSError, SyntaxError, struct.error, ...); this wraps
     # only the decode call, so nothing else is hidden.
     except Exception as err:
-        raise UserError(f"{path}: not a readable image ({_first_line(err)})") from err
+        raise UserError(f"{path}: not a readable image ({_describe_decode_error(err)})") from err
     return np.asarray(image)
+
+
+@contextlib.contextmanager
+def _imageio_quiet():
+    """imageio warns about its own plugins while it searches one for an unknown file ("The legacy `DICOM`
+    plugin is deprecated..."): that is its business, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The legacy .* plugin is deprecated")
+        yield
 
 
 def _is_cmyk(path):
@@ -343,7 +391,8 @@ class VideoSource:
         """(Re)open the reader and decode the first frame, so that no frames is an error now."""
         self.close()
         try:
-            self._reader = imageio_v2.get_reader(self.path)
+            with _imageio_quiet():
+                self._reader = imageio_v2.get_reader(self.path)
         # As for images: imageio and its ffmpeg plugin signal unreadable input
         # with assorted exception types, and this wraps only the open call.
         except Exception as err:
@@ -457,6 +506,13 @@ def _describe_video_error(err):
     text = str(err)
     if "Input #0" in text and "Video:" not in text:
         return "no video stream"
+    return _describe_decode_error(err)
+
+
+def _describe_decode_error(err):
+    """imageio's reason in the user's terms: its plugin search ("no backend ... iomode") is internal."""
+    if "Could not find a backend" in str(err):
+        return "unrecognised or damaged file"
     return _first_line(err)
 
 
@@ -848,16 +904,18 @@ def read_signature_json(target, path):
 
 def tflite_interpreter(path=None, model_content=None):
     """A TF Lite interpreter on all cores: LiteRT's (ai_edge_litert), else TensorFlow's tf.lite.Interpreter."""
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:
-        from tensorflow.lite.python.interpreter import Interpreter
-    return Interpreter(model_path=path, model_content=model_content, num_threads=os.cpu_count())
+    import backends
+
+    interpreter_class = backends.tflite_interpreter_class()
+    with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        return interpreter_class(model_path=path, model_content=model_content, num_threads=os.cpu_count())
 
 
 def savedmodel_function(path):
     """Run a SavedModel's serving_default with numpy keyword inputs; returns {output name: numpy}."""
-    import tensorflow as tf
+    import backends
+
+    tf = backends.tensorflow()
 
     loaded = tf.saved_model.load(path)
     function = loaded.signatures[SIGNATURE_KEY]
@@ -872,11 +930,20 @@ def savedmodel_function(path):
 
 def tflite_function(path):
     """Run a .tflite file's serving_default signature with numpy keyword inputs (any batch size)."""
+    import backends
+
     runner = tflite_interpreter(path).get_signature_runner(SIGNATURE_KEY)
+    shapes_seen = set()
 
     def call(**inputs):
         # The signature runner resizes every input to the given arrays, so a dynamic batch just works.
-        outputs = runner(**{name: np.asarray(value, np.float32) for name, value in inputs.items()})
+        inputs = {name: np.asarray(value, np.float32) for name, value in inputs.items()}
+        shapes = tuple(sorted((name, value.shape) for name, value in inputs.items()))
+        # LiteRT applies its XNNPACK delegate, and announces it on stderr, at the first call per input shape.
+        quiet = backends.native_output_hidden() if shapes not in shapes_seen else contextlib.nullcontext()
+        with quiet:
+            outputs = runner(**inputs)
+        shapes_seen.add(shapes)
         return {name: np.array(value) for name, value in outputs.items()}
 
     return call
@@ -1024,8 +1091,9 @@ class Clip:
     read twice (the best-frame search does) without holding it in memory.
     """
 
-    def __init__(self, path, fps, frame_count, read_frames, media_path=None, close=None):
+    def __init__(self, path, fps, frame_count, read_frames, media_path=None, close=None, size=None):
         self.path = str(path)
+        self.size = size  # (width, height) of the frames as stored, when known before decoding them
         self.fps = fps
         self.frame_count = frame_count
         self.media_path = media_path
@@ -1088,7 +1156,7 @@ def _video_clip(path, convert):
     def read_frames():
         return (convert(frame) for frame in video)
 
-    return Clip(path, video.fps, video.frame_count, read_frames, media_path=path, close=video.close)
+    return Clip(path, video.fps, video.frame_count, read_frames, media_path=path, close=video.close, size=video.size)
 
 
 def _folder_clip(path, frame_shape):

@@ -1,6 +1,7 @@
 """Shared test helpers: the repo on sys.path, quiet TensorFlow, and the PyTorch-made fixtures."""
 import json
 import os
+import re
 import sys
 from pathlib import Path
 
@@ -61,13 +62,28 @@ class Fixture:
         return kp
 
 
+# tqdm's progress updates, e.g. "clip.mp4:  45%|####5     | 9/20 [00:01<00:01,  8.10frame/s]"
+PROGRESS_BAR = re.compile(r"\[(\d+:)?\d\d:\d\d[<,]")
+# run.py's status lines: what it is doing before the progress bar can say it (run.status)
+STATUS_LINE = re.compile(r"^(loading .+|\S.*: building the graph on the first batch)\.\.\.$")
+
+
+def stderr_lines(text):
+    """Non-empty stderr lines, without the progress bar's updates (split on its carriage returns) and
+    without run.py's status lines."""
+    return [line for line in re.split(r"[\r\n]", text)
+            if line.strip() and not PROGRESS_BAR.search(line) and not STATUS_LINE.match(line)]
+
+
 def assert_one_line_error(capsys, code, *fragments):
-    """A CLI failure: exit code 1 and one line on stderr, no traceback, naming every fragment."""
-    err = capsys.readouterr().err.strip()
+    """A CLI failure: exit code 1 and one line on stderr besides status lines, no traceback, naming every
+    fragment."""
+    err = capsys.readouterr().err
+    lines = stderr_lines(err)
     assert code == 1, err
-    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert len(lines) == 1 and "Traceback" not in err, err
     for fragment in fragments:
-        assert fragment in err, err
+        assert fragment in lines[0], err
 
 
 _CACHE = {}

@@ -1,4 +1,5 @@
 """run.py end to end: frames written equal the original demo.py's, and bad input is one clean line."""
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -7,8 +8,9 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_NAMES, REPO, assert_one_line_error, load_fixture
+from conftest import FIXTURE_NAMES, REPO, assert_one_line_error, load_fixture, stderr_lines
 
+import checkpoint_loader
 import run
 
 
@@ -88,8 +90,15 @@ def test_checkpoint_for_another_config_names_key_and_shapes(tmp_path, capsys):
     args[3] = str(load_fixture(first_order).checkpoint())
     code = run.main(args)
     err = capsys.readouterr().err
-    assert code == 1 and len(err.strip().splitlines()) == 1, err
-    assert "shape" in err and "[" in err, err
+    assert code == 1 and len(stderr_lines(err)) == 1, err
+    found = re.search(r"\[(\w+)\]: (\S+) has shape (\[[\d, ]*\]) but the config needs (\[[\d, ]*\])", err)
+    assert found, err
+    module, key, has, needs = found.groups()
+    # the shapes are the two checkpoints' own: the wrong one's tensor, and the one that fits the config
+    wrong = checkpoint_loader.load_state_dicts(load_fixture(first_order).checkpoint())[module][key]
+    right = checkpoint_loader.load_state_dicts(load_fixture(zero_order).checkpoint())[module][key]
+    assert (has, needs) == (str(list(wrong.shape)), str(list(right.shape))), err
+    assert wrong.shape != right.shape
     assert list(tmp_path.iterdir()) == []
 
 

@@ -45,7 +45,7 @@ from PIL import Image
 
 import checkpoint_loader
 import run
-from conftest import REPO, load_fixture
+from conftest import REPO, load_fixture, stderr_lines
 from forge import (FORMATS, Build, Call, Global, Raw, Storage, forge_tensors, insert_after, tensor, write_format,
                    write_zip)
 
@@ -87,15 +87,6 @@ class Outcome:
 
 
 RESULTS = []
-
-
-# tqdm's progress updates, e.g. "clip.mp4:  45%|####5     | 9/20 [00:01<00:01,  8.10frame/s]"
-PROGRESS_BAR = re.compile(r"\[(\d+:)?\d\d:\d\d[<,]")
-
-
-def stderr_lines(text):
-    """Non-empty stderr lines, without the progress bar's updates (split on its carriage returns)."""
-    return [line for line in text.splitlines() if line.strip() and not PROGRESS_BAR.search(line)]
 
 
 class Corpus:
@@ -653,7 +644,7 @@ def png_bytes(array):
 
 # name -> (file contents, or None for no file, fragment)
 NOT_CHECKPOINTS = {
-    "missing file": (None, "cannot read"),
+    "missing file": (None, "--checkpoint"),  # named with its flag, before TensorFlow loads
     "empty file": (b"", "empty file"),
     "PNG renamed .pth.tar": (png_bytes(np.zeros((8, 8, 3), np.uint8)), "not a PyTorch checkpoint"),
     "text file": (b"model weights go here\n", "not a PyTorch checkpoint"),
@@ -673,7 +664,7 @@ def test_file_that_is_not_a_checkpoint_is_refused(corpus, name):
 
 
 def test_directory_as_checkpoint_is_refused(corpus):
-    assert_refused(corpus.run("not a checkpoint", "a directory", checkpoint=corpus.dir), "cannot read")
+    assert_refused(corpus.run("not a checkpoint", "a directory", checkpoint=corpus.dir), "--checkpoint", "is a directory")
 
 
 @pytest.mark.parametrize("fmt", FORMATS)

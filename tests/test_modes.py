@@ -51,12 +51,12 @@ def cached_models(monkeypatch):
     """run.load_models, remembered per (target, checkpoint, export folder) across tests."""
     load = run.load_models
 
-    def remembered(args, config, checkpoint_path):
+    def remembered(args, config, checkpoint_path, exports=None):
         if args.target == "direct" and not args.prescale:
             return checkpoint_models(str(checkpoint_path), config)
         key = (args.target, str(checkpoint_path), args.exportdir, args.prescale)
         if key not in _MODELS:
-            _MODELS[key] = load(args, config, checkpoint_path)
+            _MODELS[key] = load(args, config, checkpoint_path, exports)
         return _MODELS[key]
 
     monkeypatch.setattr(run, "load_models", remembered)
@@ -333,7 +333,7 @@ def dataset_animation_job(fx, tmp_path, normalization):
     args = run.parse_args(["--config", str(config_path), "--checkpoint", str(fx.checkpoint()), "--datamode",
                            "dataset", "--root_dir", str(fx.dir / "dataset"), "--output", f"{tmp_path}/out/"])
     raw_config = utils.load_config(config_path)
-    [job] = list(run.dataset_jobs(args, raw_config, fx.config()))
+    [job] = list(run.dataset_jobs(args, raw_config, fx.config().frame_shape))
     return job
 
 
@@ -421,14 +421,55 @@ def test_cli_visualizer_png_frames_show_the_written_prediction(cached_models, tm
 # Profile
 # --------------------------------------------------------------------------------------------------
 
-def test_profile_prints_stage_times_and_writes_a_tensorboard_trace(cached_models, tmp_path, monkeypatch, capsys):
+def profile_table(out):
+    """run.py --profile's table: {section heading: {stage: [calls, total s, ms/frame?, share]}}."""
+    table = out[out.index("\nprofile: "):].splitlines()[2:]
+    sections, rows = {}, None
+    for line in table:
+        name, values = re.match(r"  (\S.*?)  +(\S.*)$", line).groups()
+        if values.startswith("calls"):
+            rows = sections.setdefault(name, {})
+        else:
+            rows[name] = values.split()
+    return sections
+
+
+def test_profile_prints_totals_once_and_per_frame_times_per_batch(cached_models, tmp_path, monkeypatch, capsys):
     fx = load_fixture(ZERO_ORDER)
+    frames = len(driving_frames(fx))
+    batches = -(-frames // 2)
     monkeypatch.chdir(tmp_path)
     assert run.main(animate_args(fx, tmp_path / "out.mp4", "--relative", "--profile", "--batchsize", "2")) == 0
     out = capsys.readouterr().out
-    for stage in ("kp_detector", "process_kp_driving", "generator", "decode", "encode"):
-        assert re.search(rf"^  {stage} +\d+ +\d+\.\d+", out, re.M), (stage, out)
+    assert f"profile: {frames} frames in " in out
+    sections = profile_table(out)
+    assert list(sections) == ["once per run or video", "per frame"], out
+    once, per_frame = sections.values()
+    # one-off work: calls, total seconds and share, no ms/frame
+    assert list(once) == ["load models", "source encoding", "other (imports, setup)"], out
+    assert once["load models"][0] == once["source encoding"][0] == "1"
+    assert all(re.fullmatch(r"\d+\.\d{3}", row[-2]) and row[-1].endswith("%") for row in once.values()), out
+    assert len(once["other (imports, setup)"]) == 2 and all(len(row) == 3 for row in list(once.values())[:2]), out
+    # per frame: one model call per batch (the source's kp_detector and encoder are source encoding), one
+    # decode and encode per frame
+    assert set(per_frame) == {"kp_detector", "process_kp_driving", "generator", "decode", "encode"}, out
+    for stage, row in per_frame.items():
+        assert len(row) == 4 and re.fullmatch(r"\d+\.\d", row[2]), out
+        assert int(row[0]) == (frames if stage in ("decode", "encode") else batches), (stage, out)
     assert list((tmp_path / "log" / "plugins" / "profile").glob("*/*.xplane.pb"))
+    assert "pip install tensorboard" in out
+
+
+def test_timings_count_a_stage_timed_inside_another_as_part_of_it():
+    timings = animate.Timings()
+    inner = timings.timed("kp_detector", lambda: None)
+    with timings.stage("source encoding"):
+        inner()
+    inner()
+    assert list(timings.timed_iter("decode", "abc")) == ["a", "b", "c"]
+    assert timings.calls == {"source encoding": 1, "kp_detector": 1, "decode": 3}
+    once, per_frame = profile_table("\n" + timings.summary(3, 1.0)).values()
+    assert list(once) == ["source encoding", "other (imports, setup)"] and set(per_frame) == {"kp_detector", "decode"}
 
 
 # --------------------------------------------------------------------------------------------------

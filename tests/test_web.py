@@ -4,15 +4,18 @@ The page's test mode (report=NAME in its URL) animates the vox fixture's frames 
 and POSTs the predictions; they must equal the SavedModel's run through animate.py's pipeline
 (relative motion, adapted scale, the same batches). The frames go in as raw float32 files, so no image
 or video decoder stands between the two; PNG inputs and the downloads are checked on the same run.
-The README's "Run in the browser" commands run on the example with the page's defaults (webgl, the
-bundled photo and MP4), and leave a screenshot. serve_web.py's own rules (MIME types, read-only, where
-reports go) are checked in-process without a browser.
+The README's "Run in the browser" commands run on the example with the page's defaults (the backend it
+picks, the bundled photo and MP4 at the fps read from it), and leave a screenshot. Before any run, the
+page picks its backend from the WebGL renderer, previews the inputs and reads the video's fps.
+serve_web.py's own rules (what it serves, MIME types, read-only, where reports go) are checked
+in-process without a browser.
 
-Chromium is driven through its DevTools pipe only for screenshots and the downloads; everything else
-goes through the page's own report.
+Chromium is driven through its DevTools pipe for screenshots, the downloads and what the page shows
+before a run; runs go through the page's own report.
 """
 import base64
 import contextlib
+import http.client
 import io
 import json
 import os
@@ -74,11 +77,13 @@ def browser_unavailable():
 
 @pytest.fixture
 def local_server(tmp_path):
-    """(base URL, export folder, results folder) of a serve_web server running in a thread."""
-    exports, results = tmp_path / "exports", tmp_path / "results"
+    """(base URL, export folder, results folder) of a serve_web server running in a thread; it also
+    serves tmp_path/data at /data/."""
+    exports, results, data = tmp_path / "exports", tmp_path / "results", tmp_path / "data"
     (exports / "js").mkdir(parents=True)
+    data.mkdir()
     server = serve_web.make_server(serve_web.parse_args(
-        ["--port", "0", "--quiet", "--exportdir", str(exports), "--results", str(results)]))
+        ["--port", "0", "--quiet", "--exportdir", str(exports), "--results", str(results), "--datadir", str(data)]))
     thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
     thread.start()
     yield f"http://127.0.0.1:{server.server_address[1]}", exports, results
@@ -93,6 +98,44 @@ def request(url, method="GET", body=None):
             return response.status, response.headers, response.read()
     except urllib.error.HTTPError as error:
         return error.code, error.headers, error.read()
+
+
+def raw_status(base, path):
+    """The status of GET `path` sent as it is (a URL library could resolve its dot segments first)."""
+    connection = http.client.HTTPConnection(base.removeprefix("http://"), timeout=10)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        response.read()  # closing before the body would reset the server's connection mid-write
+        return response.status
+    finally:
+        connection.close()
+
+
+def test_only_what_the_page_needs_is_served(local_server):
+    base, _, _ = local_server
+    refused = ["/README.md", "/run.py", "/tests/test_web.py", "/example/demo-cpk.pth.tar", "/example/demo-256.yaml",
+               "/example/", "/checkpoint/anything", "/.git/config", "/web/../README.md", "/web/%2e%2e/README.md",
+               "/web/..%2fREADME.md", "/%2e%2e/%2e%2e/etc/passwd", "/data/../../README.md", "/js/../run.py",
+               "/web/index.html%00", "*",
+               "/node_modules/@tensorflow/tfjs/package.json", "/node_modules/@tensorflow/tfjs/dist/tf.js"]
+    assert {path: raw_status(base, path) for path in refused} == {path: 404 for path in refused}
+
+
+def test_the_page_s_own_files_are_served(local_server):
+    """web/, the example inputs, the export, --datadir and every TF.js file the page loads (once
+    `npm ci` has put them there); index.html's scripts are all among them."""
+    base, exports, _ = local_server
+    (exports / "js" / "model.json").write_text("{}")
+    (exports.parent / "data" / "clip.mp4").write_bytes(b"\0")
+    npm_installed = (REPO / "node_modules" / "@tensorflow").is_dir()
+    paths = ["/web/", "/web/index.html", "/web/app.js", "/web/style.css", "/js/", "/js/model.json", "/data/clip.mp4",
+             *(f"/{path}" for path in serve_web.PAGE_FILES if npm_installed or not path.startswith("node_modules/"))]
+    assert {path: raw_status(base, path) for path in paths} == {path: 200 for path in paths}
+    scripts = re.findall(r'<script src="([^"]+)"', (REPO / "web" / "index.html").read_text())
+    for script in scripts:
+        path = os.path.normpath(f"web/{script}")
+        assert path in serve_web.PAGE_FILES or path.startswith("web/"), script
 
 
 def test_wasm_is_served_as_application_wasm(local_server):
@@ -279,14 +322,22 @@ class DevTools:
 
     def wait_until_loaded(self, timeout=30):
         """Until the page's scripts have run (its tab shows about:blank right after launch)."""
+        self.wait_until("document.readyState === 'complete' && typeof openClip === 'function'", timeout)
+
+    def wait_until_ready(self, timeout=30):
+        """Until the page has set up its form, picked a backend and started its previews."""
+        self.wait_until("document.readyState === 'complete' && typeof openClip === 'function' && "
+                        "$('backend-choice').textContent !== ''", timeout)
+
+    def wait_until(self, expression, timeout):
         deadline = time.monotonic() + timeout
         while True:
             try:
-                if self.evaluate("document.readyState === 'complete' && typeof openClip === 'function'"):
+                if self.evaluate(expression):
                     return
-            except DevToolsError:
+            except DevToolsError:  # the page is still navigating
                 pass
-            assert time.monotonic() < deadline, "the page did not load"
+            assert time.monotonic() < deadline, f"the page never got to {expression}"
             time.sleep(0.1)
 
     def evaluate(self, expression):
@@ -443,6 +494,123 @@ def test_missing_model_names_the_build_command(page_server):
 
 
 # --------------------------------------------------------------------------------------------------
+# The page before a run: its backend choice, input previews and the video's own fps
+# --------------------------------------------------------------------------------------------------
+
+CLIP_FPS = 10
+# A GPU as Chromium names it, for WEBGL_debug_renderer_info's UNMASKED_RENDERER_WEBGL (0x9246) and RENDERER (0x1F01).
+STUB_GPU_RENDERER = """
+for (const api of [WebGLRenderingContext, WebGL2RenderingContext]) {
+  const getParameter = api.prototype.getParameter;
+  api.prototype.getParameter = function (name) {
+    return name === 0x9246 || name === 0x1F01 ? 'ANGLE (NVIDIA, NVIDIA GeForce RTX 3080, OpenGL 4.5)'
+                                              : getParameter.call(this, name);
+  };
+}"""
+
+
+@pytest.fixture(scope="module")
+def page_browser():
+    """Skips unless Chromium and the TF.js files the page loads are here; no model is needed."""
+    if CHROMIUM is None:
+        pytest.skip("browser check skipped: chromium is not installed: apt-get install -y chromium")
+    if not (REPO / "node_modules" / "@tensorflow" / "tfjs" / "dist" / "tf.min.js").is_file() or not WASM_BACKEND.is_dir():
+        pytest.skip("browser check skipped: node_modules lacks TF.js: run `npm ci`")
+
+
+@pytest.fixture(scope="module")
+def preview_data(tmp_path_factory):
+    """A folder with portrait.png (the fixture's photo, cropped to half its width) and clip.mp4 (its
+    driving frames, twice over, at CLIP_FPS)."""
+    if VARIANT_FIXTURE not in FIXTURE_NAMES:
+        pytest.skip(f"tests/fixtures/{VARIANT_FIXTURE} is missing")
+    ref = load_fixture(VARIANT_FIXTURE).ref
+    source, driving = quantised(nchw_to_nhwc(ref["source"])[0]), quantised(nchw_to_nhwc(ref["driving"]))
+    data = tmp_path_factory.mktemp("preview-data")
+    width = source.shape[1]
+    imageio.imwrite(data / "portrait.png", source[:, width // 4:width - width // 4])
+    imageio.mimwrite(data / "clip.mp4", [*driving, *driving], fps=CLIP_FPS, macro_block_size=16)
+    return data, driving[0]
+
+
+@pytest.fixture(scope="module")
+def preview_server(page_browser, preview_data):
+    """The page's URL, with the preview inputs at /data/."""
+    with serving("--datadir", str(preview_data[0])) as url:
+        yield url
+
+
+def canvas_pixels(entry):
+    return np.frombuffer(base64.b64decode(entry["data"]), np.uint8).reshape(entry["height"], entry["width"], 4)
+
+
+@pytest.fixture(scope="module")
+def preview(preview_server):
+    """What the page shows, on SwiftShader, once it has previewed the portrait photo and the clip."""
+    url = f"{preview_server}?{urlencode({'source': '/data/portrait.png', 'driving': '/data/clip.mp4'})}"
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        with chromium(url, profile) as (_, devtools, _log):
+            devtools.wait_until_ready()
+            shown = devtools.evaluate("""(async () => {
+                await previewed;
+                const pixels = (canvas) => ({ width: canvas.width, height: canvas.height,
+                    data: base64(canvas.getContext('2d').getImageData(0, 0, canvas.width, canvas.height).data) });
+                return { backend: $('backend').value, choice: $('backend-choice').textContent, fps: $('fps').value,
+                         message: $('message').textContent,
+                         source: pixels($('source-canvas')), driving: pixels($('driving-canvas')) };
+            })()""")
+    assert shown["message"] == "", shown["message"]
+    return {**shown, "source": canvas_pixels(shown["source"]), "driving": canvas_pixels(shown["driving"])}
+
+
+def test_software_webgl_picks_wasm(preview):
+    print(preview["choice"])
+    assert preview["backend"] == "wasm"
+    assert preview["choice"].startswith("Backend wasm: WebGL renders in software") and "SwiftShader" in preview["choice"]
+
+
+def test_a_gpu_picks_webgl(preview_server):
+    """The same page where WebGL names a GPU (getParameter stubbed before the page's scripts run)."""
+    with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as profile:
+        with chromium("about:blank", profile) as (_, devtools, _log):
+            session = devtools.page_session()
+            devtools.call("Page.enable", session)
+            devtools.call("Page.addScriptToEvaluateOnNewDocument", session, source=STUB_GPU_RENDERER)
+            devtools.call("Page.navigate", session, url=preview_server)
+            devtools.wait_until_ready()
+            backend, choice = devtools.evaluate("[$('backend').value, $('backend-choice').textContent]")
+    print(choice)
+    assert backend == "webgl" and "NVIDIA GeForce RTX 3080" in choice, choice
+
+
+def test_the_video_s_own_fps_fills_the_fps_field(preview):
+    assert float(preview["fps"]) == CLIP_FPS
+
+
+def test_first_driving_frame_is_shown_before_a_run(preview, preview_data):
+    """The clip's first frame, enlarged from the fixture's size to the canvas's: sampled where the
+    fixture's pixel centres fall, it is that frame up to the video codec."""
+    shown = preview["driving"]
+    assert shown.shape == (256, 256, 4) and (shown[..., 3] == 255).all()
+    first = preview_data[1].astype(np.float32)
+    rows, columns = (((np.arange(size) + 0.5) * shown.shape[axis] / size).astype(int)
+                     for axis, size in enumerate(first.shape[:2]))
+    sampled = shown[rows][:, columns, :3].astype(np.float32)
+    print(f"first driving frame: {np.abs(sampled - first).mean() / 255:.3f} mean abs from the fixture's")
+    assert np.abs(sampled - first).mean() / 255 < 0.05
+
+
+def test_portrait_source_is_previewed_letterboxed(preview):
+    """Half as wide as high: the photo fills the middle half of the canvas, black bars either side."""
+    shown = preview["source"]
+    side = shown.shape[1]
+    bars = np.concatenate([shown[:, :side // 4 - 2], shown[:, side - side // 4 + 2:]], axis=1)
+    assert (bars[..., :3] == 0).all() and (bars[..., 3] == 255).all()
+    photo = shown[:, side // 4 + 2:side - side // 4 - 2, :3]
+    assert photo.mean() > 20 and (photo.max(axis=2) > 0).mean() > 0.9
+
+
+# --------------------------------------------------------------------------------------------------
 # The README's "Run in the browser" commands, on the example
 # --------------------------------------------------------------------------------------------------
 
@@ -455,8 +623,9 @@ def browser_section_commands():
 
 def test_readme_browser_commands_animate_the_example(browser, tmp_path):
     """The README's commands, with the export and the page's report in tmp_path: the page's defaults
-    (webgl, the bundled photo and MP4 through the browser's video decoder) animate two frames, and a
-    screenshot shows them."""
+    (the backend it picks: wasm on SwiftShader; the bundled photo and MP4 through the browser's video
+    decoder, at the 25 fps read from it) animate two frames, and a screenshot shows them. The loading
+    indicator's total is the size of the shards."""
     commands = browser_section_commands()
     builds = [shlex.split(c) for c in commands if c.startswith("python build.py")]
     serves = [shlex.split(c) for c in commands if c.startswith("python serve_web.py")]
@@ -470,6 +639,9 @@ def test_readme_browser_commands_animate_the_example(browser, tmp_path):
         with open_page({"url": url, "results": results}, "example", {"frames": 2}) as (result, devtools):
             devtools.screenshot(screenshot)
     assert "error" not in result, result["error"]
-    assert (result["model"], result["backend"], result["frames"]) == ("demo", "webgl", 2)
+    assert (result["model"], result["backend"], result["frames"], result["fps"]) == ("demo", "wasm", 2, 25)
+    shards = [path for module in utils.EXPORT_MODULES
+              for path in (tmp_path / "js" / "demo" / module).glob("group*.bin")]
+    assert result["model_bytes"] == sum(path.stat().st_size for path in shards)
     print(f"screenshot of the page: {screenshot}")
     assert screenshot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and screenshot.stat().st_size > 10_000

@@ -8,6 +8,14 @@
 Every panel is what run.py sees or writes: the source and driving frames after its preprocessing
 (utils.read_image / utils.open_driving_clip at the config's frame shape) and the frames of the
 result video, scaled down to --size pixels so the GIF stays small.
+
+All frames share one fixed palette, the source image's 256 median-cut colours (what the result is
+made of), and each pixel becomes its nearest palette colour, without dithering. So a GIF pixel
+depends on that pixel of its panel alone, and the GIF is the same wherever the same video goes in.
+The result video is not quite the same everywhere: TensorFlow with and without oneDNN predicts a
+few pixels one level apart, and H.264 spreads that into differences of up to ~20 levels over the
+frame. With the fixed palette the GIF differs only where the video does, by about as much; with a
+palette fitted to each frame (a GIF writer's default) any change moves colours all over the picture.
 """
 import argparse
 import os
@@ -19,6 +27,7 @@ sys.path.insert(0, REPO_DIR)
 import numpy as np  # noqa: E402
 
 EXAMPLE = os.path.join(REPO_DIR, "example")
+COLOURS = 256  # a GIF frame's most
 
 
 def parse_args(argv=None):
@@ -33,6 +42,14 @@ def parse_args(argv=None):
     return parser.parse_args(argv)
 
 
+def frame_shape(config_path):
+    """The model's frame shape, from its config as run.py reads it."""
+    import modules  # the one import that brings TensorFlow (and its start-up lines) into this tool
+    import utils
+
+    return modules.parse_config(utils.load_config(config_path)).frame_shape
+
+
 def panel(frame, size):
     """A float [H, W, 3] frame in [0, 1] scaled to `size` pixels high, as uint8."""
     from skimage.transform import resize
@@ -43,18 +60,37 @@ def panel(frame, size):
     return utils.to_uint8(resize(frame, (size, round(width * size / height)), anti_aliasing=True))
 
 
+def median_cut_palette(image, colours=COLOURS):
+    """[n <= colours, 3] uint8: Pillow's median-cut colours of a uint8 [H, W, 3] image (integer arithmetic)."""
+    from PIL import Image
+
+    quantised = Image.fromarray(image).quantize(colours, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    palette = np.asarray(quantised.getpalette(), np.uint8).reshape(-1, 3)
+    return np.unique(palette[np.unique(np.asarray(quantised))], axis=0)
+
+
+def to_palette(image, palette):
+    """Each pixel of a uint8 [H, W, 3] image as its nearest palette colour (squared RGB distance, exact
+    integers; a tie goes to the first colour)."""
+    colours, inverse = np.unique(image.reshape(-1, 3), axis=0, return_inverse=True)
+    colours, ints = colours.astype(np.int64), palette.astype(np.int64)
+    distance = (ints * ints).sum(1) - 2 * colours @ ints.T  # |colour - p|^2 less |colour|^2 (the same for all p)
+    return palette[distance.argmin(1)][inverse.reshape(-1)].reshape(image.shape)
+
+
 def rows(args):
-    """Yield one uint8 row [source | driving | result] per frame of the result video."""
-    import modules
+    """Yield one uint8 row [source | driving | result] per frame of the result video, in the palette."""
     import utils
 
-    config = modules.parse_config(utils.load_config(args.config))
-    source = panel(utils.read_image(args.source_image, config.frame_shape), args.size)
-    with utils.open_driving_clip(args.driving_video, config.frame_shape) as driving, \
-            utils.open_video(args.result) as result:
+    shape = frame_shape(args.config)
+    source = utils.read_image(args.source_image, shape)
+    palette = median_cut_palette(utils.to_uint8(source))
+    source = panel(source, args.size)
+    with utils.open_driving_clip(args.driving_video, shape) as driving, utils.open_video(args.result) as result:
         for driving_frame, result_frame in zip(driving, result):
             result_frame = np.asarray(result_frame, np.float32)[..., :3] / 255
-            yield np.concatenate([source, panel(driving_frame, args.size), panel(result_frame, args.size)], axis=1)
+            row = np.concatenate([source, panel(driving_frame, args.size), panel(result_frame, args.size)], axis=1)
+            yield to_palette(row, palette)
 
 
 def main(argv=None):
@@ -66,7 +102,7 @@ def main(argv=None):
             fps = result.fps
         with utils.FrameWriter(args.output, fps) as writer:
             for row in rows(args):
-                writer.write(row)
+                writer.write(row)  # at most 256 colours: the GIF writer's own palette keeps them exactly
     except utils.UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1

@@ -82,6 +82,9 @@ def timed_parts(parts, repeats):
 
 def main(argv=None):
     args = parse_args(argv)
+    import backends
+
+    backends.tensorflow()  # first, so that TensorFlow's start-up lines stay off the terminal
     import keras
 
     import modules

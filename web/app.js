@@ -8,6 +8,7 @@
 //
 // URL parameters (all optional) preset the form: model, backend (webgl | wasm | cpu), source,
 // driving (URLs), fps, frames (0: all), batch, relative, adapt (0/1), models (where js/ is).
+// Without them the page picks the backend from the WebGL renderer and the fps from the video.
 // Test mode, for automation: report=NAME runs at once and POSTs the predictions (float32, base64),
 // timings and the backend used to /report/NAME (serve_web.py --results DIR stores them). For exact
 // inputs, source and driving may be raw little-endian float32 files (*.f32, [N,H,W,3] at the
@@ -40,7 +41,8 @@ async function useBackend(name) {
   }
 }
 
-async function loadModule(model, module, onBytes) {
+/** A module's signature and model.json, read before any weights so the page can say how much is to load. */
+async function readModule(model, module) {
   const dir = `${MODELS_BASE}${encodeURIComponent(model)}/${module}/`;
   const response = await fetch(`${dir}signature.json`);
   if (!response.ok) {
@@ -48,19 +50,32 @@ async function loadModule(model, module, onBytes) {
                     `python build.py --model ${model} --tfjs --nolite`);
   }
   const signature = await response.json();
+  const modelJson = await (await fetchOk(`${dir}model.json`)).json();
+  return { name: module, dir, signature, modelJson };
+}
+
+async function loadModule({ name, dir, signature, modelJson }, onBytes) {
   const load = async () => {
-    const artifacts = await loadArtifacts(dir, onBytes);
+    const artifacts = await loadArtifacts(dir, modelJson, onBytes);
     return tf.getBackend() === 'wasm' ? unfuseWideBiases(artifacts) : artifacts;
   };
   const graph = await tf.loadGraphModel({ load });
-  return { name: module, graph, signature };
+  return { name, graph, signature };
 }
 
-/** model.json and its weight shards, one shard at a time. TF.js's own loader requests every shard
+const DTYPE_BYTES = { float32: 4, int32: 4, float16: 2, uint16: 2, int16: 2, uint8: 1, int8: 1, bool: 1 };
+
+/** Bytes of a model's weight shards, from the shapes and (quantised) dtypes its manifest lists. */
+function weightBytes(modelJson) {
+  const weights = modelJson.weightsManifest.flatMap((group) => group.weights);
+  return weights.reduce((sum, weight) => sum + weight.shape.reduce((count, size) => count * size, 1) *
+    (DTYPE_BYTES[(weight.quantization || weight).dtype] || 0), 0);
+}
+
+/** The weight shards of model.json, one at a time. TF.js's own loader requests every shard
  *  before reading any, which deadlocks over HTTP/1.1 (six connections per server) once a model has
  *  more multi-megabyte shards than connections: vox-256's generator has 61. */
-async function loadArtifacts(dir, onBytes) {
-  const modelJson = await (await fetchOk(`${dir}model.json`)).json();
+async function loadArtifacts(dir, modelJson, onBytes) {
   const weightSpecs = [];
   const weightData = [];
   for (const group of modelJson.weightsManifest) {
@@ -108,10 +123,14 @@ function unfused(node) {
   return activation ? [conv, add, { name: node.name, op: activation, input: [add.name], attr: type }] : [conv, add];
 }
 
+/** The three modules; onProgress(bytes loaded, bytes in all) after each weight shard. */
 async function loadModels(model, onProgress) {
+  const read = await Promise.all(MODULES.map((module) => readModule(model, module)));
+  const total = read.reduce((sum, module) => sum + weightBytes(module.modelJson), 0);
   let bytes = 0;
-  const onBytes = (count) => onProgress((bytes += count));
-  const modules = await Promise.all(MODULES.map((module) => loadModule(model, module, onBytes)));
+  onProgress(bytes, total);
+  const onBytes = (count) => onProgress((bytes += count), total);
+  const modules = await Promise.all(read.map((module) => loadModule(module, onBytes)));
   return Object.fromEntries(modules.map((module) => [module.name, module]));
 }
 
@@ -348,16 +367,55 @@ function once(media, event) {
   });
 }
 
-/** Frames of a video by seeking: frame i is shown from i/fps to (i+1)/fps, so seeking to its middle
- *  lands on it even where the container's timestamps are rounded. */
-async function openVideo(input, fps, height, width) {
+/** A muted video element showing its first frame; close() releases it. */
+async function loadVideo(input) {
   const video = document.createElement('video');
   const objectUrl = typeof input === 'string' ? null : URL.createObjectURL(input);
   video.muted = true;
   video.preload = 'auto';
   video.src = objectUrl || input;
-  await once(video, 'loadeddata');
+  const close = () => {
+    video.removeAttribute('src');
+    video.load();
+    if (objectUrl) URL.revokeObjectURL(objectUrl);
+  };
+  try {
+    await once(video, 'loadeddata');
+  } catch (error) {
+    close();
+    throw error;
+  }
+  return { video, close };
+}
+
+/** The video's own frame rate, or null where the browser cannot tell. Plays it for a few frames: the
+ *  shortest step between presented frames' media times is one frame (a dropped frame only lengthens
+ *  a step). Leaves the video paused. */
+async function videoFps(video, frames = 8, timeoutMs = 3000) {
+  if (!video.requestVideoFrameCallback) return null;
+  const times = [];
+  await new Promise((resolve) => {
+    const onFrame = (now, { mediaTime }) => {
+      times.push(mediaTime);
+      if (times.length < frames) video.requestVideoFrameCallback(onFrame);
+      else resolve();
+    };
+    video.requestVideoFrameCallback(onFrame);
+    video.addEventListener('ended', resolve, { once: true });
+    setTimeout(resolve, timeoutMs);
+    video.play().catch(resolve);
+  });
+  video.pause();
+  const steps = times.slice(1).map((time, i) => time - times[i]).filter((step) => step > 1e-4);
+  return steps.length ? Math.round(100 / Math.min(...steps)) / 100 : null;
+}
+
+/** Frames of a video by seeking: frame i is shown from i/fps to (i+1)/fps, so seeking to its middle
+ *  lands on it even where the container's timestamps are rounded. */
+async function openVideo(input, fps, height, width) {
+  const { video, close } = await loadVideo(input);
   if (!Number.isFinite(video.duration)) {
+    close();
     throw new Error('the video does not state its duration (streamed WebM?): re-encode it, e.g. to MP4');
   }
   const count = Math.floor(video.duration * fps + 1e-3);
@@ -374,11 +432,7 @@ async function openVideo(input, fps, height, width) {
       }
       return pixelsOf(video, width, height);
     },
-    close() {
-      video.removeAttribute('src');
-      video.load();
-      if (objectUrl) URL.revokeObjectURL(objectUrl);
-    },
+    close,
   };
 }
 
@@ -399,6 +453,22 @@ function showPixels(canvas, pixels, height, width) {
     image.data[i + 3] = 255;
   }
   context.putImageData(image, 0, 0);
+}
+
+const PREVIEW_SIDE = 256;  // the canvases' size on the page
+const LETTERBOX = '#000';
+
+/** Draw an image or video frame (width x height) on a square canvas with its aspect kept, padded:
+ *  a preview for people; the model gets the frame stretched to its shape (pixelsOf). */
+function drawLetterboxed(canvas, image, width, height) {
+  canvas.width = canvas.height = PREVIEW_SIDE;
+  const context = canvas.getContext('2d');
+  context.fillStyle = LETTERBOX;
+  context.fillRect(0, 0, PREVIEW_SIDE, PREVIEW_SIDE);
+  const scale = PREVIEW_SIDE / Math.max(width, height);
+  const [w, h] = [width * scale, height * scale];
+  context.imageSmoothingQuality = 'high';
+  context.drawImage(image, (PREVIEW_SIDE - w) / 2, (PREVIEW_SIDE - h) / 2, w, h);
 }
 
 function canvasPng(canvas) {
@@ -503,7 +573,7 @@ function download(blob, filename) {
 // One run: settings -> frames on the canvases, progress, stored results
 // ------------------------------------------------------------------------------------------------
 
-let loaded = { key: null, models: null };
+let loaded = { key: null, models: null, bytes: 0 };
 let stopRequested = false;
 let lastRun = null;
 
@@ -511,12 +581,25 @@ async function modelsFor(backend, model) {
   const key = `${backend}/${model}`;
   if (loaded.key !== key) {
     if (loaded.models) Object.values(loaded.models).forEach((module) => module.graph.dispose());
-    loaded = { key: null, models: null };
+    loaded = { key: null, models: null, bytes: 0 };
     await useBackend(backend);
-    const onProgress = (bytes) => showMessage(`Loading model ${model} on ${backend}… ${(bytes / 1e6).toFixed(0)} MB`);
-    loaded = { key, models: await loadModels(model, onProgress) };
+    let total = 0;
+    const onProgress = (bytes, all) => {
+      total = all;
+      showLoading(`model ${model} on ${backend}`, bytes, all);
+    };
+    loaded = { key, models: await loadModels(model, onProgress), bytes: total };
   }
   return loaded.models;
+}
+
+const megabytes = (bytes) => (bytes / 1e6).toFixed(bytes < 1e7 ? 1 : 0);
+
+function showLoading(what, bytes, total) {
+  $('progress').max = total || 1;
+  $('progress').value = bytes;
+  const percent = total ? ` (${Math.floor((100 * bytes) / total)}%)` : '';
+  $('progress-text').textContent = `loading ${what}: ${megabytes(bytes)} of ${megabytes(total)} MB${percent}`;
 }
 
 function showProgress(done, count, seconds) {
@@ -534,13 +617,15 @@ function showMessage(text, isError = false) {
 /** Animate with `settings`; returns what test mode reports. Frames are drawn as each batch ends. */
 async function run(settings) {
   const timings = { started: performance.now() };
-  showMessage(`Loading model ${settings.model} on ${settings.backend}…`);
+  showMessage('');
+  $('progress-text').textContent = `loading model ${settings.model} on ${settings.backend}…`;
   const models = await modelsFor(settings.backend, settings.model);
   const [height, width] = frameShape(models);
   timings.load_s = (performance.now() - timings.started) / 1000;
+  $('progress-text').textContent = `model loaded (${megabytes(loaded.bytes)} MB): first frames on ${settings.backend}…`;
 
   const sourcePixels = await readSource(settings.source, height, width);
-  showPixels($('source-canvas'), sourcePixels, height, width);
+  if (isRaw(settings.source)) showPixels($('source-canvas'), sourcePixels, height, width);  // else previewSource's
   const clip = await openClip(settings.driving, settings.fps, height, width);
   const count = settings.frames > 0 ? Math.min(settings.frames, clip.count) : clip.count;
   if (count === 0) throw new Error('the driving video has no frames');
@@ -584,8 +669,8 @@ async function run(settings) {
   timings.frames_s = (performance.now() - framesStarted) / 1000;
   lastRun = { pngFrames, fps: settings.fps, model: settings.model };
   return {
-    model: settings.model, backend: tf.getBackend(), requested_backend: settings.backend,
-    frame_shape: [height, width], frames: done, batch_size: batchSize,
+    model: settings.model, backend: tf.getBackend(), requested_backend: settings.backend, fps: settings.fps,
+    frame_shape: [height, width], frames: done, batch_size: batchSize, model_bytes: loaded.bytes,
     timings: { load_s: timings.load_s, source_s: timings.source_s, frames_s: timings.frames_s,
                fps: done / timings.frames_s, batches },
     prediction: predictions && {
@@ -623,10 +708,44 @@ function defaultModel(names) {
   return ['vox', 'demo'].find((name) => names.includes(name)) || names[0] || 'vox';
 }
 
+// Chromium's SwiftShader, Mesa's llvmpipe/softpipe, Windows' Microsoft Basic Render Driver.
+const SOFTWARE_RENDERER = /swiftshader|llvmpipe|softpipe|software|basic render/i;
+
+/** The WebGL renderer's name (the GPU's, where the browser tells), or null without WebGL. */
+function webglRenderer() {
+  const gl = document.createElement('canvas').getContext('webgl');
+  if (!gl) return null;
+  const info = gl.getExtension('WEBGL_debug_renderer_info');
+  const renderer = String(gl.getParameter(info ? info.UNMASKED_RENDERER_WEBGL : gl.RENDERER));
+  const context = gl.getExtension('WEBGL_lose_context');
+  if (context) context.loseContext();  // browsers cap live WebGL contexts; TF.js makes its own
+  return renderer;
+}
+
+/** [backend, why]: the URL's choice, else webgl on a GPU and wasm where WebGL is missing or runs in
+ *  software, which is ~10x slower than wasm (demo model: 0.13 vs 1.27 frames/s on SwiftShader). */
+function chooseBackend() {
+  if (params.has('backend')) return [params.get('backend'), 'set in the URL'];
+  const renderer = webglRenderer();
+  if (!renderer) return ['wasm', 'this browser has no WebGL'];
+  if (SOFTWARE_RENDERER.test(renderer)) {
+    return ['wasm', `WebGL renders in software here, ~10x slower than wasm (${renderer})`];
+  }
+  return ['webgl', `WebGL runs on a GPU (${renderer})`];
+}
+
+function showBackendChoice(backend, why) {
+  const line = `Backend ${backend}: ${why}.`;
+  $('backend-choice').textContent = line;
+  $('backend-choice').title = line;  // the whole renderer name, where the line is cut
+}
+
 function presetForm(names) {
   $('model-names').replaceChildren(...names.map((name) => new Option(name, name)));
   $('model').value = params.get('model') || defaultModel(names);
-  $('backend').value = params.get('backend') || 'webgl';
+  const [backend, why] = chooseBackend();
+  $('backend').value = backend;
+  showBackendChoice(backend, why);
   for (const id of ['fps', 'frames', 'batch']) {
     if (params.has(id)) $(id).value = params.get(id);
   }
@@ -644,8 +763,8 @@ function readSettings() {
   return {
     model: $('model').value.trim(),
     backend: $('backend').value,
-    source: $('source-file').files[0] || params.get('source') || DEFAULT_SOURCE,
-    driving: $('driving-file').files[0] || params.get('driving') || DEFAULT_DRIVING,
+    source: sourceInput(),
+    driving: drivingInput(),
     fps: positive('fps'),
     frames: Math.max(0, Math.floor(Number($('frames').value) || 0)),
     batch: Math.floor(positive('batch')),
@@ -655,17 +774,51 @@ function readSettings() {
   };
 }
 
+const sourceInput = () => $('source-file').files[0] || params.get('source') || DEFAULT_SOURCE;
+const drivingInput = () => $('driving-file').files[0] || params.get('driving') || DEFAULT_DRIVING;
+
 /** Show the chosen photo before any model runs. */
 async function previewSource() {
-  const input = $('source-file').files[0] || params.get('source') || DEFAULT_SOURCE;
+  const input = sourceInput();
   if (isRaw(input)) return;
   const bitmap = await decodeImage(input);
-  const canvas = $('source-canvas');
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
-  canvas.getContext('2d').drawImage(bitmap, 0, 0);
+  drawLetterboxed($('source-canvas'), bitmap, bitmap.width, bitmap.height);
   bitmap.close();
 }
+
+let drivingPreviews = 0;  // a newer preview supersedes a slower older one
+
+/** Show the driving clip's first frame and, for a video, put its own frame rate in the fps field
+ *  (unless the URL sets fps; people may still change it). */
+async function previewDriving() {
+  const input = drivingInput();
+  const preview = ++drivingPreviews;
+  if (isRaw(input)) return;
+  if (typeof input === 'string' && input.endsWith('/')) {
+    const bitmap = await decodeImage(new URL('frame_00000.png', new URL(input, location.href)).href);
+    if (preview === drivingPreviews) drawLetterboxed($('driving-canvas'), bitmap, bitmap.width, bitmap.height);
+    bitmap.close();
+    return;
+  }
+  const { video, close } = await loadVideo(input);
+  try {
+    if (preview !== drivingPreviews) return;
+    drawLetterboxed($('driving-canvas'), video, video.videoWidth, video.videoHeight);
+    const fps = await videoFps(video);
+    if (fps && preview === drivingPreviews && !params.has('fps')) $('fps').value = fps;
+  } finally {
+    close();
+  }
+}
+
+/** Both previews; their first error is shown. */
+async function previewInputs() {
+  const failed = (await Promise.allSettled([previewSource(), previewDriving()]))
+    .find((outcome) => outcome.status === 'rejected');
+  if (failed) showError(failed.reason);
+}
+
+let previewed = Promise.resolve();  // the latest previews, for tests to await
 
 function setRunning(running) {
   $('start').disabled = running;
@@ -678,6 +831,7 @@ async function animateFromForm() {
   stopRequested = false;
   setRunning(true);
   try {
+    await previewed;  // the run samples the video at the fps read from it
     const result = await run(readSettings());
     const speed = Number.isFinite(result.timings.fps) ? `, ${result.timings.fps.toFixed(2)} fps` : '';
     showMessage(`Done: ${result.frames} frames${speed} on ${result.backend}.`);
@@ -740,15 +894,14 @@ async function main() {
     event.preventDefault();
     animateFromForm().catch(showError);
   });
-  $('source-file').addEventListener('change', () => previewSource().catch(showError));
+  $('source-file').addEventListener('change', () => { previewed = previewSource().catch(showError); });
+  $('driving-file').addEventListener('change', () => { previewed = previewDriving().catch(showError); });
+  $('backend').addEventListener('change', () => showBackendChoice($('backend').value, 'your choice'));
   $('stop').addEventListener('click', () => { stopRequested = true; });
   $('download-webm').addEventListener('click', downloadWebm);
   $('download-zip').addEventListener('click', () => downloadZip().catch(showError));
-  if (REPORT_NAME) {
-    await runAndReport();
-  } else {
-    previewSource().catch(showError);
-  }
+  previewed = previewInputs();
+  if (REPORT_NAME) await runAndReport();
 }
 
 main();

@@ -1,0 +1,113 @@
+"""The heavy runtimes (TensorFlow + Keras, LiteRT, onnxruntime), imported in one place and quietly.
+
+TensorFlow's native code writes start-up lines straight to file descriptor 2 while it loads
+(`WARNING: All log messages before absl::InitializeLog() ...`, `I0000 ... port.cc:153] oneDNN custom
+operations are on ...`, `cpu_feature_guard.cc ...`), and LiteRT prints `INFO: Created TensorFlow Lite
+XNNPACK delegate for CPU.` when it builds an interpreter. `TF_CPP_MIN_LOG_LEVEL` does not reach the
+absl lines, and turning oneDNN off would change speed, so those windows run with descriptor 2
+pointed at a scratch file instead. What they wrote is shown when the window fails (minus the known
+start-up lines) or always with verbosity "verbose" (`--verbose`, or FOMM_VERBOSE=1 in the
+environment).
+
+Nothing here imports TensorFlow at module import time: `import backends` is free.
+"""
+import contextlib
+import os
+import re
+import sys
+import tempfile
+
+VERBOSITIES = ("quiet", "normal", "verbose")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own INFO/WARNING lines (not absl's)
+
+# Lines the runtimes print on every start; anything else captured is replayed when a window fails.
+START_UP_NOISE = re.compile(
+    r"^(WARNING: All log messages before absl::InitializeLog\(\)"
+    r"|[IW]\d{4} [\d:. ]+\s+\d+ \S+:\d+\] "
+    r"|INFO: Created TensorFlow Lite XNNPACK delegate"
+    r"|To enable the following instructions: .*rebuild TensorFlow)")
+
+_verbosity = "verbose" if os.environ.get("FOMM_VERBOSE") == "1" else "normal"
+
+
+def set_verbosity(level):
+    """'quiet' (errors only), 'normal' (our messages and progress) or 'verbose' (also the runtimes' lines)."""
+    global _verbosity
+    if level not in VERBOSITIES:
+        raise ValueError(f"verbosity must be one of {VERBOSITIES}, got {level!r}")
+    _verbosity = level
+
+
+def verbosity():
+    return _verbosity
+
+
+@contextlib.contextmanager
+def native_output_hidden():
+    """Run the block with file descriptor 2 pointed at a scratch file (unless verbose).
+
+    On an exception the captured lines that are not start-up noise are written to the real stderr,
+    so a runtime's own explanation of a failure is never lost.
+    """
+    if _verbosity == "verbose":
+        yield
+        return
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            _restore(saved)
+            saved = None
+            sink.seek(0)
+            _replay(sink.read().decode("utf-8", "replace"))
+            raise
+        finally:
+            if saved is not None:
+                _restore(saved)
+
+
+def _restore(saved):
+    sys.stderr.flush()
+    os.dup2(saved, 2)
+    os.close(saved)
+
+
+def _replay(text):
+    kept = [line for line in text.splitlines() if line.strip() and not START_UP_NOISE.match(line)]
+    if kept:
+        print("\n".join(kept), file=sys.stderr)
+
+
+def tensorflow():
+    """`import tensorflow` (and Keras), without its start-up lines; returns the tensorflow module."""
+    if "tensorflow" not in sys.modules:
+        with native_output_hidden():
+            import tensorflow as tf
+            import keras  # noqa: F401  (its import prints through TensorFlow's logger too)
+
+            if _verbosity != "verbose":
+                tf.get_logger().setLevel("ERROR")  # "WARNING:tensorflow:..." from tracing and saving
+                _quiet_absl_python_logging()
+    return sys.modules["tensorflow"]
+
+
+def _quiet_absl_python_logging():
+    """absl-py's Python logger prints 'WARNING:absl:...' when SavedModels are saved or loaded."""
+    try:
+        from absl import logging as absl_logging
+    except ImportError:
+        return
+    absl_logging.set_verbosity(absl_logging.ERROR)
+
+
+def tflite_interpreter_class():
+    """LiteRT's Interpreter (ai_edge_litert), else TensorFlow's tf.lite.Interpreter."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        tensorflow()
+        from tensorflow.lite.python.interpreter import Interpreter
+    return Interpreter
