@@ -51,12 +51,25 @@ class Models:
         return self.source_encoder is not None and self.generator_cached is not None
 
 
+def jacobian_key(name):
+    """The signatures' name of a keypoint set's jacobians: kp_source -> kp_source_jacobian."""
+    return f"{name}_jacobian"
+
+
 def kp_arguments(kp, name):
     """{'value', 'jacobian'} -> {name: value, name_jacobian: jacobian} as the signatures want them."""
     args = {name: kp["value"]}
     if "jacobian" in kp:
-        args[f"{name}_jacobian"] = kp["jacobian"]
+        args[jacobian_key(name)] = kp["jacobian"]
     return args
+
+
+def kp_from_arguments(arguments, name):
+    """The inverse of kp_arguments: {'value', 'jacobian' (when there)} from signature inputs."""
+    kp = {"value": arguments[name]}
+    if jacobian_key(name) in arguments:
+        kp["jacobian"] = arguments[jacobian_key(name)]
+    return kp
 
 
 def batches(frames: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
@@ -413,14 +426,20 @@ class Timings:
 _END = object()  # timed_iter's mark for an iterator's end
 
 
-def timed_models(models: Models, timings: Timings) -> Models:
-    """The same Models with each module's calls timed under its name, and its `stage` timed.
+# Module -> the stage run.py --profile counts it under: the cached generator's per-batch half counts as
+# "generator", so the table compares like with like whichever runs; its source half is source encoding.
+PROFILE_STAGES = {"kp_detector": "kp_detector", "process_kp_driving": "process_kp_driving", "generator": "generator",
+                  "source_encoder": "source encoding", "generator_cached": "generator"}
 
-    The cached generator's per-batch half (generator_cached) counts as "generator", so the table
-    compares like with like whichever runs; its source half runs within "source encoding".
+
+def timed_models(models: Models, timings: Timings, stages=None) -> Models:
+    """The same Models with each module's calls timed under its stage.
+
+    With the default PROFILE_STAGES (run.py --profile) the once-per-video work is timed as its own
+    stages too; benchmark.py passes every module under its own name and times modules only.
     """
-    stages = {"kp_detector": "kp_detector", "process_kp_driving": "process_kp_driving", "generator": "generator",
-              "source_encoder": "source encoding", "generator_cached": "generator"}
-    return replace(models, stage=timings.stage,
+    once_per_video = {"stage": timings.stage} if stages is None else {}
+    stages = PROFILE_STAGES if stages is None else stages
+    return replace(models, **once_per_video,
                    **{field: timings.timed(stage, getattr(models, field)) for field, stage in stages.items()
                       if getattr(models, field, None) is not None})

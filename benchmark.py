@@ -40,17 +40,26 @@ REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "tflite-int8", "onnx", "original",
            "direct-nocache", "direct-plain")
 DEFAULT_TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "original")
-# The source / driving pair every row animates: the shared data folder when this checkout has one,
-# else the bundled example.
-DATA_CANDIDATES = ("/work/shared/data", os.path.join(REPO_DIR, "example"))
+# The source / driving pair every row animates (--datadir): by default the shared data folder beside
+# this checkout (../shared/data) when it holds a driving.mp4, else the bundled example.
+SHARED_DATA_DIR = os.path.normpath(os.path.join(REPO_DIR, os.pardir, "shared", "data"))
+EXAMPLE_DIR = os.path.join(REPO_DIR, "example")
 EXPORT_NAME = "bench"  # <model> of the temporary exports
 RESULT_PREFIX = "BENCHMARK_RESULT "  # how a job's one JSON line is told apart from library output
+# The table times every module apart (source_encoder and generator_cached too), under its own name.
+MODULE_STAGES = {name: name for name in ("kp_detector", "process_kp_driving", "generator", "source_encoder",
+                                         "generator_cached")}
 MATMUL_SIZE = 2048
 STREAM_LENGTHS = (64, 1024)
 # int8's quality cost is measured on a trained model (random weights would say nothing): the example's.
 EXAMPLE = {name: os.path.join(REPO_DIR, "example", file) for name, file in (
     ("config", "demo-256.yaml"), ("checkpoint", "demo-cpk.pth.tar"), ("source_image", "source.png"),
     ("driving_video", "driving.mp4"))}
+
+
+def default_datadir():
+    """--datadir's default: ../shared/data beside this checkout when it holds a driving.mp4, else example/."""
+    return SHARED_DATA_DIR if os.path.isfile(os.path.join(SHARED_DATA_DIR, "driving.mp4")) else EXAMPLE_DIR
 
 
 def parse_args(argv=None):
@@ -65,8 +74,11 @@ def parse_args(argv=None):
     parser.add_argument("--frames", type=int, default=16, help="driving frames per row (default: 16)")
     parser.add_argument("--repeats", type=int, default=2,
                         help="timed passes over the frames per row; the fastest counts (default: 2)")
-    parser.add_argument("--source_image", help="source image (default: source.png of the data folder)")
-    parser.add_argument("--driving_video", help="driving video (default: driving.mp4 of the data folder)")
+    parser.add_argument("--datadir", metavar="DIR", default=default_datadir(),
+                        help="folder holding the source.png and driving.mp4 every row animates (default: "
+                             "../shared/data beside this checkout when it holds a driving.mp4, else example/)")
+    parser.add_argument("--source_image", help="source image (default: source.png of --datadir)")
+    parser.add_argument("--driving_video", help="driving video (default: driving.mp4 of --datadir)")
     parser.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True,
                         help="peak RSS of run.py on 64 vs 1,024 driving frames (default: on)")
     parser.add_argument("--json", default=os.path.join(REPO_DIR, "output", "benchmark.json"),
@@ -84,9 +96,8 @@ def parse_args(argv=None):
         parser.error(f"--batch takes comma-separated integers, got {args.batch!r}")
     if args.frames < 1 or args.repeats < 1 or min(args.batch) < 1:
         parser.error("--frames, --repeats and every --batch must be at least 1")
-    data = next((d for d in DATA_CANDIDATES if os.path.isfile(os.path.join(d, "driving.mp4"))), DATA_CANDIDATES[-1])
-    args.source_image = args.source_image or os.path.join(data, "source.png")
-    args.driving_video = args.driving_video or os.path.join(data, "driving.mp4")
+    args.source_image = args.source_image or os.path.join(args.datadir, "source.png")
+    args.driving_video = args.driving_video or os.path.join(args.datadir, "driving.mp4")
     return args
 
 
@@ -124,9 +135,9 @@ def random_keras_models(config_path):
     import keras
 
     import modules
-    import utils
+    import model_config
 
-    config = modules.parse_config(utils.load_config(config_path))
+    config = model_config.load(config_path).model
     keras.utils.set_random_seed(0)
     return config, modules.create_kp_detector(config), modules.create_generator(config)
 
@@ -136,10 +147,9 @@ def job_build(spec):
     import keras
 
     import build
-    import modules
-    import utils
+    import model_config
 
-    config = modules.parse_config(utils.load_config(spec["config"]))
+    config = model_config.load(spec["config"]).model
     flags = [f"--{kind}" for kind in spec["tflite"] if kind != "float32"] if spec["tflite"] else ["--nolite"]
     flags += ["--onnx"] if spec.get("onnx") else []
     args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *flags])
@@ -226,26 +236,17 @@ def best_pass(spec, run_pass, timings_type):
     return min(passes, key=lambda p: p["seconds"])
 
 
-def timed_modules(models, timings):
-    """`models` with each module's calls timed under its own name (source_encoder and generator_cached apart)."""
-    import dataclasses
-
-    names = ("kp_detector", "process_kp_driving", "generator", "source_encoder", "generator_cached")
-    return dataclasses.replace(models, **{name: timings.timed(name, getattr(models, name))
-                                          for name in names if getattr(models, name) is not None})
-
-
 def job_row(spec):
     """One target at one batch size: load, warm up, then animate N frames end to end (best of the passes)."""
     import numpy as np
 
     import animate
-    import utils
+    import media
 
     started = time.perf_counter()
     config, models = load_row_models(spec)
     load_s = time.perf_counter() - started
-    source = utils.read_image(spec["source_image"], config.frame_shape)
+    source = media.read_image(spec["source_image"], config.frame_shape)
     warmup = list(driving_frames(spec["driving_video"], config.frame_shape, spec["batch"]))
     animate.Animator(models, source, relative=True, adapt=True, batch_size=spec["batch"]).animate_batch(
         np.stack(warmup))
@@ -253,21 +254,22 @@ def job_row(spec):
 
     def run_pass(timings):
         frames = driving_frames(spec["driving_video"], config.frame_shape, spec["frames"])
-        with utils.FrameWriter(output, 25) as writer:
-            for prediction in animate.animate(timed_modules(models, timings), source, frames, relative=True,
+        with media.FrameWriter(output, 25) as writer:
+            for prediction in animate.animate(animate.timed_models(models, timings, MODULE_STAGES), source, frames, relative=True,
                                               adapt=True, batch_size=spec["batch"]):
-                writer.write(utils.to_uint8(prediction))
+                writer.write(media.to_uint8(prediction))
 
     return dict(best_pass(spec, run_pass, animate.Timings), load_s=load_s, cached=models.cached)
 
 
 def driving_frames(path, frame_shape, count):
     """`count` preprocessed frames of the driving video, starting over at its end when it is short."""
-    import utils
+    import media
 
     def passes():
-        while True:
-            yield utils.iter_driving_frames(path, frame_shape)
+        with media.open_driving_clip(path, frame_shape) as clip:
+            while True:
+                yield clip  # iterating a clip again starts from its first frame
 
     return itertools.islice(itertools.chain.from_iterable(passes()), count)
 
@@ -276,11 +278,10 @@ def load_row_models(spec):
     """(config, animate.Models) for the row's target, loaded the way run.py loads them."""
     import keras
 
-    import modules
     import run
-    import utils
+    import model_config
 
-    config = modules.parse_config(utils.load_config(spec["config"]))
+    config = model_config.load(spec["config"]).model
     if spec["target"].startswith("direct"):
         keras.utils.set_random_seed(0)
         return config, direct_variant(config, spec["target"])
@@ -316,21 +317,22 @@ def job_original(spec):
     """The original's demo.py path: read the video, demo.make_animation, write the mp4."""
     from skimage import img_as_ubyte
 
-    import utils
+    import media
+    import model_config
     from animate import Timings  # ours, imported before the original takes over the name `animate`
 
     original, demo = import_original()
     import imageio
     import torch
 
-    config = utils.load_config(spec["config"])
-    params, frame_shape = config["model_params"], config["dataset_params"]["frame_shape"]
+    config = model_config.load(spec["config"])
+    params, frame_shape = config.raw["model_params"], config.frame_shape
     started = time.perf_counter()
     torch.manual_seed(0)
     generator = original.OcclusionAwareGenerator(**params["generator_params"], **params["common_params"]).eval()
     kp_detector = original.KPDetector(**params["kp_detector_params"], **params["common_params"]).eval()
     load_s = time.perf_counter() - started
-    source = utils.read_image(spec["source_image"], frame_shape)
+    source = media.read_image(spec["source_image"], frame_shape)
     warmup = list(driving_frames(spec["driving_video"], frame_shape, 1))
     demo.make_animation(source, warmup, generator, kp_detector, relative=True, adapt_movement_scale=True, cpu=True)
 
@@ -394,16 +396,17 @@ def job_int8_quality(spec):
 
     import animate
     import build
-    import modules
     import run
-    import utils
+    import media
+    import model_config
 
     paths = ["--config", EXAMPLE["config"], "--checkpoint", EXAMPLE["checkpoint"]]
     if build.main([*paths, "--outdir", spec["outdir"], "--int8"]) != 0:
         raise RuntimeError("build.py --int8 failed on the example model")
-    config = modules.parse_config(utils.load_config(EXAMPLE["config"]))
-    source = utils.read_image(EXAMPLE["source_image"], config.frame_shape)
-    frames = list(utils.iter_driving_frames(EXAMPLE["driving_video"], config.frame_shape))  # a short clip
+    config = model_config.load(EXAMPLE["config"]).model
+    source = media.read_image(EXAMPLE["source_image"], config.frame_shape)
+    with media.open_driving_clip(EXAMPLE["driving_video"], config.frame_shape) as clip:
+        frames = list(clip)  # a short clip
     predictions, l1 = {}, {}
     for kind, flags in (("float32", []), ("int8", ["--int8"])):
         args = run.parse_args([*paths, "--target", "tflite", "--exportdir", spec["outdir"], *flags])
@@ -420,13 +423,13 @@ def job_int8_quality(spec):
 
 def write_clip(source_video, path, count):
     """A `count`-frame clip of `source_video` played forwards and backwards, written as a stream."""
-    import utils
+    import media
 
-    with utils.open_video(source_video) as video:
+    with media.open_video(source_video) as video:
         fps = video.fps
         frames = list(video)  # the short source clip; the long one is never held in memory
     loop = frames + frames[-2:0:-1]
-    with utils.FrameWriter(path, fps) as writer:
+    with media.FrameWriter(path, fps) as writer:
         for index in range(count):
             writer.write(loop[index % len(loop)][..., :3])
 

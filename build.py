@@ -14,7 +14,7 @@ Under --outdir (default: this repository):
   tflite/<model>/<module>-int8.tflite     (+ .json) with --int8: dynamic-range quantized, not exact
 <module> is kp_detector, process_kp_driving and generator (the SPEC signatures), plus source_encoder and
 generator_cached: the generator split into its source-only work, which run.py runs once per video,
-and the rest, per batch (SavedModel, TF.js and ONNX, not TF Lite: see utils.NO_TFLITE_MODULES). Each JSON records a
+and the rest, per batch (SavedModel, TF.js and ONNX, not TF Lite: see export_files.NO_TFLITE_MODULES). Each JSON records a
 digest of the weights, so run.py uses that pair only with a generator of the same weights.
   js/<model>/<module>/                    with --tfjs: TF.js graph model + signature.json (output order)
   onnx/<model>/<module>.onnx              with --onnx: converted from the SavedModel by tf2onnx (opset 17)
@@ -32,12 +32,16 @@ import os
 import shutil
 import subprocess
 import sys
-import tempfile
 import time
 
-import utils  # TensorFlow-free; modules (and TensorFlow, quietly) load once the arguments are parsed
+# TensorFlow-free; modules (and TensorFlow, quietly) load once the arguments are parsed
+import backends
+import checkpoint_loader
+import export_files
+import model_config
+import utils
 
-MODULES = ("kp_detector", "process_kp_driving", "generator", "source_encoder", "generator_cached")
+MODULES = export_files.EXPORT_MODULES + export_files.CACHED_EXPORT_MODULES
 ONNX_OPSET = 17  # tf2onnx 1.17 converts up to opset 18; 17 is what onnxruntime has supported longest
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TFJS_VENV_CONVERTER = os.path.join(REPO_DIR, ".venv-tfjs", "bin", "tensorflowjs_converter")
@@ -90,11 +94,9 @@ def parse_args(argv=None):
 
 def model_jobs(args):
     """[(name, config_path, checkpoint_path)] to build, and a list of 'NAME: why' for skipped ones."""
-    import utils
-
     if not args.all:
         config, checkpoint = utils.model_paths(args.model, args.config, args.checkpoint)
-        return [(utils.export_model_name(args.model, args.config), config, checkpoint)], []
+        return [(export_files.export_model_name(args.model, args.config), config, checkpoint)], []
     jobs, skipped = [], []
     for name in utils.known_models():
         config, checkpoint = utils.model_paths(name)
@@ -144,36 +146,14 @@ def make_module(module, config, state_dicts, where, args):
 # Atomic writes
 # --------------------------------------------------------------------------------------------------
 
-def _temp_beside(path, is_dir):
-    parent, name = os.path.split(os.path.abspath(path))
-    os.makedirs(parent, exist_ok=True)
-    if is_dir:
-        temp = tempfile.mkdtemp(prefix=f"{name}.tmp", dir=parent)
-    else:
-        handle, temp = tempfile.mkstemp(prefix=f"{name}.tmp", dir=parent)
-        os.close(handle)
-    # mkdtemp/mkstemp make private entries; exports get the permissions of any new file.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(temp, (0o777 if is_dir else 0o666) & ~umask)
-    return temp
-
-
 @contextlib.contextmanager
 def staged_dir(dest):
     """Yield an empty temporary folder beside `dest`; it replaces `dest` only if the block succeeds."""
-    temp = _temp_beside(dest, is_dir=True)
+    utils.make_parent(dest)
+    temp = utils.make_temp(dest, is_dir=True)
     try:
         yield temp
-        if os.path.exists(dest):
-            # A folder cannot be replaced atomically: move the old one aside, then delete it.
-            old = _temp_beside(dest, is_dir=True)
-            os.rmdir(old)
-            os.rename(dest, old)
-            os.rename(temp, dest)
-            shutil.rmtree(old)
-        else:
-            os.rename(temp, dest)
+        utils.swap_in_dir(temp, dest)
     except BaseException:
         shutil.rmtree(temp, ignore_errors=True)
         raise
@@ -184,7 +164,8 @@ def write_files_atomically(contents):
     temps = {}
     try:
         for path, data in contents.items():
-            temps[path] = _temp_beside(path, is_dir=False)
+            utils.make_parent(path)
+            temps[path] = utils.make_temp(path, is_dir=False)
             with open(temps[path], "wb") as f:
                 f.write(data)
         for path, temp in temps.items():
@@ -223,12 +204,10 @@ def export_savedmodel(module, path, info):
     """tf.saved_model.save with the module's signature function as serving_default."""
     import tensorflow as tf
 
-    import utils
-
     with staged_dir(path) as temp:
         tf.saved_model.save(module.export_root(), temp,
-                            signatures={utils.SIGNATURE_KEY: module.concrete_function()})
-        description = utils.signature_json_path("savedmodel", temp)
+                            signatures={export_files.SIGNATURE_KEY: module.concrete_function()})
+        description = export_files.signature_json_path("savedmodel", temp)
         os.makedirs(os.path.dirname(description), exist_ok=True)
         with open(description, "wb") as f:
             f.write(json_bytes(savedmodel_signature(module, info)))
@@ -252,10 +231,8 @@ def convert_to_tflite(saved_model_path, float16=False, int8=False):
     """
     import tensorflow as tf
 
-    import utils
-
     loaded = tf.saved_model.load(saved_model_path)
-    function = loaded.signatures[utils.SIGNATURE_KEY]
+    function = loaded.signatures[export_files.SIGNATURE_KEY]
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
     converter.experimental_lower_to_saved_model = False
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -280,8 +257,6 @@ def add_signature_def(flatbuffer, function):
     from tensorflow.lite.python import schema_py_generated as schema
     from tensorflow.lite.tools import flatbuffer_utils
 
-    import utils
-
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     subgraph = model.subgraphs[0]
     input_index = {subgraph.tensors[i].name.decode(): int(i) for i in subgraph.inputs}
@@ -295,7 +270,7 @@ def add_signature_def(flatbuffer, function):
         inputs=[schema.TensorMapT(name=name, tensorIndex=input_index[name]) for name in input_names],
         outputs=[schema.TensorMapT(name=name, tensorIndex=int(index))
                  for name, index in zip(output_names, subgraph.outputs)],
-        signatureKey=utils.SIGNATURE_KEY, subgraphIndex=0)]
+        signatureKey=export_files.SIGNATURE_KEY, subgraphIndex=0)]
     return bytes(flatbuffer_utils.convert_object_to_bytearray(model))
 
 
@@ -319,11 +294,9 @@ def tflite_signature(flatbuffer, info):
 
 def export_tflite(saved_model_path, path, info, float16, int8=False):
     """tflite/<model>/<module>[-float16|-int8].tflite and its JSON, converted from the SavedModel."""
-    import utils
-
     flatbuffer = convert_to_tflite(saved_model_path, float16, int8)
     description = tflite_signature(flatbuffer, dict(info, float16=float16, int8=int8))
-    write_files_atomically({path: flatbuffer, utils.signature_json_path("tflite", path): json_bytes(description)})
+    write_files_atomically({path: flatbuffer, export_files.signature_json_path("tflite", path): json_bytes(description)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -344,20 +317,18 @@ def export_tfjs(saved_model_path, path, info):
     Converted graph models keep only the first output's name (the rest become Identity_N:0), so
     signature.json lists the outputs in the order model.execute() returns them.
     """
-    import utils
-
     converter = tfjs_converter()
     with staged_dir(path) as temp:
         command = [converter, "--input_format=tf_saved_model", "--output_format=tfjs_graph_model",
-                   f"--signature_name={utils.SIGNATURE_KEY}", "--saved_model_tags=serve", saved_model_path, temp]
+                   f"--signature_name={export_files.SIGNATURE_KEY}", "--saved_model_tags=serve", saved_model_path, temp]
         result = subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
         if result.returncode != 0 or not os.path.isfile(os.path.join(temp, "model.json")):
             raise ExportError(f"{saved_model_path}: tensorflowjs_converter failed ({_last_line(result.stdout)})")
-        saved = utils.read_signature_json("savedmodel", saved_model_path)
+        saved = export_files.read_signature_json("savedmodel", saved_model_path)
         with open(os.path.join(temp, "model.json"), encoding="utf-8") as f:
             graph = json.load(f)
         description = dict(info, inputs=saved["inputs"], outputs=tfjs_outputs(graph, saved["outputs"]))
-        with open(utils.signature_json_path("tfjs", temp), "wb") as f:
+        with open(export_files.signature_json_path("tfjs", temp), "wb") as f:
             f.write(json_bytes(description))
 
 
@@ -397,12 +368,10 @@ def _identity_number(tensor_name):
 
 def check_onnx_converter():
     """Fail before building anything when --onnx cannot convert: tf2onnx is an optional extra."""
-    import utils
-
     try:
         import tf2onnx  # noqa: F401
     except ImportError:
-        raise ExportError(f"--onnx needs tf2onnx: {utils.ONNX_INSTALL}") from None
+        raise ExportError(f"--onnx needs tf2onnx: {export_files.ONNX_INSTALL}") from None
 
 
 def convert_to_onnx(saved_model_path, saved):
@@ -419,10 +388,8 @@ def convert_to_onnx(saved_model_path, saved):
     import tf2onnx
     from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
 
-    import utils
-
     loaded = tf.saved_model.load(saved_model_path)
-    function = loaded.signatures[utils.SIGNATURE_KEY]
+    function = loaded.signatures[export_files.SIGNATURE_KEY]
     frozen = convert_variables_to_constants_v2(function)
     placeholders = {tensor.name.split(":")[0]: tensor.name for tensor in frozen.inputs}
     input_names = [entry["name"] for entry in saved["inputs"]]
@@ -489,14 +456,12 @@ def check_onnx_signature(description, saved, saved_model_path):
 
 def export_onnx(saved_model_path, path, info):
     """onnx/<model>/<module>.onnx and its JSON, converted from the SavedModel."""
-    import utils
-
-    saved = utils.read_signature_json("savedmodel", saved_model_path)
+    saved = export_files.read_signature_json("savedmodel", saved_model_path)
     model = convert_to_onnx(saved_model_path, saved)
     description = onnx_signature(model, info)
     check_onnx_signature(description, saved, saved_model_path)
     write_files_atomically({path: model.SerializeToString(),
-                            utils.signature_json_path("onnx", path): json_bytes(description)})
+                            export_files.signature_json_path("onnx", path): json_bytes(description)})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -537,11 +502,8 @@ def tflite_variants(args):
 
 def build_model(name, config_path, checkpoint_path, args):
     """Every requested artefact of one model."""
-    import checkpoint_loader
     import modules
-    import utils
-
-    config = modules.parse_config(utils.load_config(config_path))
+    config = model_config.load(config_path).model
     if args.prescale:
         modules.check_prescale(config)
     state_dicts = (checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
@@ -556,28 +518,26 @@ def build_model(name, config_path, checkpoint_path, args):
 def export_module(module, name, module_name, args, started):
     """The SavedModel of one modules.SignatureModule, then the TF Lite, TF.js and ONNX files made from it."""
     import modules
-    import utils
-
     info = {"model": name, "module": module_name, "build": build_options(module_name, args)}
     if hasattr(module, "model"):
         info["weights"] = modules.weights_digest(module.model)
-    saved_model = utils.savedmodel_path(args.outdir, name, module_name)
+    saved_model = export_files.savedmodel_path(args.outdir, name, module_name)
     export_savedmodel(module, saved_model, info)
     report(saved_model, started, args.outdir)
-    if not args.nolite and module_name not in utils.NO_TFLITE_MODULES:
+    if not args.nolite and module_name not in export_files.NO_TFLITE_MODULES:
         for float16, int8 in tflite_variants(args):
             started = time.perf_counter()
-            path = utils.tflite_path(args.outdir, name, module_name, float16, int8)
+            path = export_files.tflite_path(args.outdir, name, module_name, float16, int8)
             export_tflite(saved_model, path, info, float16, int8)
             report(path, started, args.outdir)
     if args.tfjs:
         started = time.perf_counter()
-        path = utils.tfjs_path(args.outdir, name, module_name)
+        path = export_files.tfjs_path(args.outdir, name, module_name)
         export_tfjs(saved_model, path, info)
         report(path, started, args.outdir)
     if args.onnx:
         started = time.perf_counter()
-        path = utils.onnx_path(args.outdir, name, module_name)
+        path = export_files.onnx_path(args.outdir, name, module_name)
         export_onnx(saved_model, path, info)
         report(path, started, args.outdir)
 
@@ -585,11 +545,8 @@ def export_module(module, name, module_name, args, started):
 def main(argv=None):
     args = parse_args(argv)
     try:
-        # Importing TensorFlow takes seconds; Ctrl-C during them must be as clean as later.
-        import checkpoint_loader
-        import modules
-        import utils
-
+        # TensorFlow first and quietly (tf2onnx would import it noisily); Ctrl-C during it is as clean as later.
+        backends.tensorflow()
         if args.onnx:
             check_onnx_converter()
         jobs, skipped = model_jobs(args)
@@ -602,8 +559,8 @@ def main(argv=None):
     except KeyboardInterrupt:  # first, so that it never needs the modules named below
         print("interrupted: exports being written were discarded", file=sys.stderr)
         return 130
-    except (utils.UserError, checkpoint_loader.CheckpointError, modules.ConfigError, ExportError) as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (utils.UserError, checkpoint_loader.CheckpointError, ExportError) as err:
+        utils.print_error(err)
         return 1
     return 0
 

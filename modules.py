@@ -15,123 +15,17 @@ Every op converts to TF Lite builtins: no einsum, no matrix inverse, no implicit
 broadcasting.
 """
 import hashlib
-from dataclasses import dataclass, field
 
 import numpy as np
 
+import animate
 import backends
 import checkpoint_loader
+import utils
+from model_config import ModelConfig
 
 tf = backends.tensorflow()  # quietly: TensorFlow's native start-up lines never reach the user
 import keras  # noqa: E402  (imported with TensorFlow above)
-
-
-# --------------------------------------------------------------------------------------------------
-# Config: one parsed object instead of keyword arguments threaded through every constructor.
-# --------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class KPDetectorConfig:
-    block_expansion: int
-    max_features: int
-    num_blocks: int
-    temperature: float
-    scale_factor: float = 1.0
-    single_jacobian_map: bool = False
-    pad: int = 0
-
-
-@dataclass(frozen=True)
-class DenseMotionConfig:
-    block_expansion: int
-    max_features: int
-    num_blocks: int
-    scale_factor: float = 1.0
-    kp_variance: float = 0.01
-
-
-@dataclass(frozen=True)
-class GeneratorConfig:
-    block_expansion: int
-    max_features: int
-    num_down_blocks: int
-    num_bottleneck_blocks: int
-    estimate_occlusion_map: bool = False
-    dense_motion: DenseMotionConfig = None
-
-
-@dataclass(frozen=True)
-class ModelConfig:
-    frame_shape: tuple  # (H, W, C)
-    num_kp: int
-    num_channels: int
-    estimate_jacobian: bool
-    kp_detector: KPDetectorConfig
-    generator: GeneratorConfig
-
-    @property
-    def height(self):
-        return self.frame_shape[0]
-
-    @property
-    def width(self):
-        return self.frame_shape[1]
-
-
-_REQUIRED = {
-    KPDetectorConfig: ("block_expansion", "max_features", "num_blocks", "temperature"),
-    DenseMotionConfig: ("block_expansion", "max_features", "num_blocks"),
-    GeneratorConfig: ("block_expansion", "max_features", "num_down_blocks", "num_bottleneck_blocks"),
-}
-
-
-class ConfigError(ValueError):
-    """A config that cannot describe a model; the message names the key."""
-
-
-def _section(cls, params, where, **extra):
-    if not isinstance(params, dict):
-        raise ConfigError(f"config: {where} must be a mapping")
-    for key in _REQUIRED[cls]:
-        if key not in params:
-            raise ConfigError(f"config: missing {where}.{key}")
-    known = set(cls.__dataclass_fields__)
-    kwargs = {k: v for k, v in params.items() if k in known}
-    kwargs.update(extra)
-    for key in ("block_expansion", "max_features", "num_blocks", "num_down_blocks", "num_bottleneck_blocks", "pad"):
-        if key in kwargs and (not isinstance(kwargs[key], int) or isinstance(kwargs[key], bool)):
-            raise ConfigError(f"config: {where}.{key} must be an integer, got {kwargs[key]!r}")
-    if isinstance(kwargs.get("pad"), (list, tuple)):
-        kwargs["pad"] = int(kwargs["pad"][0])
-    return cls(**kwargs)
-
-
-def parse_config(config):
-    """Turn the original's YAML dict into a ModelConfig (unknown keys such as train_params are ignored)."""
-    try:
-        model = config["model_params"]
-        common = model["common_params"]
-        frame_shape = tuple(int(v) for v in config["dataset_params"]["frame_shape"])
-    except (KeyError, TypeError) as err:
-        raise ConfigError(f"config: missing {err}") from None
-    for key in ("num_kp", "num_channels"):
-        if not isinstance(common.get(key), int):
-            raise ConfigError(f"config: model_params.common_params.{key} must be an integer")
-    if len(frame_shape) != 3 or frame_shape[2] != common["num_channels"]:
-        raise ConfigError(f"config: dataset_params.frame_shape {list(frame_shape)} must be [H, W, num_channels]")
-    gen = dict(model["generator_params"])
-    dense = gen.pop("dense_motion_params", None)
-    if dense is None:
-        raise ConfigError("config: generator_params.dense_motion_params is required")
-    return ModelConfig(
-        frame_shape=frame_shape,
-        num_kp=common["num_kp"],
-        num_channels=common["num_channels"],
-        estimate_jacobian=bool(common.get("estimate_jacobian", False)),
-        kp_detector=_section(KPDetectorConfig, model["kp_detector_params"], "kp_detector_params"),
-        generator=_section(GeneratorConfig, gen, "generator_params",
-                           dense_motion=_section(DenseMotionConfig, dense, "dense_motion_params")),
-    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -758,16 +652,8 @@ HARDCODE_FLAGS = ("use_relative_jacobian", "adapt_movement_scale")
 def _kp_specs(config, batch, prefix):
     specs = [tf.TensorSpec([batch, config.num_kp, 2], tf.float32, name=prefix)]
     if config.estimate_jacobian:
-        specs.append(tf.TensorSpec([batch, config.num_kp, 2, 2], tf.float32, name=f"{prefix}_jacobian"))
+        specs.append(tf.TensorSpec([batch, config.num_kp, 2, 2], tf.float32, name=animate.jacobian_key(prefix)))
     return specs
-
-
-def _kp_from(inputs, prefix):
-    """{'value', 'jacobian'?} from signature inputs named `prefix` and `prefix_jacobian`."""
-    kp = {"value": inputs[prefix]}
-    if f"{prefix}_jacobian" in inputs:
-        kp["jacobian"] = inputs[f"{prefix}_jacobian"]
-    return kp
 
 
 def _track_raw_variables(module, *layers):
@@ -790,7 +676,7 @@ def parse_hardcode(hardcode):
     if hardcode is None:
         return {}
     if len(hardcode) != 2 or set(hardcode) - {"0", "1"}:
-        raise ConfigError(f"--hardcode takes two digits 0/1 (use_relative_jacobian, adapt_movement_scale), "
+        raise utils.UserError(f"--hardcode takes two digits 0/1 (use_relative_jacobian, adapt_movement_scale), "
                           f"got {hardcode!r}")
     return {name: float(digit) for name, digit in zip(HARDCODE_FLAGS, hardcode)}
 
@@ -800,7 +686,7 @@ def check_prescale(config: ModelConfig):
     kp_scale = config.kp_detector.scale_factor
     dense_scale = config.generator.dense_motion.scale_factor
     if kp_scale != dense_scale:
-        raise ConfigError(f"--prescale needs kp_detector_params.scale_factor ({kp_scale}) equal to "
+        raise utils.UserError(f"--prescale needs kp_detector_params.scale_factor ({kp_scale}) equal to "
                           f"dense_motion_params.scale_factor ({dense_scale})")
 
 
@@ -894,8 +780,8 @@ class ProcessKpDrivingModule(SignatureModule):
 
     def compute(self, inputs):
         flags = [inputs[flag] if flag in inputs else tf.constant(self.hardcoded[flag]) for flag in HARDCODE_FLAGS]
-        return process_kp_driving(_kp_from(inputs, "kp_driving"), _kp_from(inputs, "kp_driving_initial"),
-                                  _kp_from(inputs, "kp_source"), *flags)
+        return process_kp_driving(animate.kp_from_arguments(inputs, "kp_driving"), animate.kp_from_arguments(inputs, "kp_driving_initial"),
+                                  animate.kp_from_arguments(inputs, "kp_source"), *flags)
 
 
 class GeneratorModule(SignatureModule):
@@ -920,7 +806,7 @@ class GeneratorModule(SignatureModule):
         self._set_signature(specs)
 
     def compute(self, inputs):
-        result = self.model(inputs["source_image"], _kp_from(inputs, "kp_driving"), _kp_from(inputs, "kp_source"),
+        result = self.model(inputs["source_image"], animate.kp_from_arguments(inputs, "kp_driving"), animate.kp_from_arguments(inputs, "kp_source"),
                             source_scaled=inputs.get("source_image_scaled"))
         keys = ("prediction",) if self.prediction_only else ("prediction", "mask", "occlusion_map", "deformed")
         return {k: result[k] for k in keys if k in result}
@@ -971,7 +857,7 @@ class CachedGeneratorModule(SignatureModule):
         self._set_signature(specs)
 
     def compute(self, inputs):
-        result = self.model(inputs["source_image"], _kp_from(inputs, "kp_driving"), _kp_from(inputs, "kp_source"),
+        result = self.model(inputs["source_image"], animate.kp_from_arguments(inputs, "kp_driving"), animate.kp_from_arguments(inputs, "kp_source"),
                             source_scaled=inputs["source_image_scaled"], source_features=inputs["source_features"])
         keys = ("prediction",) if self.prediction_only else ("prediction", "mask", "occlusion_map", "deformed")
         return {k: result[k] for k in keys if k in result}

@@ -14,7 +14,6 @@ Everything the user can get wrong is checked first (`prepare`, which never impor
 the target's runtime and the model load (`run`). Bad input ends with one line on stderr and exit code 1
 (2 for usage errors, 130 on Ctrl-C); outputs appear only when complete.
 """
-import argparse
 import contextlib
 import functools
 import os
@@ -24,10 +23,20 @@ import warnings
 from dataclasses import dataclass
 from typing import Callable
 
-# TensorFlow-free: everything a user can get wrong is checked with these before TensorFlow loads.
-import backends
-import checkpoint_loader
-import utils
+try:
+    # TensorFlow-free: everything a user can get wrong is checked with these before TensorFlow loads.
+    import animate
+    import backends
+    import checkpoint_loader
+    import datasets
+    import export_files
+    import media
+    import model_config
+    import utils
+    import visualizer
+except KeyboardInterrupt:  # Ctrl-C while scikit-image and imageio load: as clean as later
+    print("interrupted: no output written", file=sys.stderr)
+    sys.exit(130)
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 EXAMPLE_SOURCE = os.path.join("example", "source.png")  # the seed CLI's defaults, inside the repository
@@ -111,15 +120,13 @@ def parse_args(argv=None):
 
 LOG_DIR = "log"  # --profile's TensorBoard traces, relative to the current directory as in the seed
 TRACE_BATCHES = 3  # batches a TensorBoard trace covers: enough to see the steady state, small to load
-DATASET_FORMATS = (".mp4", ".gif", ".mov", ".mkv", ".avi", ".m4v")
-VIDEO_EXTENSIONS = DATASET_FORMATS + (".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 
 
 @dataclass
 class Job:
     """One driving clip rendered to one output; `source` None means the clip's own first frame.
 
-    `open_driving()` opens the clip (a utils.Clip) only when its turn comes, so that a dataset's
+    `open_driving()` opens the clip (a media.Clip) only when its turn comes, so that a dataset's
     videos are decoded one at a time.
     """
     name: str
@@ -134,9 +141,8 @@ class Job:
 @dataclass
 class Plan:
     """Everything a run needs that can be checked without TensorFlow: it is made before the import."""
-    config_path: str
+    config: model_config.Config
     checkpoint_path: object  # str, or None for an export target without one
-    raw_config: dict
     jobs: list
     exports: object = None  # CheckedExports for the savedmodel / tflite / onnx targets
 
@@ -149,14 +155,13 @@ def prepare(args):
     """
     warn_about_flags(args)
     config_path, checkpoint_path = resolve_model(args)
-    raw_config = utils.load_config(config_path)
+    config = model_config.load(config_path)
     exports = check_exports(args, checkpoint_path) if args.target != "direct" else None
-    frame_shape = tuple(raw_config["dataset_params"]["frame_shape"])
     if args.datamode == "file":
-        jobs = file_jobs(args, frame_shape)
+        jobs = file_jobs(args, config.frame_shape)
     else:
-        jobs = dataset_jobs(args, raw_config, frame_shape)
-    return Plan(config_path, checkpoint_path, raw_config, jobs, exports)
+        jobs = dataset_jobs(args, config)
+    return Plan(config, checkpoint_path, jobs, exports)
 
 
 def warn_about_flags(args):
@@ -227,9 +232,7 @@ def run(args, plan):
     if args.target in ("direct", "savedmodel"):
         backends.tensorflow()
         check_device(args.device)
-    import animate
-
-    visualizer = utils.Visualizer.from_config(plan.raw_config) if args.visualizer else None
+    drawer = visualizer.Visualizer.from_params(plan.config.visualizer_params) if args.visualizer else None
     timings = animate.Timings() if args.profile else None
     losses = {}
     outputs = []
@@ -237,13 +240,13 @@ def run(args, plan):
     with _device(args.device):
         status(f"loading the model ({describe_model(args, plan)})")
         load = load_models if timings is None else timings.timed("load models", load_models)
-        models = load(args, model_config(args, plan), plan.checkpoint_path, plan.exports)
+        models = load(args, plan.config.model, plan.checkpoint_path, plan.exports)
         if timings is not None:
             models = animate.timed_models(models, timings)
         with TensorBoardTrace(args) as trace:
             for job in plan.jobs:
                 with job.open_driving() as clip:
-                    written, losses[job.name] = render(args, models, job, clip, visualizer, timings, trace)
+                    written, losses[job.name] = render(args, models, job, clip, drawer, timings, trace)
                 frames += written
                 outputs.append(job.output)
     if not outputs:
@@ -257,7 +260,7 @@ def run(args, plan):
 def describe_model(args, plan):
     if args.target == "direct":
         return f"{plan.checkpoint_path}"
-    return f"{args.target} exports of {utils.export_model_name(args.model or DEFAULT_MODEL, args.config)}"
+    return f"{args.target} exports of {export_files.export_model_name(args.model or DEFAULT_MODEL, args.config)}"
 
 
 def check_device(name):
@@ -278,13 +281,11 @@ def check_device(name):
     raise utils.UserError(f"--device {name}: no such device on this machine (it has {have})")
 
 
-def render(args, models, job, clip, visualizer, timings, trace):
+def render(args, models, job, clip, drawer, timings, trace):
     """Animate or reconstruct one job's driving clip and write its video (and visualisation).
 
     Returns the number of frames written and, for reconstruction, each frame's L1 to the real frame.
     """
-    import animate
-
     initial = start_keypoints(args, models, job, clip)
     frames = limited_frames(clip, args.frames)
     if timings is not None:
@@ -299,18 +300,18 @@ def render(args, models, job, clip, visualizer, timings, trace):
     source = job.source
     with contextlib.ExitStack() as stack:
         audio = audio_source(args, job, clip)
-        writer = stack.enter_context(utils.FrameWriter(job.output, clip.fps, audio_from=audio))
-        encode = _timed(timings, "encode", lambda prediction: writer.write(utils.to_uint8(prediction)))
-        if visualizer is not None:
-            visual_writer = stack.enter_context(utils.FrameWriter(visualizer_path(job.output), clip.fps))
+        writer = stack.enter_context(media.FrameWriter(job.output, clip.fps, audio_from=audio))
+        encode = _timed(timings, "encode", lambda prediction: writer.write(media.to_uint8(prediction)))
+        if drawer is not None:
+            visual_writer = stack.enter_context(media.FrameWriter(visualizer_path(job.output), clip.fps))
             draw = _timed(timings, "visualizer", lambda source, driving, out: visual_writer.write(
-                visualizer.visualize(source, driving, out)))
+                drawer.visualize(source, driving, out)))
         status(f"{job.name}: building the graph on the first batch")
         with Progress(expected_frames(clip, args.frames), job.name) as progress:
             for driving, out in outputs:
                 source = driving if source is None else source  # reconstruction: frame 0 is the source
                 encode(out["prediction"])
-                if visualizer is not None:
+                if drawer is not None:
                     draw(source, driving, out)
                 if job.source is None:
                     losses.append(animate.reconstruction_l1(out["prediction"], driving))
@@ -319,7 +320,7 @@ def render(args, models, job, clip, visualizer, timings, trace):
         if writer.frames_written == 0:
             raise utils.UserError(f"{clip.path}: no frames to animate")
     say(f"wrote {plural(writer.frames_written, 'frame')} to {job.output}" +
-        (f" (and {visualizer_path(job.output)})" if visualizer is not None else ""))
+        (f" (and {visualizer_path(job.output)})" if drawer is not None else ""))
     return writer.frames_written, losses
 
 
@@ -379,7 +380,6 @@ def start_keypoints(args, models, job, clip):
     Relative motion is then measured from that frame, as the original demo.py's forward/backward
     animation from its best frame (see animate.find_best_frame); the output keeps driving order.
     """
-    import animate
     if args.best_frame is None and not args.find_best_frame:
         return None
     frames = limited_frames(clip, args.frames)
@@ -407,7 +407,7 @@ def audio_source(args, job, clip):
         kind = "PNG frames" if job.output.endswith("/") else "a GIF"
         warn(f"--audio: {job.output} is {kind}, which cannot hold sound; writing it without the audio track")
         return None
-    if clip.media_path is None or utils.audio_stream(clip.media_path) is None:
+    if clip.media_path is None or media.audio_stream(clip.media_path) is None:
         warn(f"--audio: {clip.path} has no audio track; writing a silent video")
         return None
     return clip.media_path
@@ -463,7 +463,7 @@ def report_reconstruction(losses, path):
     rows.append(["mean", len(every_frame), f"{np.mean(every_frame):.8f}"])
     say(f"mean L1: {np.mean(every_frame):.6f} ({plural(len(losses), 'video')}, "
         f"{plural(len(every_frame), 'frame')}); wrote {path}")
-    utils.write_csv_atomically(path, rows)
+    datasets.write_csv_atomically(path, rows)
 
 
 class TensorBoardTrace:
@@ -525,7 +525,7 @@ def file_jobs(args, frame_shape):
     output = utils.output_path(args.output, source_path, driving_path, args.mode, args.dontappend)
 
     def open_driving():
-        return utils.open_driving_clip(driving_path, frame_shape)
+        return media.open_driving_clip(driving_path, frame_shape)
 
     with open_driving() as clip:  # a bad video fails now, before the model loads
         check_driving_clip(clip, args.frames, frame_shape)
@@ -534,14 +534,14 @@ def file_jobs(args, frame_shape):
 
 def read_source(path, frame_shape):
     """The source image, preprocessed as demo.py does, with a warning when resizing will stretch it."""
-    height, width = utils.image_size(path)
+    height, width = media.image_size(path)
     warn_if_stretched(path, "source image", width, height, frame_shape)
-    return utils.read_image(path, frame_shape)
+    return media.read_image(path, frame_shape)
 
 
 def check_driving_clip(clip, frames, frame_shape):
     """A still image is not a driving video; --frames beyond the clip's end is said, not ignored."""
-    if clip.frame_count == 1 and os.path.splitext(clip.path)[1].lower() not in VIDEO_EXTENSIONS:
+    if clip.frame_count == 1 and os.path.splitext(clip.path)[1].lower() not in media.VIDEO_EXTENSIONS:
         raise utils.UserError(f"--driving_video {clip.path}: a still image, not a video (give a video, "
                               f"e.g. .mp4 or .gif, whose motion the source will follow)")
     if frames > 0 and clip.frame_count is not None and frames > clip.frame_count:
@@ -558,7 +558,7 @@ def warn_if_stretched(path, what, width, height, frame_shape):
              f"{model_width}x{model_height}; crop it to that aspect first (or see --crop)")
 
 
-def dataset_jobs(args, raw_config, frame_shape):
+def dataset_jobs(args, config):
     """Jobs over the test split of the config's dataset (or --root_dir), as the original run.py's modes.
 
     reconstruction: each test video from its own first frame (at most reconstruction_params.num_videos + 1,
@@ -567,21 +567,21 @@ def dataset_jobs(args, raw_config, frame_shape):
     scaling from animate_params.normalization_params (or --relative / --adapt). The videos are listed
     now, so a bad dataset fails before the model loads, and opened one job at a time.
     """
-    root = args.root_dir or raw_config["dataset_params"].get("root_dir")
+    root = args.root_dir or config.dataset_params.get("root_dir")
     if not root:
         raise utils.UserError("the config has no dataset_params.root_dir; pass --root_dir")
-    videos = utils.dataset_test_videos(root)
+    videos = datasets.dataset_test_videos(root)
     folder = dataset_output_dir(args)
-    shape = frame_shape
+    shape = config.frame_shape
     if args.mode == "reconstruction":
-        params = raw_config.get("reconstruction_params") or {}
+        params = config.reconstruction_params
         extension = output_format(params)
         if params.get("num_videos") is not None:
             # reconstruction.py stops at `it > num_videos`, so it reconstructs num_videos + 1 videos.
             videos = videos[:params["num_videos"] + 1]
         return (dataset_job(os.path.basename(path), path, None, os.path.join(folder, _stem(path) + extension), shape)
                 for path in videos)
-    params = raw_config.get("animate_params") or {}
+    params = config.animate_params
     normalization = params.get("normalization_params") or {}
     relative = args.relative or bool(normalization.get("use_relative_movement", False))
     adapt = args.adapt or bool(normalization.get("adapt_movement_scale", False))
@@ -589,7 +589,7 @@ def dataset_jobs(args, raw_config, frame_shape):
     relative_jacobian = bool(normalization.get("use_relative_jacobian", args.relative))
     extension = output_format(params)
     by_name = {os.path.basename(path): path for path in videos}
-    pairs = utils.animation_pairs(list(by_name), params.get("num_pairs", 50), pairs_list(raw_config))
+    pairs = datasets.animation_pairs(list(by_name), params.get("num_pairs", 50), pairs_list(config))
     return (dataset_job(f"{driving}-{source}", by_name[driving], by_name[source],
                         os.path.join(folder, f"{_stem(driving)}-{_stem(source)}{extension}"), shape, relative, adapt,
                         relative_jacobian)
@@ -601,9 +601,9 @@ def dataset_job(name, driving_path, source_path, output, frame_shape, relative=F
     """Open one dataset job; the source is the first frame of `source_path` (None: reconstruction)."""
     source = None
     if source_path is not None:
-        with utils.open_dataset_clip(source_path, frame_shape) as clip:
+        with media.open_dataset_clip(source_path, frame_shape) as clip:
             source = next(iter(clip))
-    return Job(name, functools.partial(utils.open_dataset_clip, driving_path, frame_shape), source, output,
+    return Job(name, functools.partial(media.open_dataset_clip, driving_path, frame_shape), source, output,
                relative, adapt, relative_jacobian)
 
 
@@ -618,15 +618,16 @@ def dataset_output_dir(args):
 def output_format(params):
     """The extension a dataset mode writes its videos with: the config's `format` (default .mp4)."""
     extension = params.get("format", ".mp4")
-    if extension not in DATASET_FORMATS:
-        raise utils.UserError(f"format {extension!r} in the config: expected one of {', '.join(DATASET_FORMATS)}")
+    if extension not in media.VIDEO_OUTPUT_EXTENSIONS:
+        raise utils.UserError(f"format {extension!r} in the config: expected one of "
+                              f"{', '.join(media.VIDEO_OUTPUT_EXTENSIONS)}")
     return extension
 
 
-def pairs_list(raw_config):
+def pairs_list(config):
     """The config's dataset_params.pairs_list when that file exists (relative to the current directory,
     as in the original), else None: pairs are then drawn within the test split."""
-    path = raw_config["dataset_params"].get("pairs_list")
+    path = config.dataset_params.get("pairs_list")
     return path if path and os.path.isfile(path) else None
 
 
@@ -638,29 +639,16 @@ def _device(name):
     """tf.device(name), or no placement when --device is not given."""
     if name is None:
         return contextlib.nullcontext()
-    import tensorflow as tf
-
-    return tf.device(name)
+    return backends.tensorflow().device(name)
 
 
 def load_models(args, config, checkpoint_path, exports=None):
     """animate.Models for --target: built from the checkpoint (direct) or loaded from build.py's exports
     (`exports`, the CheckedExports prepare() found; looked up again when not given)."""
-    import animate
-
     if args.target != "direct":
         return (exports or check_exports(args, checkpoint_path)).load(args.target)
     state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
     return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale)
-
-
-def model_config(args, plan):
-    """The parsed model config the direct target builds from (export targets need none)."""
-    if args.target != "direct":
-        return None
-    import modules
-
-    return modules.parse_config(plan.raw_config)
 
 
 @dataclass
@@ -673,9 +661,7 @@ class CheckedExports:
 
     def load(self, target):
         """animate.Models over the exports (this imports the target's runtime)."""
-        import animate
-
-        calls = {module: utils.load_export(target, path) for module, (path, _) in self.exports.items()}
+        calls = {module: export_files.load_export(target, path) for module, (path, _) in self.exports.items()}
         process = calls["process_kp_driving"]
         if self.hardcode is not None:
             process = without_flag_inputs(process)
@@ -687,10 +673,10 @@ class CheckedExports:
 def check_exports(args, checkpoint_path):
     """The savedmodel / tflite / onnx exports this run needs, checked to exist and fit its options."""
     command = build_command(args, checkpoint_path)
-    name = utils.export_model_name(args.model or DEFAULT_MODEL, args.config)
+    name = export_files.export_model_name(args.model or DEFAULT_MODEL, args.config)
     try:
-        exports = utils.find_exports(args.target, args.exportdir, name, args.float16, args.int8)
-    except utils.ExportMissing as missing:
+        exports = export_files.find_exports(args.target, args.exportdir, name, args.float16, args.int8)
+    except export_files.ExportMissing as missing:
         raise utils.UserError(f"{missing.path}: no such export; make it with: {command}") from None
     exports = without_stale_cache(exports, command)
     builds = {module: description["build"] for module, (_, description) in exports.items()}
@@ -710,11 +696,11 @@ def without_stale_cache(exports, command):
     build.py records a digest of the weights in each export's JSON; a pair left from a build of other
     weights (or a partial one) is dropped with a warning, and the plain generator runs instead.
     """
-    cached = [module for module in utils.CACHED_EXPORT_MODULES if module in exports]
+    cached = [module for module in export_files.CACHED_EXPORT_MODULES if module in exports]
     if not cached:
         return exports
     weights = exports["generator"][1].get("weights")
-    complete = len(cached) == len(utils.CACHED_EXPORT_MODULES)
+    complete = len(cached) == len(export_files.CACHED_EXPORT_MODULES)
     if complete and weights is not None and all(exports[module][1].get("weights") == weights for module in cached):
         return exports
     warn(f"the {' and '.join(cached)} exports do not match the generator export; running without them "
@@ -797,17 +783,10 @@ def main(argv=None):
     except KeyboardInterrupt:  # Ctrl-C while TensorFlow imports must be as clean as later
         print("interrupted: no output written", file=sys.stderr)
         return 130
-    except user_errors() as err:
-        print(f"error: {err}", file=sys.stderr)
+    except (utils.UserError, checkpoint_loader.CheckpointError) as err:
+        utils.print_error(err)
         return 1
     return 0
-
-
-def user_errors():
-    """The exception types that mean bad input; modules' only when TensorFlow was loaded for it."""
-    errors = (utils.UserError, checkpoint_loader.CheckpointError)
-    modules = sys.modules.get("modules")
-    return errors + (modules.ConfigError,) if modules is not None else errors
 
 
 if __name__ == "__main__":

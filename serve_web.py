@@ -18,9 +18,10 @@ import json
 import os
 import re
 import sys
-import tempfile
 from functools import partial
 from urllib.parse import unquote, urlsplit
+
+import utils
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 REPORT_NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -147,7 +148,7 @@ class PageHandler(http.server.SimpleHTTPRequestHandler):
         except ValueError:
             self.send_error(400, "report is not JSON")
             return
-        write_atomically(os.path.join(self.results, f"{name}.json"), body)
+        utils.write_atomically(os.path.join(self.results, f"{name}.json"), body)
         self.send_response(204)
         self.end_headers()
 
@@ -184,14 +185,6 @@ def byte_span(requested, size):
     else:
         return None
     return (first, last) if first <= last else None
-
-
-def write_atomically(path, data):
-    """The complete report or none: a reader polling the folder never sees half a file."""
-    fd, temp = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".report-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(temp, path)
 
 
 class ServeError(Exception):
@@ -247,7 +240,7 @@ def main(argv=None):
     try:
         server = make_server(args)
     except ServeError as error:
-        print(f"error: {error}", file=sys.stderr)
+        utils.print_error(error)
         return 1
     print(f"Serving the page at {page_url(server)}  (Ctrl-C stops)", flush=True)
     for warning in missing_pieces(args):

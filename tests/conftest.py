@@ -1,4 +1,5 @@
-"""Shared test helpers: the repo on sys.path, quiet TensorFlow, and the PyTorch-made fixtures."""
+"""Shared test helpers: the repo (and tools/) on sys.path, quiet TensorFlow, the PyTorch-made fixtures,
+the SPEC bounds, README commands and exports built once per session."""
 import json
 import os
 import re
@@ -11,6 +12,7 @@ import pytest
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+import animate  # noqa: E402  (the repository's modules, found through the path above)
 
 FIXTURES = REPO / "tests" / "fixtures"
 FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "reference.npz").exists()) if FIXTURES.exists() else []
@@ -44,10 +46,9 @@ class Fixture:
         return self.dir / f"{fmt}.pth.tar"
 
     def config(self):
-        import modules
-        import utils
+        import model_config
 
-        return modules.parse_config(utils.load_config(self.config_path))
+        return model_config.load(self.config_path).model
 
     def generator_kp_driving(self):
         """norm_11 keypoints for the frames whose generator outputs the reference holds (the first G)."""
@@ -118,3 +119,144 @@ def fixture_models(name):
         checkpoint_loader.load_generator_weights(generator, state, name)
         _MODELS[name] = (config, kp_detector, generator)
     return _MODELS[name]
+
+
+# --------------------------------------------------------------------------------------------------
+# Helpers several test modules share
+# --------------------------------------------------------------------------------------------------
+
+# SPEC bounds against the original (tests/test_parity.py): keypoints within 1e-4, predictions within
+# 2e-3 max abs, uint8 frames identical on >= 99.9% of pixels and never more than one level off.
+KP_TOL = 1e-4
+PREDICTION_TOL = 2e-3
+# Intermediates pass through fewer layers than the prediction; the same bound keeps them honest.
+INTERMEDIATE_TOL = 2e-3
+
+
+def max_abs(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return float(np.abs(a - b).max())
+
+
+def assert_frames_match(ours, reference):
+    ours, reference = np.asarray(ours), np.asarray(reference)
+    assert ours.shape == reference.shape and ours.dtype == np.uint8
+    diff = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
+    assert diff.max() <= 1
+    assert (diff == 0).mean() >= 0.999
+
+
+def readme_commands(section):
+    """The ```bash blocks of README.md's `## <section>`, stripped, in order."""
+    text = (REPO / "README.md").read_text()
+    heading = f"\n## {section}\n"
+    assert heading in text, f"README.md has no '## {section}' section"
+    body = text.split(heading, 1)[1].split("\n## ", 1)[0]
+    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", body, re.S)]
+
+
+# tools/ is not a package: its scripts (ops_md, example_gif, profile_parts) import as top-level modules.
+sys.path.insert(0, str(REPO / "tools"))
+
+# Exports built by build.py in-process (tests/test_exports.py, test_onnx.py, test_web.py)
+MODEL = "config"  # build.py names a --config build after the file's stem: fixtures' config.yaml -> config
+VARIANT_FIXTURE = "vox"  # the fixture every build flag and TF.js are checked on
+NODE_MODULES = REPO / "node_modules" / "@tensorflow" / "tfjs"
+
+
+class Builds:
+    """Exports built once per test session: one export root per (fixture, build flags)."""
+
+    def __init__(self, tmp_path_factory):
+        self.tmp_path_factory = tmp_path_factory
+        self.roots = {}
+
+    def root(self, name, flags=(), modules=None):
+        """The export root of `name` built with `flags`, holding at least `modules` (default: every
+        export module)."""
+        import build
+        import export_files
+
+        modules = export_files.EXPORT_MODULES if modules is None else modules
+        key = (name, tuple(flags))
+        if key not in self.roots:
+            self.roots[key] = (self.tmp_path_factory.mktemp(f"exports-{name}"), set())
+        root, built = self.roots[key]
+        fx = load_fixture(name)
+        for module in modules:
+            if module not in built:
+                code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
+                                   "--outdir", str(root), "--module", module, *flags])
+                assert code == 0, f"build.py failed: {name} {module} {flags}"
+                built.add(module)
+        return root
+
+    def models(self, name, target, flags=(), float16=False):
+        """{module: callable} for one build, loaded through export_files like run.py does."""
+        import export_files
+
+        found = export_files.find_exports(target, self.root(name, flags), MODEL, float16)
+        return {module: export_files.load_export(target, path) for module, (path, _) in found.items()}
+
+
+def assert_kp_close(ours, reference, label):
+    """Keypoint outputs {'value', 'jacobian'?} within KP_TOL of the original's, key for key."""
+    assert set(ours) == set(reference), label
+    for key in reference:
+        assert max_abs(ours[key], reference[key]) <= KP_TOL, (label, key)
+
+
+def generator_inputs(fx):
+    """Inputs of the original's generator call recorded in the fixture (kp_driving = norm_11)."""
+    return {"source_image": nchw_to_nhwc(fx.ref["source"]), **animate.kp_arguments(fx.generator_kp_driving(), "kp_driving"),
+            **animate.kp_arguments(fx.kp("kp_source"), "kp_source")}
+
+
+def process_inputs(fx, relative_jacobian=1.0, adapt=1.0):
+    kp_driving = fx.kp("kp_driving")
+    return {**animate.kp_arguments(kp_driving, "kp_driving"),
+            **animate.kp_arguments({k: v[:1] for k, v in kp_driving.items()}, "kp_driving_initial"),
+            **animate.kp_arguments(fx.kp("kp_source"), "kp_source"),
+            "use_relative_jacobian": np.float32(relative_jacobian), "adapt_movement_scale": np.float32(adapt)}
+
+
+def tfjs_available():
+    """None when TF.js can be built and run here, else why not (for the skip message)."""
+    import shutil
+
+    import build
+
+    if shutil.which("node") is None:
+        return "node is not installed"
+    if not NODE_MODULES.is_dir():
+        return "node_modules missing: run `npm ci`"
+    if not os.access(build.TFJS_VENV_CONVERTER, os.X_OK) and shutil.which("tensorflowjs_converter") is None:
+        return "tensorflowjs_converter missing: run `bash tools/make_tfjs_venv.sh`"
+    return None
+
+
+def read_png_frames(directory):
+    import imageio.v2 as imageio
+
+    return np.stack([imageio.imread(p) for p in sorted(Path(directory).glob("frame_*.png"))])
+
+
+def run_args(fx, output, *extra):
+    return ["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
+            "--source_image", str(fx.dir / "source.png"), "--driving_video", str(fx.dir / "driving.mp4"),
+            "--output", f"{output}/", *extra]
+
+
+_DIRECT_FRAMES = {}
+
+
+def direct_frames(name, tmp_path_factory):
+    """Frames run.py writes on the direct target (relative, adapt, batch 4), once per fixture."""
+    import run
+
+    if name not in _DIRECT_FRAMES:
+        out = tmp_path_factory.mktemp(f"direct-{name}") / "frames"
+        assert run.main(run_args(load_fixture(name), out, "--relative", "--adapt")) == 0
+        _DIRECT_FRAMES[name] = read_png_frames(out)
+    return _DIRECT_FRAMES[name]

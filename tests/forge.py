@@ -9,7 +9,7 @@ well-formed or malicious variant in either layout:
 * `write_legacy`: the pre-1.6 layout (magic, protocol, sys_info, object, key list, storage records);
 * `write_zip`: ``archive/data.pkl`` + ``archive/data/<key>`` members.
 
-`forge_tensors` turns a real checkpoint (as `checkpoint_loader.read_checkpoint` returns it) back
+`forge_tensors` turns a real checkpoint (as `torch_file.read_checkpoint` returns it) back
 into markers, so a payload can be planted inside an otherwise valid state dict.
 """
 

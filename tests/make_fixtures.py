@@ -498,21 +498,27 @@ def write_inputs(spec, scene, directory):
 # Reference outputs from the original
 # ----------------------------------------------------------------------------
 
+def _decoded_frames(reader):
+    """Every frame `reader` decodes, in order; a RuntimeError (a damaged tail) ends the clip there."""
+    frames, iterator = [], iter(reader)
+    while True:
+        try:
+            frames.append(next(iterator))
+        except (StopIteration, RuntimeError):
+            return frames
+
+
 def read_inputs_like_demo(source_path, driving_path, frame_hw):
-    """Exactly the original demo.py's reading and preprocessing."""
-    source_image = imageio.imread(source_path)
-    reader = imageio.get_reader(driving_path)
-    fps = reader.get_meta_data()['fps']
-    driving_video = []
-    try:
-        for im in reader:
-            driving_video.append(im)
-    except RuntimeError:
-        pass
-    reader.close()
-    source_image = resize(source_image, frame_hw)[..., :3]
-    driving_video = [resize(frame, frame_hw)[..., :3] for frame in driving_video]
-    return source_image, driving_video, fps
+    """(source [H, W, 3], driving frames [H, W, 3] each, fps) prepared as the original demo.py
+    prepares its inputs: imageio's v2 readers, the clip's frame rate from the reader's metadata, and
+    skimage's resize to frame_hw (floats in [0, 1]) with any channel past RGB dropped."""
+    def to_model_size(image):
+        return resize(image, frame_hw)[..., :3]
+
+    with imageio.get_reader(driving_path) as reader:
+        fps = reader.get_meta_data()['fps']
+        frames = _decoded_frames(reader)
+    return to_model_size(imageio.imread(source_path)), [to_model_size(frame) for frame in frames], fps
 
 
 def zero_order_animation(original, source_image, driving_video, generator, kp_detector, relative, adapt):

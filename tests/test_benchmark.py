@@ -12,22 +12,17 @@ import sys
 
 import pytest
 
-from conftest import REPO
-
-
-def performance_commands():
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Performance", 1)[1].split("\n## ", 1)[0]
-    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
+from conftest import REPO, readme_commands
 
 
 def performance_command(script):
-    [command] = [c for c in performance_commands() if shlex.split(c)[:2] == ["python", script]]
+    [command] = [c for c in readme_commands("Performance") if shlex.split(c)[:2] == ["python", script]]
     return shlex.split(command)
 
 
 def test_readme_performance_commands_are_the_benchmark_and_the_profile():
-    assert sorted(shlex.split(c)[1] for c in performance_commands()) == ["benchmark.py", "tools/profile_parts.py"]
+    scripts = sorted(shlex.split(c)[1] for c in readme_commands("Performance"))
+    assert scripts == ["benchmark.py", "tools/profile_parts.py"]
 
 
 def run_readme_command(words):

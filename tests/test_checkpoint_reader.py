@@ -1,4 +1,4 @@
-"""Tests for checkpoint_loader: the torch-free reader of torch.save files.
+"""Tests for torch_file: the torch-free reader of torch.save files.
 
 Files are generated at test time: with PyTorch for round trips (those tests
 skip when torch is missing), and with a tiny hand-made pickler for refusals
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:  # let plain `pytest` find the module too
     sys.path.insert(0, str(ROOT))
 
-from checkpoint_loader import CheckpointError, load_with_torch, read_checkpoint  # noqa: E402
+from torch_file import CheckpointError, load_with_torch, read_checkpoint  # noqa: E402
 from forge import FORMATS, Call, Global, Storage, tensor, write_format, write_legacy, write_zip  # noqa: E402
 
 
@@ -272,7 +272,7 @@ def test_load_with_torch_without_torch(tmp_path, monkeypatch):
 def test_reader_does_not_import_torch(tmp_path):
     path = write_legacy(tmp_path / "l.pth", {"w": tensor(Storage("0", 1), 0, (1,), (1,))},
                         [("0", 1, bytes(4))])
-    code = ("import sys, checkpoint_loader as c; c.read_checkpoint(sys.argv[1]); "
+    code = ("import sys, torch_file as c; c.read_checkpoint(sys.argv[1]); "
             "assert 'torch' not in sys.modules, 'torch imported'")
     subprocess.run([sys.executable, "-c", code, str(path)], cwd=ROOT, check=True)
 
@@ -421,3 +421,17 @@ def test_load_with_torch_errors_are_one_line(tmp_path):
         load_with_torch(path)
     assert str(info.value).startswith(str(path) + ": torch.load failed")
     assert "\n" not in str(info.value)
+
+
+def test_a_bug_in_the_reader_surfaces_as_a_bug_not_as_a_corrupt_file(monkeypatch):
+    # Only the pickle machine (fed by the file) turns TypeError/KeyError/AttributeError into "corrupt";
+    # the same exception from the reader's own code must reach the test as itself.
+    import torch_file
+
+    def broken_catalog(*args):
+        raise KeyError("a bug in the reader")
+
+    monkeypatch.setattr(torch_file._LegacyCatalog, "locate", broken_catalog)
+    fixture = ROOT / "tests" / "fixtures" / "vox" / "legacy.pth.tar"
+    with pytest.raises(KeyError, match="a bug in the reader"):
+        read_checkpoint(fixture)

@@ -2,21 +2,16 @@
 import re
 import subprocess
 import sys
-from pathlib import Path
 
 import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_NAMES, REPO, assert_one_line_error, load_fixture, stderr_lines
+from conftest import (FIXTURE_NAMES, REPO, assert_frames_match, assert_one_line_error, load_fixture, read_png_frames,
+                      stderr_lines)
 
 import checkpoint_loader
 import run
-
-
-def read_png_frames(directory):
-    paths = sorted(Path(directory).glob("frame_*.png"))
-    return np.stack([imageio.imread(p) for p in paths])
 
 
 def fixture_args(fx, output, *extra):
@@ -28,8 +23,6 @@ def fixture_args(fx, output, *extra):
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
 def test_cli_frames_equal_original_demo(name, tmp_path):
     # reference: demo.make_animation(relative=True, adapt_movement_scale=True) on the same files
-    from test_parity import assert_frames_match
-
     fx = load_fixture(name)
     out = tmp_path / "frames/"
     assert run.main(fixture_args(fx, f"{out}/", "--relative", "--adapt", "--batchsize", "4")) == 0
@@ -37,8 +30,6 @@ def test_cli_frames_equal_original_demo(name, tmp_path):
 
 
 def test_cli_absolute_mode_with_exact_batch(tmp_path):
-    from test_parity import assert_frames_match
-
     fx = load_fixture(FIXTURE_NAMES[0])
     out = tmp_path / "abs/"
     assert run.main(fixture_args(fx, f"{out}/", "--batchsize", "4", "--exactbatch")) == 0

@@ -1,29 +1,25 @@
 """tools/example_gif.py, which makes the README's picture: one row per frame, source | driving | result."""
 import shlex
-import sys
 from pathlib import Path
 
 import imageio.v3 as iio
 import numpy as np
 
-from conftest import REPO, load_fixture
-from test_readme import readme_commands
+from conftest import REPO, load_fixture, readme_commands
 
-import utils
-
-sys.path.insert(0, str(REPO / "tools"))
-import example_gif  # noqa: E402
+import example_gif  # tools/, on sys.path through conftest
+import media
 
 
 def test_rows_hold_source_driving_and_result_panels(tmp_path):
     fx = load_fixture("zero_order")
     shape = fx.config().frame_shape
-    with utils.open_driving_clip(fx.dir / "driving.mp4", shape) as clip:
+    with media.open_driving_clip(fx.dir / "driving.mp4", shape) as clip:
         driving = list(clip)
     result = tmp_path / "result.mp4"
-    with utils.FrameWriter(result, 10) as writer:  # a stand-in result: the driving frames upside down
+    with media.FrameWriter(result, 10) as writer:  # a stand-in result: the driving frames upside down
         for frame in driving:
-            writer.write(utils.to_uint8(frame[::-1]))
+            writer.write(media.to_uint8(frame[::-1]))
     output = tmp_path / "example.gif"
     size = shape[0]  # panels at the model's own size, so each must equal its input
     assert example_gif.main(["--config", str(fx.config_path), "--source_image", str(fx.dir / "source.png"),
@@ -31,15 +27,15 @@ def test_rows_hold_source_driving_and_result_panels(tmp_path):
                              "--output", str(output), "--size", str(size)]) == 0
     rows = iio.imread(output, index=None)[..., :3].astype(int)
     assert rows.shape == (len(driving), size, 3 * shape[1], 3)
-    source = utils.to_uint8(utils.read_image(fx.dir / "source.png", shape)).astype(int)
-    with utils.open_video(result) as video:
+    source = media.to_uint8(media.read_image(fx.dir / "source.png", shape)).astype(int)
+    with media.open_video(result) as video:
         written = [frame[..., :3].astype(int) for frame in video]
     # every colour is one of the source's 256 median-cut ones: panels match their inputs to within that palette
     palette = example_gif.median_cut_palette(source.astype(np.uint8))
     assert {tuple(c) for c in np.unique(rows.reshape(-1, 3), axis=0)} <= {tuple(c) for c in palette.astype(int)}
     for row, frame, result_frame in zip(rows, driving, written):
         panels = np.split(row, 3, axis=1)
-        for panel, expected in zip(panels, (source, utils.to_uint8(frame).astype(int), result_frame)):
+        for panel, expected in zip(panels, (source, media.to_uint8(frame).astype(int), result_frame)):
             assert np.abs(panel - expected).mean() < 4
     assert np.abs(np.split(rows[0], 3, axis=1)[2] - np.split(rows[0], 3, axis=1)[1]).mean() > 10  # flipped
 
@@ -74,7 +70,7 @@ MAX_CHANGED_INPUT_PIXELS = 0.01  # fraction of the source and driving panels' pi
 def test_committed_gif_is_what_readme_command_1_and_the_tool_make(tmp_path, monkeypatch):
     import run
 
-    words = shlex.split(readme_commands()[0].split("&&")[-1])
+    words = shlex.split(readme_commands("Quick start")[0].split("&&")[-1])
     assert words[:2] == ["python", "run.py"]
     output = words.index("--output") + 1
     assert (REPO / words[output]).resolve() == (REPO / "output" / "example.mp4").resolve() \

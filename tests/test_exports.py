@@ -11,97 +11,36 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
-import imageio.v2 as imageio
 import numpy as np
 import pytest
 import yaml
 
-from conftest import FIXTURE_NAMES, REPO, assert_one_line_error, load_fixture, nchw_to_nhwc
-from test_parity import INTERMEDIATE_TOL, KP_TOL, PREDICTION_TOL, assert_frames_match, max_abs
+from conftest import (FIXTURE_NAMES, INTERMEDIATE_TOL, MODEL, PREDICTION_TOL, REPO, VARIANT_FIXTURE, Builds,
+                      assert_frames_match, assert_kp_close, assert_one_line_error, direct_frames, generator_inputs,
+                      load_fixture, max_abs, nchw_to_nhwc, process_inputs, read_png_frames, run_args, tfjs_available)
 
 import build
 import run
-import utils
+import export_files
+import media
+import ops_md  # tools/, on sys.path through conftest
 
-sys.path.insert(0, str(REPO / "tools"))
-import ops_md  # noqa: E402  (tools/ is not a package)
-
-MODEL = "config"  # build.py names a --config build after the file's stem: fixtures' config.yaml -> config
-ALL_MODULES = utils.EXPORT_MODULES
-VARIANT_FIXTURE = "vox"  # the fixture every build flag and TF.js are checked on
+ALL_MODULES = export_files.EXPORT_MODULES
 TARGETS = ("savedmodel", "tflite")
 # Measured on the vox fixture (float16 weights, float32 compute): prediction max abs 3.1e-3 and
 # mean abs 1.7e-4 from the original's; the bounds leave about 2x headroom.
 FLOAT16_PREDICTION_MAX = 6e-3
 FLOAT16_PREDICTION_MEAN = 4e-4
 TFJS_TOL = 1e-3
-NODE_MODULES = REPO / "node_modules" / "@tensorflow" / "tfjs"
 
 pytestmark = pytest.mark.skipif(VARIANT_FIXTURE not in FIXTURE_NAMES, reason="tests/fixtures/vox is missing")
-
-
-class Builds:
-    """Exports built once per test session: one export root per (fixture, build flags)."""
-
-    def __init__(self, tmp_path_factory):
-        self.tmp_path_factory = tmp_path_factory
-        self.roots = {}
-
-    def root(self, name, flags=(), modules=ALL_MODULES):
-        """The export root of `name` built with `flags`, holding at least `modules`."""
-        key = (name, tuple(flags))
-        if key not in self.roots:
-            self.roots[key] = (self.tmp_path_factory.mktemp(f"exports-{name}"), set())
-        root, built = self.roots[key]
-        fx = load_fixture(name)
-        for module in modules:
-            if module not in built:
-                code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
-                                   "--outdir", str(root), "--module", module, *flags])
-                assert code == 0, f"build.py failed: {name} {module} {flags}"
-                built.add(module)
-        return root
-
-    def models(self, name, target, flags=(), float16=False):
-        """{module: callable} for one build, loaded through utils like run.py does."""
-        exports = utils.find_exports(target, self.root(name, flags), MODEL, float16)
-        return {module: utils.load_export(target, path) for module, (path, _) in exports.items()}
 
 
 @pytest.fixture(scope="session")
 def builds(tmp_path_factory):
     return Builds(tmp_path_factory)
-
-
-def kp_inputs(kp, name):
-    args = {name: kp["value"]}
-    if "jacobian" in kp:
-        args[f"{name}_jacobian"] = kp["jacobian"]
-    return args
-
-
-def assert_kp_close(ours, reference, label):
-    """Keypoint outputs {'value', 'jacobian'?} within KP_TOL of the original's, key for key."""
-    assert set(ours) == set(reference), label
-    for key in reference:
-        assert max_abs(ours[key], reference[key]) <= KP_TOL, (label, key)
-
-
-def generator_inputs(fx):
-    """Inputs of the original's generator call recorded in the fixture (kp_driving = norm_11)."""
-    return {"source_image": nchw_to_nhwc(fx.ref["source"]), **kp_inputs(fx.generator_kp_driving(), "kp_driving"),
-            **kp_inputs(fx.kp("kp_source"), "kp_source")}
-
-
-def process_inputs(fx, relative_jacobian=1.0, adapt=1.0):
-    kp_driving = fx.kp("kp_driving")
-    return {**kp_inputs(kp_driving, "kp_driving"),
-            **kp_inputs({k: v[:1] for k, v in kp_driving.items()}, "kp_driving_initial"),
-            **kp_inputs(fx.kp("kp_source"), "kp_source"),
-            "use_relative_jacobian": np.float32(relative_jacobian), "adapt_movement_scale": np.float32(adapt)}
 
 
 # --------------------------------------------------------------------------------------------------
@@ -151,7 +90,7 @@ def test_exported_pipeline_frames_equal_originals_demo(builds, name, target):
                             fx.config().estimate_jacobian)
     predictions = animate.animate(models, nchw_to_nhwc(fx.ref["source"])[0], list(nchw_to_nhwc(fx.ref["driving"])),
                                   relative=True, adapt=True, batch_size=4)
-    assert_frames_match([utils.to_uint8(p) for p in predictions], fx.ref["frames"])
+    assert_frames_match([media.to_uint8(p) for p in predictions], fx.ref["frames"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -176,7 +115,7 @@ def test_no_variables_and_only_builtin_ops_in_any_tflite(builds):
     assert len(files) >= 3 * len(FIXTURE_NAMES)
     builtins = builtin_op_names()
     for path in files:
-        ops = utils.tflite_ops(path)
+        ops = export_files.tflite_ops(path)
         assert not {"VAR_HANDLE", "READ_VARIABLE", "ASSIGN_VARIABLE"} & set(ops), path
         assert set(ops) <= builtins, (path, sorted(set(ops) - builtins))  # no Flex / custom ops
 
@@ -184,9 +123,9 @@ def test_no_variables_and_only_builtin_ops_in_any_tflite(builds):
 def test_tflite_json_lists_the_signature_the_interpreter_sees(builds):
     root = builds.root(VARIANT_FIXTURE)
     for module in ALL_MODULES:
-        path = utils.tflite_path(root, MODEL, module)
-        description = utils.read_signature_json("tflite", path)
-        runner = utils.tflite_interpreter(path).get_signature_runner(utils.SIGNATURE_KEY)
+        path = export_files.tflite_path(root, MODEL, module)
+        description = export_files.read_signature_json("tflite", path)
+        runner = export_files.tflite_interpreter(path).get_signature_runner(export_files.SIGNATURE_KEY)
         for listed, details in ((description["inputs"], runner.get_input_details()),
                                 (description["outputs"], runner.get_output_details())):
             assert {d["name"] for d in listed} == set(details)
@@ -198,7 +137,7 @@ def test_tflite_json_lists_the_signature_the_interpreter_sees(builds):
 
 
 def test_dynamic_batch_by_default(builds):
-    description = utils.read_signature_json("tflite", utils.tflite_path(builds.root(VARIANT_FIXTURE), MODEL,
+    description = export_files.read_signature_json("tflite", export_files.tflite_path(builds.root(VARIANT_FIXTURE), MODEL,
                                                                         "generator"))
     shapes = {d["name"]: d["shape"] for d in description["inputs"] + description["outputs"]}
     assert shapes["source_image"][0] == 1 and shapes["kp_source"][0] == 1
@@ -226,21 +165,21 @@ def test_float16_prediction_within_measured_tolerance(builds):
 def test_float16_file_sits_beside_float32(builds):
     root = builds.root(VARIANT_FIXTURE, ("--float16",))
     for module in ALL_MODULES:
-        float32, float16 = utils.tflite_path(root, MODEL, module), utils.tflite_path(root, MODEL, module, True)
+        float32, float16 = export_files.tflite_path(root, MODEL, module), export_files.tflite_path(root, MODEL, module, True)
         assert os.path.isfile(float32) and os.path.isfile(float16)
-        assert utils.read_signature_json("tflite", float16)["float16"] is True
-    assert "DEQUANTIZE" in utils.tflite_ops(utils.tflite_path(root, MODEL, "generator", True))
+        assert export_files.read_signature_json("tflite", float16)["float16"] is True
+    assert "DEQUANTIZE" in export_files.tflite_ops(export_files.tflite_path(root, MODEL, "generator", True))
 
 
 def export_path(target, root, module, float16=False):
     if target == "savedmodel":
-        return utils.savedmodel_path(root, MODEL, module)
-    return utils.tflite_path(root, MODEL, module, float16)
+        return export_files.savedmodel_path(root, MODEL, module)
+    return export_files.tflite_path(root, MODEL, module, float16)
 
 
 def signature_names(target, root, module, side):
     """Input or output names of an export, from the signature JSON build.py wrote beside it."""
-    return [d["name"] for d in utils.read_signature_json(target, export_path(target, root, module))[side]]
+    return [d["name"] for d in export_files.read_signature_json(target, export_path(target, root, module))[side]]
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -250,7 +189,7 @@ def test_hardcode_equals_passing_the_flags(builds, hardcode, target):
     root = builds.root(VARIANT_FIXTURE, ("--hardcode", hardcode), ["process_kp_driving"])
     assert not {"use_relative_jacobian", "adapt_movement_scale"} & set(
         signature_names(target, root, "process_kp_driving", "inputs"))
-    baked = utils.load_export(target, export_path(target, root, "process_kp_driving"))
+    baked = export_files.load_export(target, export_path(target, root, "process_kp_driving"))
     passed = builds.models(VARIANT_FIXTURE, target)["process_kp_driving"]
     inputs = process_inputs(fx, float(hardcode[0]), float(hardcode[1]))
     ours = baked(**{k: v for k, v in inputs.items() if k not in ("use_relative_jacobian", "adapt_movement_scale")})
@@ -293,7 +232,7 @@ def test_predictiononly_outputs_only_prediction(builds, target):
     fx = load_fixture(VARIANT_FIXTURE)
     root = builds.root(VARIANT_FIXTURE, ("--predictiononly",), ["generator"])
     assert signature_names(target, root, "generator", "outputs") == ["prediction"]
-    ours = utils.load_export(target, export_path(target, root, "generator"))(**generator_inputs(fx))
+    ours = export_files.load_export(target, export_path(target, root, "generator"))(**generator_inputs(fx))
     expected = builds.models(VARIANT_FIXTURE, target)["generator"](**generator_inputs(fx))
     assert list(ours) == ["prediction"]
     assert max_abs(ours["prediction"], expected["prediction"]) <= 1e-6
@@ -302,7 +241,7 @@ def test_predictiononly_outputs_only_prediction(builds, target):
 def test_static_batch_size_is_baked_in(builds):
     root = builds.root(VARIANT_FIXTURE, ("--staticbatchsize", "4"))
     for module in ALL_MODULES:
-        description = utils.read_signature_json("tflite", utils.tflite_path(root, MODEL, module))
+        description = export_files.read_signature_json("tflite", export_files.tflite_path(root, MODEL, module))
         assert all(-1 not in d["shape"] for d in description["inputs"] + description["outputs"]), module
         assert description["build"]["static_batch_size"] == 4
 
@@ -331,7 +270,7 @@ def cached_root(builds, tmp_path_factory):
     fx = load_fixture(VARIANT_FIXTURE)
     root = tmp_path_factory.mktemp("exports-cached")
     shutil.copytree(builds.root(VARIANT_FIXTURE), root, dirs_exist_ok=True)
-    for module in utils.CACHED_EXPORT_MODULES:
+    for module in export_files.CACHED_EXPORT_MODULES:
         code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
                            "--outdir", str(root), "--module", module])
         assert code == 0, f"build.py failed: {module}"
@@ -344,26 +283,26 @@ def cached_run_args(root, target, output):
 
 
 def test_cached_pair_is_not_converted_to_tflite(cached_root):
-    # utils.NO_TFLITE_MODULES: LiteRT's XNNPACK gives wrong generator_cached outputs after the first call.
-    for module in utils.CACHED_EXPORT_MODULES:
-        assert os.path.isfile(os.path.join(utils.savedmodel_path(cached_root, MODEL, module), "saved_model.pb"))
-        assert not os.path.exists(utils.tflite_path(cached_root, MODEL, module))
-    assert not set(utils.find_exports("tflite", cached_root, MODEL)) & set(utils.CACHED_EXPORT_MODULES)
+    # export_files.NO_TFLITE_MODULES: LiteRT's XNNPACK gives wrong generator_cached outputs after the first call.
+    for module in export_files.CACHED_EXPORT_MODULES:
+        assert os.path.isfile(os.path.join(export_files.savedmodel_path(cached_root, MODEL, module), "saved_model.pb"))
+        assert not os.path.exists(export_files.tflite_path(cached_root, MODEL, module))
+    assert not set(export_files.find_exports("tflite", cached_root, MODEL)) & set(export_files.CACHED_EXPORT_MODULES)
 
 
 def test_stale_tflite_files_of_the_cached_pair_are_ignored(cached_root, tmp_path):
     root = tmp_path / "exports"
     shutil.copytree(cached_root, root)
-    for module in utils.CACHED_EXPORT_MODULES:  # as an older build.py wrote them
-        shutil.copy(utils.tflite_path(root, MODEL, "generator"), utils.tflite_path(root, MODEL, module))
-    assert set(utils.find_exports("tflite", root, MODEL)) == set(utils.EXPORT_MODULES)
-    assert set(utils.find_exports("savedmodel", root, MODEL)) == set(utils.EXPORT_MODULES + utils.CACHED_EXPORT_MODULES)
+    for module in export_files.CACHED_EXPORT_MODULES:  # as an older build.py wrote them
+        shutil.copy(export_files.tflite_path(root, MODEL, "generator"), export_files.tflite_path(root, MODEL, module))
+    assert set(export_files.find_exports("tflite", root, MODEL)) == set(export_files.EXPORT_MODULES)
+    assert set(export_files.find_exports("savedmodel", root, MODEL)) == set(export_files.EXPORT_MODULES + export_files.CACHED_EXPORT_MODULES)
 
 
 def test_cached_pair_equals_generator(cached_root):
     fx = load_fixture(VARIANT_FIXTURE)
-    exports = utils.find_exports("savedmodel", cached_root, MODEL)
-    calls = {module: utils.load_export("savedmodel", path) for module, (path, _) in exports.items()}
+    exports = export_files.find_exports("savedmodel", cached_root, MODEL)
+    calls = {module: export_files.load_export("savedmodel", path) for module, (path, _) in exports.items()}
     inputs = generator_inputs(fx)
     encoded = calls["source_encoder"](source_image=inputs["source_image"])
     ours = calls["generator_cached"](**inputs, **encoded)
@@ -387,8 +326,8 @@ def test_cached_pair_of_other_weights_is_ignored(cached_root, tmp_path, capsys):
     fx = load_fixture(VARIANT_FIXTURE)
     root = tmp_path / "exports"
     shutil.copytree(cached_root, root)
-    description_path = Path(utils.signature_json_path("savedmodel",
-                                                      utils.savedmodel_path(root, MODEL, "generator_cached")))
+    description_path = Path(export_files.signature_json_path("savedmodel",
+                                                      export_files.savedmodel_path(root, MODEL, "generator_cached")))
     description = json.loads(description_path.read_text())
     description["weights"] = "0" * 16  # as if built from another checkpoint
     description_path.write_text(json.dumps(description))
@@ -402,17 +341,6 @@ def test_cached_pair_of_other_weights_is_ignored(cached_root, tmp_path, capsys):
 # --------------------------------------------------------------------------------------------------
 # TF.js (in Node, pure-JS CPU backend)
 # --------------------------------------------------------------------------------------------------
-
-def tfjs_available():
-    """None when TF.js can be built and run here, else why not (for the skip message)."""
-    if shutil.which("node") is None:
-        return "node is not installed"
-    if not NODE_MODULES.is_dir():
-        return "node_modules missing: run `npm ci`"
-    if not os.access(build.TFJS_VENV_CONVERTER, os.X_OK) and shutil.which("tensorflowjs_converter") is None:
-        return "tensorflowjs_converter missing: run `bash tools/make_tfjs_venv.sh`"
-    return None
-
 
 def encode(array):
     array = np.asarray(array, np.float32)  # not ascontiguousarray: it turns scalars into shape [1]
@@ -447,8 +375,8 @@ def test_tfjs_outputs_match_savedmodel(tfjs_root, tmp_path):
     cases = {"kp_detector": {"img": driving}, "process_kp_driving": process_inputs(fx),
              "generator": generator_inputs(fx)}
     for module, inputs in cases.items():
-        expected = utils.savedmodel_function(utils.savedmodel_path(tfjs_root, MODEL, module))(**inputs)
-        ours = run_tfjs(utils.tfjs_path(tfjs_root, MODEL, module), inputs, tmp_path)
+        expected = export_files.savedmodel_function(export_files.savedmodel_path(tfjs_root, MODEL, module))(**inputs)
+        ours = run_tfjs(export_files.tfjs_path(tfjs_root, MODEL, module), inputs, tmp_path)
         assert set(ours) == set(expected), module
         for key in expected:
             assert max_abs(ours[key], expected[key]) <= TFJS_TOL, (module, key)
@@ -456,7 +384,7 @@ def test_tfjs_outputs_match_savedmodel(tfjs_root, tmp_path):
 
 def test_tfjs_graphs_have_no_einsum(tfjs_root):
     for module in ALL_MODULES:
-        graph = json.loads(Path(utils.tfjs_path(tfjs_root, MODEL, module), "model.json").read_text())
+        graph = json.loads(Path(export_files.tfjs_path(tfjs_root, MODEL, module), "model.json").read_text())
         ops = {node["op"] for node in graph["modelTopology"]["node"]}
         assert "Einsum" not in ops, module
 
@@ -464,28 +392,6 @@ def test_tfjs_graphs_have_no_einsum(tfjs_root):
 # --------------------------------------------------------------------------------------------------
 # run.py on the exported targets
 # --------------------------------------------------------------------------------------------------
-
-def read_png_frames(directory):
-    return np.stack([imageio.imread(p) for p in sorted(Path(directory).glob("frame_*.png"))])
-
-
-def run_args(fx, output, *extra):
-    return ["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
-            "--source_image", str(fx.dir / "source.png"), "--driving_video", str(fx.dir / "driving.mp4"),
-            "--output", f"{output}/", *extra]
-
-
-_DIRECT_FRAMES = {}
-
-
-def direct_frames(name, tmp_path_factory):
-    """Frames run.py writes on the direct target (relative, adapt, batch 4), once per fixture."""
-    if name not in _DIRECT_FRAMES:
-        out = tmp_path_factory.mktemp(f"direct-{name}") / "frames"
-        assert run.main(run_args(load_fixture(name), out, "--relative", "--adapt")) == 0
-        _DIRECT_FRAMES[name] = read_png_frames(out)
-    return _DIRECT_FRAMES[name]
-
 
 @pytest.mark.parametrize("target", TARGETS)
 @pytest.mark.parametrize("name", FIXTURE_NAMES)
@@ -575,7 +481,7 @@ def test_build_missing_checkpoint_is_one_line(tmp_path, capsys):
 def test_failed_conversion_leaves_previous_export_intact(builds, tmp_path, capsys, monkeypatch):
     fx = load_fixture(VARIANT_FIXTURE)
     out = tmp_path / "out"
-    previous = Path(utils.tfjs_path(out, MODEL, "process_kp_driving"))
+    previous = Path(export_files.tfjs_path(out, MODEL, "process_kp_driving"))
     previous.mkdir(parents=True)
     (previous / "model.json").write_text("{}")
     monkeypatch.setenv("TFJS_CONVERTER", shutil.which("false"))

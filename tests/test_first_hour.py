@@ -14,7 +14,7 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from conftest import REPO, STATUS_LINE, PROGRESS_BAR, assert_one_line_error, load_fixture, stderr_lines
+from conftest import REPO, STATUS_LINE, PROGRESS_BAR, assert_one_line_error, load_fixture, readme_commands, stderr_lines
 
 import run
 
@@ -68,8 +68,7 @@ def _have_onnx():
 
 
 def test_readme_command_1_prints_only_our_lines(tmp_path):
-    command = shlex.split((REPO / ".ci" / "run").read_text().split("pip install -r requirements.txt && ", 1)[1]
-                          .splitlines()[0])
+    command = shlex.split(readme_commands("Quick start")[0].split("&&")[-1])  # after `pip install ... &&`
     assert command[:2] == ["python", "run.py"]
     args = [*command[2:], "--frames", "8", "--output", str(tmp_path / "example.mp4")]
     started = time.perf_counter()

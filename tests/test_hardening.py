@@ -43,7 +43,7 @@ import pytest
 import yaml
 from PIL import Image
 
-import checkpoint_loader
+import torch_file
 import run
 from conftest import REPO, load_fixture, stderr_lines
 from forge import (FORMATS, Build, Call, Global, Raw, Storage, forge_tensors, insert_after, tensor, write_format,
@@ -209,7 +209,7 @@ def render_report(outcomes, seconds):
 @functools.lru_cache(maxsize=None)
 def valid_markers():
     """(markers, storages): the fixture checkpoint's generator and kp_detector as hand-made tensors."""
-    real = checkpoint_loader.read_checkpoint(load_fixture(FIXTURE).checkpoint())
+    real = torch_file.read_checkpoint(load_fixture(FIXTURE).checkpoint())
     return forge_tensors({"generator": real["generator"], "kp_detector": real["kp_detector"], "epoch": 1})
 
 
@@ -233,10 +233,10 @@ def write_with(fmt, path, section, key, value, storages=None, replace=False):
 
 def test_forged_valid_checkpoint_reads_like_the_real_one(tmp_path):
     # The corpus plants its payloads in this file, so it must be a valid checkpoint to begin with.
-    real = checkpoint_loader.read_checkpoint(load_fixture(FIXTURE).checkpoint())
+    real = torch_file.read_checkpoint(load_fixture(FIXTURE).checkpoint())
     for fmt in FORMATS:
         markers, storages = valid_markers()
-        forged = checkpoint_loader.read_checkpoint(write_format(fmt, tmp_path / f"{fmt}.pth", markers, storages))
+        forged = torch_file.read_checkpoint(write_format(fmt, tmp_path / f"{fmt}.pth", markers, storages))
         for section in ("generator", "kp_detector"):
             assert list(forged[section]) == list(real[section])
             for key, value in real[section].items():
@@ -562,7 +562,7 @@ def test_loadwithtorch_converts_a_shared_reference_once(tmp_path):
     pytest.importorskip("torch")
     path = write_format("zip", tmp_path / "bomb.pth.tar", {"bomb": shared_list_bomb(64)})
     start = time.perf_counter()
-    bomb = checkpoint_loader.load_with_torch(path)["bomb"]
+    bomb = torch_file.load_with_torch(path)["bomb"]
     assert time.perf_counter() - start < 5
     assert bomb[0] is bomb[1]
 
@@ -676,7 +676,7 @@ def test_checkpoint_of_another_config_names_key_and_both_shapes(corpus, fmt):
     assert match and match.group(2) != match.group(3), outcome.message
     key, got = match.group(1), match.group(2)
     section = "kp_detector" if "[kp_detector]" in outcome.message else "generator"
-    assert list(checkpoint_loader.read_checkpoint(other)[section][key].shape) == json.loads(got)
+    assert list(torch_file.read_checkpoint(other)[section][key].shape) == json.loads(got)
 
 
 # Values a pickle can hold that are not tensors, where a state dict must have tensors. The reader

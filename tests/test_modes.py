@@ -20,13 +20,15 @@ import pytest
 import yaml
 from skimage import img_as_float32
 
-from conftest import REPO, assert_one_line_error, load_fixture, nchw_to_nhwc
-from test_parity import assert_frames_match
+from conftest import REPO, assert_frames_match, assert_one_line_error, load_fixture, nchw_to_nhwc, readme_commands
 
 import animate
 import checkpoint_loader
+import model_config
 import run
-import utils
+import datasets
+import media
+import visualizer
 
 FIRST_ORDER = "vox"  # jacobians and an occlusion map: every visualizer panel
 ZERO_ORDER = "zero_order"  # the smallest fixture: the default for CLI runs
@@ -73,12 +75,12 @@ def animate_args(fx, output, *extra, driving=None):
 
 def driving_frames(fx, path=None):
     """The driving video's frames exactly as run.py preprocesses them."""
-    with utils.open_driving_clip(path or fx.dir / "driving.mp4", fx.config().frame_shape) as clip:
+    with media.open_driving_clip(path or fx.dir / "driving.mp4", fx.config().frame_shape) as clip:
         return list(clip)
 
 
 def source_image(fx):
-    return utils.read_image(fx.dir / "source.png", fx.config().frame_shape)
+    return media.read_image(fx.dir / "source.png", fx.config().frame_shape)
 
 
 def png_frames(folder):
@@ -91,9 +93,9 @@ def ffmpeg(*args):
 
 
 def write_video(path, frames, fps=10):
-    with utils.FrameWriter(path, fps) as writer:
+    with media.FrameWriter(path, fps) as writer:
         for frame in frames:
-            writer.write(utils.to_uint8(frame))
+            writer.write(media.to_uint8(frame))
     return path
 
 
@@ -138,7 +140,7 @@ def test_best_frame_equals_demo_forward_backward_construction(cached_models, tmp
     forward = list(animate.animate(models, source, frames[best:], relative=True, adapt=True, batch_size=4))
     backward = list(animate.animate(models, source, frames[:best + 1][::-1], relative=True, adapt=True,
                                     batch_size=4))
-    expected = [utils.to_uint8(p) for p in backward[::-1] + forward[1:]]
+    expected = [media.to_uint8(p) for p in backward[::-1] + forward[1:]]
     assert_frames_match(png_frames(tmp_path / "out"), expected)
 
 
@@ -187,7 +189,7 @@ def test_audio_from_a_silent_video_warns_and_writes_video(cached_models, tmp_pat
     assert run.main(animate_args(fx, output, "--audio")) == 0
     err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning")]
     assert len(err) == 1 and "no audio track" in err[0], err
-    assert utils.audio_stream(output) is None
+    assert media.audio_stream(output) is None
     assert sum(1 for _ in imageio.get_reader(output)) == 6
 
 
@@ -224,13 +226,13 @@ def test_file_reconstruction_writes_video_and_l1(cached_models, tmp_path, capsys
 
 def make_dataset(root, fx):
     """A dataset in the original's three layouts (train/ + test/): frame folder, strip, mp4."""
-    frames = utils.to_uint8(nchw_to_nhwc(fx.ref["driving"]))
+    frames = media.to_uint8(nchw_to_nhwc(fx.ref["driving"]))
     (root / "train").mkdir(parents=True)
     (root / "test" / "a_folder").mkdir(parents=True)
     for index, frame in enumerate(frames[:4]):
         imageio.imwrite(root / "test" / "a_folder" / f"{index:03d}.png", frame)
     imageio.imwrite(root / "test" / "b_strip.png", np.concatenate(list(frames[1:6]), axis=1))
-    with utils.FrameWriter(root / "test" / "c_video.mp4", 10) as writer:
+    with media.FrameWriter(root / "test" / "c_video.mp4", 10) as writer:
         for frame in frames[::-1]:
             writer.write(frame)
     return {"a_folder": 4, "b_strip.png": 5, "c_video.mp4": 6}
@@ -239,11 +241,11 @@ def make_dataset(root, fx):
 def test_dataset_clips_read_each_layout_like_frames_dataset(tmp_path):
     fx = load_fixture(ZERO_ORDER)
     make_dataset(tmp_path, fx)
-    frames = img_as_float32(utils.to_uint8(nchw_to_nhwc(fx.ref["driving"])))  # FramesDataset's conversion
+    frames = img_as_float32(media.to_uint8(nchw_to_nhwc(fx.ref["driving"])))  # FramesDataset's conversion
     shape = fx.config().frame_shape
-    assert [Path(p).name for p in utils.dataset_test_videos(tmp_path)] == ["a_folder", "b_strip.png", "c_video.mp4"]
+    assert [Path(p).name for p in datasets.dataset_test_videos(tmp_path)] == ["a_folder", "b_strip.png", "c_video.mp4"]
     for name, expected in (("a_folder", frames[:4]), ("b_strip.png", frames[1:6])):
-        with utils.open_dataset_clip(tmp_path / "test" / name, shape) as clip:
+        with media.open_dataset_clip(tmp_path / "test" / name, shape) as clip:
             np.testing.assert_array_equal(np.stack(list(clip)), expected)
 
 
@@ -257,7 +259,7 @@ def test_dataset_reconstruction_reports_per_video_and_mean_l1(cached_models, tmp
     metrics = read_metrics(out / "metrics.csv")
     every_frame = []
     for name, count in counts.items():
-        with utils.open_dataset_clip(tmp_path / "data" / "test" / name, fx.config().frame_shape) as clip:
+        with media.open_dataset_clip(tmp_path / "data" / "test" / name, fx.config().frame_shape) as clip:
             expected = reconstruction_l1(ZERO_ORDER, list(clip))
         every_frame += expected
         assert metrics[name] == (count, pytest.approx(np.mean(expected), abs=1e-7)), name
@@ -270,17 +272,17 @@ def test_dataset_reconstruction_reports_per_video_and_mean_l1(cached_models, tmp
 
 def test_random_test_split_equals_scikit_learn():
     # sklearn 1.9.1: train_test_split(names, random_state=0, test_size=0.2)[1]
-    assert utils.random_test_split([f"v{i:02d}" for i in range(10)]) == ["v02", "v08"]
-    assert utils.random_test_split([f"v{i:02d}" for i in range(23)]) == ["v11", "v10", "v21", "v14", "v20"]
+    assert datasets.random_test_split([f"v{i:02d}" for i in range(10)]) == ["v02", "v08"]
+    assert datasets.random_test_split([f"v{i:02d}" for i in range(23)]) == ["v11", "v10", "v21", "v14", "v20"]
 
 
 def test_animation_pairs_follow_paired_dataset(tmp_path):
     names = ["v0", "v1", "v2"]
     # the original PairedDataset(number_of_pairs=4) over three videos, as (driving, source)
-    assert utils.animation_pairs(names, 4) == [("v2", "v1"), ("v0", "v2"), ("v0", "v1"), ("v1", "v1")]
+    assert datasets.animation_pairs(names, 4) == [("v2", "v1"), ("v0", "v2"), ("v0", "v1"), ("v1", "v1")]
     listed = tmp_path / "pairs.csv"
     listed.write_text("distance,source,driving,frame\n0,v1,v9,0\n0,v1,v2,0\n0,v0,v1,0\n0,v2,v0,0\n")
-    assert utils.animation_pairs(names, 2, str(listed)) == [("v2", "v1"), ("v1", "v0")]
+    assert datasets.animation_pairs(names, 2, str(listed)) == [("v2", "v1"), ("v1", "v0")]
 
 
 def test_dataset_animate_writes_one_video_per_pair(cached_models, tmp_path):
@@ -294,7 +296,7 @@ def test_dataset_animate_writes_one_video_per_pair(cached_models, tmp_path):
     code = run.main(["--config", str(config_path), "--checkpoint", str(fx.checkpoint()), "--datamode", "dataset",
                      "--root_dir", str(tmp_path / "data"), "--output", f"{out}/"])
     assert code == 0
-    pairs = utils.animation_pairs(list(counts), 2)
+    pairs = datasets.animation_pairs(list(counts), 2)
     written = sorted(p.name for p in out.iterdir())
     assert written == sorted(f"{Path(d).stem}-{Path(s).stem}.mp4" for d, s in pairs)
     for driving, source in pairs:
@@ -332,8 +334,7 @@ def dataset_animation_job(fx, tmp_path, normalization):
     config_path.write_text(yaml.safe_dump(config))
     args = run.parse_args(["--config", str(config_path), "--checkpoint", str(fx.checkpoint()), "--datamode",
                            "dataset", "--root_dir", str(fx.dir / "dataset"), "--output", f"{tmp_path}/out/"])
-    raw_config = utils.load_config(config_path)
-    [job] = list(run.dataset_jobs(args, raw_config, fx.config().frame_shape))
+    [job] = list(run.dataset_jobs(args, model_config.load(config_path)))
     return job
 
 
@@ -387,25 +388,25 @@ def first_frame_outputs(name):
 def test_visualizer_row_size_and_prediction_panel(name, panels):
     fx, source, driving, outputs = first_frame_outputs(name)
     height, width = fx.config().frame_shape[:2]
-    row = utils.Visualizer(kp_size=2, draw_border=True).visualize(source, driving, outputs)
+    row = visualizer.Visualizer(kp_size=2, draw_border=True).visualize(source, driving, outputs)
     assert row.shape == (height, panels * width, 3) and row.dtype == np.uint8
     prediction = row[:, 4 * width:5 * width]
-    np.testing.assert_array_equal(prediction[:, 1:-1], utils.to_uint8(outputs["prediction"])[:, 1:-1])
+    np.testing.assert_array_equal(prediction[:, 1:-1], media.to_uint8(outputs["prediction"])[:, 1:-1])
     assert (prediction[:, [0, -1]] == 255).all()  # draw_border
 
 
 def test_visualizer_keypoints_and_masks_use_gist_rainbow():
     fx, source, driving, outputs = first_frame_outputs(FIRST_ORDER)
     width = fx.config().frame_shape[1]
-    row = utils.Visualizer(kp_size=1).visualize(source, driving, outputs).astype(int)
+    row = visualizer.Visualizer(kp_size=1).visualize(source, driving, outputs).astype(int)
     last = len(outputs["kp_source"]) - 1  # drawn last, so on top of any neighbour
     x, y = np.round((outputs["kp_source"][last] + 1) / 2 * [width, fx.config().frame_shape[0]]).astype(int)
-    np.testing.assert_allclose(row[y, x], 255 * utils.gist_rainbow(last / (last + 1)), atol=1)
-    np.testing.assert_allclose(utils.gist_rainbow(0), [1, 0, 0.16])  # matplotlib's gist_rainbow(0)[:3]
+    np.testing.assert_allclose(row[y, x], 255 * visualizer.gist_rainbow(last / (last + 1)), atol=1)
+    np.testing.assert_allclose(visualizer.gist_rainbow(0), [1, 0, 0.16])  # matplotlib's gist_rainbow(0)[:3]
     mask = np.zeros((4, 4, 3))
     mask[..., 2] = 1  # everything moves with keypoint 1 of 2
-    np.testing.assert_allclose(utils.Visualizer().motion_masks(mask, 8, 8), np.broadcast_to(
-        utils.gist_rainbow(0.5), (8, 8, 3)))
+    np.testing.assert_allclose(visualizer.Visualizer().motion_masks(mask, 8, 8), np.broadcast_to(
+        visualizer.gist_rainbow(0.5), (8, 8, 3)))
 
 
 def test_cli_visualizer_png_frames_show_the_written_prediction(cached_models, tmp_path):
@@ -498,14 +499,8 @@ def test_savedmodel_target_runs_best_frame_visualizer_and_reconstruction(cached_
 # The README's "Use it" commands
 # --------------------------------------------------------------------------------------------------
 
-def use_it_commands():
-    text = (REPO / "README.md").read_text()
-    section = text.split("## Use it", 1)[1].split("\n## ", 1)[0]
-    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
-
-
 def test_readme_use_it_commands_run(cached_models, tmp_path, monkeypatch):
-    commands = use_it_commands()
+    commands = readme_commands("Use it")
     assert len(commands) >= 3
     monkeypatch.chdir(tmp_path)
     (tmp_path / "example").symlink_to(REPO / "example")

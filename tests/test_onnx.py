@@ -1,14 +1,13 @@
 """build.py --onnx and run.py --target onnx (onnxruntime) against the original's reference numbers.
 
 Reference numbers come from tests/make_fixtures.py running the original PyTorch code on the fixture
-checkpoints; the bounds are the SPEC's, as for the other exports (tests/test_exports.py, whose build
-cache and input helpers this file reuses): keypoints within 1e-4, predictions within 2e-3 max abs,
+checkpoints; the bounds are the SPEC's, as for the other exports (tests/test_exports.py; the build cache
+and input helpers both use are conftest's): keypoints within 1e-4, predictions within 2e-3 max abs,
 uint8 frames identical on >= 99.9% of pixels and never more than one level off. tf2onnx, onnx and
 onnxruntime are optional (requirements-onnx.txt): without them every test skips except the checks of
 one-line errors that need neither (a missing export, build.py --onnx without tf2onnx).
 """
 import importlib.util
-import re
 import shlex
 import shutil
 import sys
@@ -17,15 +16,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_NAMES, REPO, assert_one_line_error, load_fixture, nchw_to_nhwc
-from test_exports import (MODEL, VARIANT_FIXTURE, Builds, assert_kp_close, direct_frames,
-                          generator_inputs, kp_inputs, process_inputs, read_png_frames, run_args)
-from test_parity import INTERMEDIATE_TOL, KP_TOL, PREDICTION_TOL, assert_frames_match, max_abs
+from conftest import (FIXTURE_NAMES, INTERMEDIATE_TOL, KP_TOL, MODEL, PREDICTION_TOL, REPO, VARIANT_FIXTURE, Builds,
+                      assert_frames_match, assert_kp_close, assert_one_line_error, direct_frames, generator_inputs,
+                      load_fixture, max_abs, nchw_to_nhwc, process_inputs, read_png_frames, readme_commands,
+                      run_args)
 
+import animate
 import build
-import ops_md  # on sys.path through test_exports
+import ops_md  # tools/, on sys.path through conftest
 import run
-import utils
+import export_files
 
 ONNX_FLAGS = ("--onnx", "--nolite")  # the TF Lite files are test_exports.py's business
 MISSING = [name for name in ("tf2onnx", "onnx", "onnxruntime") if importlib.util.find_spec(name) is None]
@@ -39,14 +39,14 @@ pytestmark = pytest.mark.skipif(VARIANT_FIXTURE not in FIXTURE_NAMES, reason="te
 
 
 class OnnxBuilds(Builds):
-    """test_exports.Builds with --onnx --nolite added to every build, and the models loaded from the .onnx files."""
+    """conftest.Builds with --onnx --nolite added to every build, and the models loaded from the .onnx files."""
 
-    def root(self, name, flags=(), modules=utils.EXPORT_MODULES):
+    def root(self, name, flags=(), modules=export_files.EXPORT_MODULES):
         return super().root(name, (*flags, *ONNX_FLAGS), modules)
 
     def models(self, name, flags=()):
-        exports = utils.find_exports("onnx", self.root(name, flags), MODEL)
-        return {module: utils.load_export("onnx", path) for module, (path, _) in exports.items()}
+        exports = export_files.find_exports("onnx", self.root(name, flags), MODEL)
+        return {module: export_files.load_export("onnx", path) for module, (path, _) in exports.items()}
 
 
 @pytest.fixture(scope="session")
@@ -112,7 +112,7 @@ def test_onnx_batch_of_one_and_of_three(onnx_builds, name):
 
 def driving_keypoints(fx, frames, source_image=None):
     """generator_inputs with the norm_11 keypoints of driving `frames` (a slice) and optionally another source."""
-    inputs = dict(generator_inputs(fx), **kp_inputs({k: v[frames] for k, v in fx.kp("norm_11").items()}, "kp_driving"))
+    inputs = dict(generator_inputs(fx), **animate.kp_arguments({k: v[frames] for k, v in fx.kp("norm_11").items()}, "kp_driving"))
     if source_image is not None:
         inputs["source_image"] = source_image
     return inputs
@@ -133,11 +133,11 @@ def _ort_shape(shape):
 @requires_onnx
 def test_onnx_json_lists_what_onnxruntime_sees_and_keeps_the_signature(onnx_builds):
     root = onnx_builds.root(VARIANT_FIXTURE)
-    for module in utils.EXPORT_MODULES:
-        path = utils.onnx_path(root, MODEL, module)
-        description = utils.read_signature_json("onnx", path)
-        saved = utils.read_signature_json("savedmodel", utils.savedmodel_path(root, MODEL, module))
-        session = utils.onnx_session(path)
+    for module in export_files.EXPORT_MODULES:
+        path = export_files.onnx_path(root, MODEL, module)
+        description = export_files.read_signature_json("onnx", path)
+        saved = export_files.read_signature_json("savedmodel", export_files.savedmodel_path(root, MODEL, module))
+        session = export_files.onnx_session(path)
         for side, nodes in (("inputs", session.get_inputs()), ("outputs", session.get_outputs())):
             listed = description[side]
             assert [d["name"] for d in listed] == [d["name"] for d in saved[side]], (module, side)
@@ -149,12 +149,12 @@ def test_onnx_json_lists_what_onnxruntime_sees_and_keeps_the_signature(onnx_buil
 
 @requires_onnx
 def test_onnx_dynamic_batch_by_default_and_static_on_request(onnx_builds):
-    default = utils.read_signature_json("onnx", utils.onnx_path(onnx_builds.root(VARIANT_FIXTURE), MODEL, "generator"))
+    default = export_files.read_signature_json("onnx", export_files.onnx_path(onnx_builds.root(VARIANT_FIXTURE), MODEL, "generator"))
     shapes = {d["name"]: d["shape"] for d in default["inputs"] + default["outputs"]}
     assert shapes["source_image"][0] == 1 and shapes["kp_source"][0] == 1
     assert shapes["kp_driving"][0] == -1 and shapes["prediction"][0] == -1
     static_root = onnx_builds.root(VARIANT_FIXTURE, ("--staticbatchsize", "4"), ["generator"])
-    static = utils.read_signature_json("onnx", utils.onnx_path(static_root, MODEL, "generator"))
+    static = export_files.read_signature_json("onnx", export_files.onnx_path(static_root, MODEL, "generator"))
     assert all(-1 not in d["shape"] for d in static["inputs"]), static["inputs"]
     assert static["build"]["static_batch_size"] == 4
 
@@ -164,11 +164,11 @@ def test_onnx_graphs_use_standard_ops_only(onnx_builds):
     import onnx
 
     for name in FIXTURE_NAMES:
-        for module in utils.EXPORT_MODULES:
-            path = utils.onnx_path(onnx_builds.root(name), MODEL, module)
+        for module in export_files.EXPORT_MODULES:
+            path = export_files.onnx_path(onnx_builds.root(name), MODEL, module)
             model = onnx.load(path)
             assert model.opset_import[0].version == build.ONNX_OPSET
-            unknown = [op for op in utils.onnx_ops(path) if not onnx.defs.has(op)]
+            unknown = [op for op in export_files.onnx_ops(path) if not onnx.defs.has(op)]
             assert not unknown, (name, module, unknown)
 
 
@@ -187,17 +187,17 @@ def test_ops_md_lists_the_onnx_ops_a_rebuild_produces(onnx_builds):
 
 @pytest.fixture(scope="session")
 def onnx_cached_root(onnx_builds):
-    return onnx_builds.root(VARIANT_FIXTURE, (), utils.EXPORT_MODULES + utils.CACHED_EXPORT_MODULES)
+    return onnx_builds.root(VARIANT_FIXTURE, (), export_files.EXPORT_MODULES + export_files.CACHED_EXPORT_MODULES)
 
 
 @requires_onnx
 def test_onnx_cached_pair_equals_generator_call_after_call(onnx_cached_root):
-    # LiteRT's XNNPACK got generator_cached wrong from its second call on (utils.NO_TFLITE_MODULES):
+    # LiteRT's XNNPACK got generator_cached wrong from its second call on (export_files.NO_TFLITE_MODULES):
     # here sources and keypoints change on every call, in one session.
     fx = load_fixture(VARIANT_FIXTURE)
-    exports = utils.find_exports("onnx", onnx_cached_root, MODEL)
-    assert set(exports) == set(utils.EXPORT_MODULES + utils.CACHED_EXPORT_MODULES)
-    calls = {module: utils.load_export("onnx", path) for module, (path, _) in exports.items()}
+    exports = export_files.find_exports("onnx", onnx_cached_root, MODEL)
+    assert set(exports) == set(export_files.EXPORT_MODULES + export_files.CACHED_EXPORT_MODULES)
+    calls = {module: export_files.load_export("onnx", path) for module, (path, _) in exports.items()}
     source, driving = nchw_to_nhwc(fx.ref["source"]), nchw_to_nhwc(fx.ref["driving"])
     for step, (image, frames) in enumerate([(source, slice(0, 2)), (driving[1:2], slice(2, 5)),
                                             (driving[4:5], slice(5, 6)), (source, slice(1, 4))]):
@@ -269,7 +269,7 @@ def test_run_py_unreadable_onnx_file_is_one_line(onnx_builds, tmp_path, capsys):
     fx = load_fixture(VARIANT_FIXTURE)
     root = tmp_path / "exports"
     shutil.copytree(onnx_builds.root(VARIANT_FIXTURE), root)
-    Path(utils.onnx_path(root, MODEL, "generator")).write_bytes(b"not an onnx file")
+    Path(export_files.onnx_path(root, MODEL, "generator")).write_bytes(b"not an onnx file")
     code = run.main(run_args(fx, tmp_path / "frames", "--target", "onnx", "--exportdir", str(root)))
     assert_one_line_error(capsys, code, "generator.onnx", "onnxruntime cannot load it")
 
@@ -296,7 +296,7 @@ def test_failed_onnx_conversion_leaves_previous_export_intact(tmp_path, capsys, 
 
     fx = load_fixture(VARIANT_FIXTURE)
     out = tmp_path / "out"
-    previous = Path(utils.onnx_path(out, MODEL, "process_kp_driving"))
+    previous = Path(export_files.onnx_path(out, MODEL, "process_kp_driving"))
     previous.parent.mkdir(parents=True)
     previous.write_bytes(b"previous")
     monkeypatch.setattr(tf2onnx.convert, "from_graph_def", fail)
@@ -304,7 +304,7 @@ def test_failed_onnx_conversion_leaves_previous_export_intact(tmp_path, capsys, 
                        "--module", "process_kp_driving", *ONNX_FLAGS])
     assert_one_line_error(capsys, code, "ONNX conversion failed (unsupported op)")
     assert previous.read_bytes() == b"previous"
-    assert not Path(utils.signature_json_path("onnx", previous)).exists()
+    assert not Path(export_files.signature_json_path("onnx", previous)).exists()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
 
 
@@ -312,17 +312,10 @@ def test_failed_onnx_conversion_leaves_previous_export_intact(tmp_path, capsys, 
 # The README's "ONNX" commands, on the bundled example
 # --------------------------------------------------------------------------------------------------
 
-def readme_onnx_commands():
-    text = (REPO / "README.md").read_text()
-    assert "\n## ONNX\n" in text, "README.md has no '## ONNX' section"
-    section = text.split("\n## ONNX\n", 1)[1].split("\n## ", 1)[0]
-    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
-
-
 @requires_onnx
 def test_readme_onnx_commands_run(tmp_path, monkeypatch):
     # The install command is CI's; build.py and run.py run as written, with their exports in tmp_path.
-    commands = readme_onnx_commands()
+    commands = readme_commands("ONNX")
     ci = (REPO / ".ci" / "run").read_text().splitlines()
     clis = {"build.py": (build.main, "--outdir"), "run.py": (run.main, "--exportdir")}
     monkeypatch.chdir(tmp_path)

@@ -7,21 +7,10 @@ and never more than one level off.
 """
 import functools
 
-import numpy as np
 import pytest
 
-from conftest import fixture_models, load_fixture, nchw_to_nhwc
-
-KP_TOL = 1e-4
-PREDICTION_TOL = 2e-3
-# Intermediates pass through fewer layers than the prediction; the same bound keeps them honest.
-INTERMEDIATE_TOL = 2e-3
-
-
-def max_abs(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    assert a.shape == b.shape, (a.shape, b.shape)
-    return float(np.abs(a - b).max())
+from conftest import (INTERMEDIATE_TOL, KP_TOL, PREDICTION_TOL, assert_frames_match, fixture_models, load_fixture,
+                      max_abs, nchw_to_nhwc)
 
 
 def run_kp_detector(fixture, images):
@@ -40,17 +29,23 @@ def test_kp_detector_matches_original(fixture):
 
 @pytest.mark.parametrize("relative,adapt", [(0, 0), (0, 1), (1, 0), (1, 1)])
 def test_process_kp_driving_matches_normalize_kp(fixture, relative, adapt):
+    # What the pipeline does with detected driving keypoints (animate.Animator.followed_keypoints): with
+    # relative movement, the process_kp_driving module of the direct target (modules.process_kp_driving
+    # in its fixed signature), measured from the first driving frame; without, the keypoints as detected.
+    import animate
     import modules
 
-    kp_driving = fixture.kp("kp_driving")
-    initial = {k: v[:1] for k, v in kp_driving.items()}
-    if relative:
-        ours = modules.process_kp_driving(kp_driving, initial, fixture.kp("kp_source"),
-                                          np.float32(relative), np.float32(adapt))
-        ours = {k: v.numpy() for k, v in ours.items()}
-    else:  # the original's normalize_kp without relative movement returns kp_driving unchanged
-        ours = kp_driving
+    config = fixture.config()
+    process = modules.build_process_kp_driving(config)
+    kp_source = fixture.kp("kp_source")
+    models = animate.Models(kp_detector=lambda img: dict(kp_source),
+                            process_kp_driving=lambda **kw: {k: v.numpy() for k, v in process(**kw).items()},
+                            generator=None, estimate_jacobian=config.estimate_jacobian)
+    animator = animate.Animator(models, nchw_to_nhwc(fixture.ref["source"])[0], relative=bool(relative),
+                                adapt=bool(adapt))
+    ours = animator.followed_keypoints(fixture.kp("kp_driving"))
     reference = fixture.kp(f"norm_{relative}{adapt}")
+    assert set(ours) == set(reference)
     for key in reference:
         assert max_abs(ours[key], reference[key]) <= KP_TOL, key
 
@@ -103,14 +98,6 @@ def test_fused_models_match_original(fixture):
     assert max_abs(ours["prediction"], nchw_to_nhwc(fixture.ref["prediction"])) <= PREDICTION_TOL
 
 
-def assert_frames_match(ours, reference):
-    ours, reference = np.asarray(ours), np.asarray(reference)
-    assert ours.shape == reference.shape and ours.dtype == np.uint8
-    diff = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
-    assert diff.max() <= 1
-    assert (diff == 0).mean() >= 0.999
-
-
 @functools.lru_cache(maxsize=None)
 def _direct_models_from_zip(name):
     """The direct target's models, loaded from the zip-format checkpoint (the other tests use legacy)."""
@@ -124,10 +111,10 @@ def _direct_models_from_zip(name):
 @pytest.mark.parametrize("relative,key", [(True, "frames"), (False, "frames_absolute")])
 def test_pipeline_frames_equal_originals_demo(fixture, relative, key):
     import animate
-    import utils
+    import media
 
     models = _direct_models_from_zip(fixture.name)
     frames = list(nchw_to_nhwc(fixture.ref["driving"]))
     predictions = animate.animate(models, nchw_to_nhwc(fixture.ref["source"])[0], frames,
                                   relative=relative, adapt=relative, batch_size=4)
-    assert_frames_match([utils.to_uint8(p) for p in predictions], fixture.ref[key])
+    assert_frames_match([media.to_uint8(p) for p in predictions], fixture.ref[key])

@@ -5,6 +5,7 @@ the original demo.py's formula `resize(imageio.imread(path), shape)[..., :3]`.
 """
 
 import inspect
+import itertools
 import os
 import struct
 import subprocess
@@ -19,6 +20,8 @@ from PIL import Image
 from skimage import img_as_ubyte
 from skimage.transform import resize
 
+import media
+import model_config
 import utils
 from utils import UserError
 
@@ -70,7 +73,7 @@ def write_png16(path, array):
 
 
 def write_mp4(path, frames, fps):
-    """Encode with imageio-ffmpeg directly, independently of utils.FrameWriter."""
+    """Encode with imageio-ffmpeg directly, independently of media.FrameWriter."""
     height, width = frames.shape[1:3]
     encoder = imageio_ffmpeg.write_frames(str(path), (width, height), fps=fps, macro_block_size=1)
     encoder.send(None)
@@ -107,14 +110,14 @@ def leftovers(folder, keep=()):
 
 def test_read_image_equals_demo_formula_on_rgb_png(tmp_path):
     path = write_png(tmp_path / "rgb.png", random_uint8((300, 200, 3)))
-    image = utils.read_image(path, FRAME_SHAPE)
+    image = media.read_image(path, FRAME_SHAPE)
     assert image.dtype == np.float32 and image.shape == (256, 256, 3)
     np.testing.assert_array_equal(image, demo_formula(path, FRAME_SHAPE))
 
 
 def test_read_image_resizes_non_square_input_to_non_square_frame_shape(tmp_path):
     path = write_png(tmp_path / "wide.png", random_uint8((50, 80, 3)))
-    image = utils.read_image(path, [96, 64, 3])
+    image = media.read_image(path, [96, 64, 3])
     assert image.shape == (96, 64, 3)
     np.testing.assert_array_equal(image, demo_formula(path, [96, 64, 3]))
 
@@ -123,35 +126,35 @@ def test_read_image_equals_demo_formula_on_rgba_png(tmp_path):
     rgba = random_uint8((40, 60, 4))
     path = write_png(tmp_path / "rgba.png", rgba)
     rgb_path = write_png(tmp_path / "rgb.png", rgba[..., :3])
-    image = utils.read_image(path, FRAME_SHAPE)
+    image = media.read_image(path, FRAME_SHAPE)
     np.testing.assert_array_equal(image, demo_formula(path, FRAME_SHAPE))
-    np.testing.assert_array_equal(image, utils.read_image(rgb_path, FRAME_SHAPE))
+    np.testing.assert_array_equal(image, media.read_image(rgb_path, FRAME_SHAPE))
 
 
 def test_grayscale_image_becomes_rgb(tmp_path):
     gray = random_uint8((40, 60))
     path = write_png(tmp_path / "gray.png", gray)
     rgb_path = write_png(tmp_path / "rgb.png", np.stack([gray] * 3, axis=-1))
-    np.testing.assert_array_equal(utils.read_image(path, FRAME_SHAPE), utils.read_image(rgb_path, FRAME_SHAPE))
+    np.testing.assert_array_equal(media.read_image(path, FRAME_SHAPE), media.read_image(rgb_path, FRAME_SHAPE))
 
 
 def test_gray_with_alpha_becomes_rgb(tmp_path):
     gray_alpha = random_uint8((40, 60, 2))
     path = write_png(tmp_path / "la.png", gray_alpha)
     gray_path = write_png(tmp_path / "gray.png", gray_alpha[..., 0])
-    np.testing.assert_array_equal(utils.read_image(path, FRAME_SHAPE), utils.read_image(gray_path, FRAME_SHAPE))
+    np.testing.assert_array_equal(media.read_image(path, FRAME_SHAPE), media.read_image(gray_path, FRAME_SHAPE))
 
 
 def test_one_channel_frame_becomes_rgb():
     gray = random_uint8((40, 60))
-    np.testing.assert_array_equal(utils.preprocess_frame(gray[..., np.newaxis], FRAME_SHAPE),
-                                  utils.preprocess_frame(np.stack([gray] * 3, axis=-1), FRAME_SHAPE))
+    np.testing.assert_array_equal(media.preprocess_frame(gray[..., np.newaxis], FRAME_SHAPE),
+                                  media.preprocess_frame(np.stack([gray] * 3, axis=-1), FRAME_SHAPE))
 
 
 def test_16bit_grayscale_is_scaled_to_unit_range(tmp_path):
     gray16 = np.random.default_rng(0).integers(0, 65536, (40, 60), dtype=np.uint16)
     path = write_png(tmp_path / "gray16.png", gray16)
-    image = utils.read_image(path, FRAME_SHAPE)
+    image = media.read_image(path, FRAME_SHAPE)
     expected = resize(gray16 / 65535.0, FRAME_SHAPE[:2])
     np.testing.assert_allclose(image, np.stack([expected] * 3, axis=-1), atol=1e-6)
 
@@ -159,7 +162,7 @@ def test_16bit_grayscale_is_scaled_to_unit_range(tmp_path):
 def test_16bit_rgb_is_scaled_to_unit_range(tmp_path):
     rgb16 = np.random.default_rng(0).integers(0, 65536, (40, 60, 3), dtype=np.uint16)
     path = write_png16(tmp_path / "rgb16.png", rgb16)
-    image = utils.read_image(path, FRAME_SHAPE)
+    image = media.read_image(path, FRAME_SHAPE)
     # Pillow decodes 16-bit RGB to its top 8 bits, so the result is within one 8-bit step.
     np.testing.assert_allclose(image, resize(rgb16 / 65535.0, FRAME_SHAPE[:2]), atol=1 / 255)
 
@@ -169,20 +172,20 @@ def test_palette_png_becomes_rgb(tmp_path):
     palette = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=16)
     palette.save(tmp_path / "palette.png")
     rgb_path = write_png(tmp_path / "rgb.png", np.asarray(palette.convert("RGB")))
-    np.testing.assert_array_equal(utils.read_image(tmp_path / "palette.png", FRAME_SHAPE),
-                                  utils.read_image(rgb_path, FRAME_SHAPE))
+    np.testing.assert_array_equal(media.read_image(tmp_path / "palette.png", FRAME_SHAPE),
+                                  media.read_image(rgb_path, FRAME_SHAPE))
 
 
 def test_cmyk_jpeg_is_converted_to_rgb(tmp_path):
     Image.frombytes("CMYK", (60, 40), random_uint8((40, 60, 4)).tobytes()).save(tmp_path / "cmyk.jpg")
     rgb = np.asarray(Image.open(tmp_path / "cmyk.jpg").convert("RGB"))
-    np.testing.assert_array_equal(utils.read_image(tmp_path / "cmyk.jpg", FRAME_SHAPE),
+    np.testing.assert_array_equal(media.read_image(tmp_path / "cmyk.jpg", FRAME_SHAPE),
                                   resize(rgb, FRAME_SHAPE[:2]).astype(np.float32))
 
 
 def test_one_bit_image_is_read(tmp_path):
     path = write_png(tmp_path / "bits.png", random_uint8((40, 60)) > 127)
-    image = utils.read_image(path, FRAME_SHAPE)
+    image = media.read_image(path, FRAME_SHAPE)
     assert image.shape == (256, 256, 3) and 0 <= image.min() and image.max() <= 1
 
 
@@ -193,31 +196,31 @@ def test_unreadable_image_raises_one_line_user_error(tmp_path, content):
     path = tmp_path / "bad.png"
     path.write_bytes(content)
     with pytest.raises(UserError, match="not a readable image") as excinfo:
-        utils.read_image(path, FRAME_SHAPE)
+        media.read_image(path, FRAME_SHAPE)
     assert_one_line_error(excinfo, path)
 
 
 def test_missing_image_raises_user_error(tmp_path):
     with pytest.raises(UserError, match="no such file") as excinfo:
-        utils.read_image(tmp_path / "missing.png", FRAME_SHAPE)
+        media.read_image(tmp_path / "missing.png", FRAME_SHAPE)
     assert_one_line_error(excinfo, tmp_path / "missing.png")
 
 
 def test_to_uint8_equals_img_as_ubyte():
     frames = np.random.default_rng(0).random((2, 16, 16, 3), dtype=np.float32)
     frames[0, 0, :3, 0] = [0.0, 1.0, 0.5 / 255]  # the range ends and a rounding midpoint
-    result = utils.to_uint8(frames)
+    result = media.to_uint8(frames)
     assert result.dtype == np.uint8
     np.testing.assert_array_equal(result, img_as_ubyte(frames))
 
 
 # ----------------------------------------------------------------------------
-# open_video / iter_driving_frames
+# open_video / open_driving_clip
 # ----------------------------------------------------------------------------
 
 def test_open_video_streams_frames_with_fps_and_size(tmp_path):
     path = write_mp4(tmp_path / "clip.mp4", smooth_frames(7, 32, 48), fps=12.5)
-    with utils.open_video(path) as video:
+    with media.open_video(path) as video:
         assert video.fps == 12.5
         assert video.size == (48, 32)
         frames = iter(video)
@@ -229,7 +232,7 @@ def test_open_video_streams_frames_with_fps_and_size(tmp_path):
 
 def test_open_video_iterates_again_from_the_first_frame(tmp_path):
     path = write_mp4(tmp_path / "clip.mp4", smooth_frames(5, 32, 48), fps=10)
-    with utils.open_video(path) as video:
+    with media.open_video(path) as video:
         first_pass = list(video)
         second_pass = list(video)
     assert len(first_pass) == len(second_pass) == 5
@@ -239,7 +242,7 @@ def test_open_video_iterates_again_from_the_first_frame(tmp_path):
 def test_open_video_reads_gif_fps_from_frame_duration(tmp_path):
     path = str(tmp_path / "clip.gif")
     imageio_v3.imwrite(path, smooth_frames(4, 20, 30), duration=80, loop=0)
-    with utils.open_video(path) as video:
+    with media.open_video(path) as video:
         assert video.fps == pytest.approx(12.5)
         assert video.size == (30, 20)
         assert len(list(video)) == 4
@@ -250,7 +253,7 @@ def test_video_without_frames_raises_user_error(tmp_path):
     path = tmp_path / "empty.mp4"
     path.write_bytes(b"YUV4MPEG2 W16 H16 F25:1 Ip A1:1 C420jpeg\n")
     with pytest.raises(UserError, match="no frames") as excinfo:
-        utils.open_video(path)
+        media.open_video(path)
     assert_one_line_error(excinfo, path)
 
 
@@ -258,7 +261,7 @@ def test_video_without_video_stream_raises_user_error(tmp_path):
     path = tmp_path / "audio_only.mp4"
     ffmpeg("-f", "lavfi", "-i", "anullsrc", "-t", "0.5", str(path))
     with pytest.raises(UserError, match="no video stream") as excinfo:
-        utils.open_video(path)
+        media.open_video(path)
     assert_one_line_error(excinfo, path)
 
 
@@ -267,21 +270,20 @@ def test_unreadable_video_raises_one_line_user_error(tmp_path, content):
     path = tmp_path / "bad.mp4"
     path.write_bytes(content)
     with pytest.raises(UserError, match="not a readable video") as excinfo:
-        utils.open_video(path)
+        media.open_video(path)
     assert_one_line_error(excinfo, path)
 
 
-def test_iter_driving_frames_fails_on_missing_video_before_iterating(tmp_path):
+def test_open_driving_clip_fails_on_missing_video_before_iterating(tmp_path):
     with pytest.raises(UserError, match="no such file"):
-        utils.iter_driving_frames(tmp_path / "missing.mp4", FRAME_SHAPE)
+        media.open_driving_clip(tmp_path / "missing.mp4", FRAME_SHAPE)
 
 
-def test_iter_driving_frames_preprocesses_and_stops_at_max_frames(tmp_path):
+def test_open_driving_clip_preprocesses_each_frame_as_demo_py(tmp_path):
     path = write_mp4(tmp_path / "clip.mp4", smooth_frames(6, 32, 48), fps=10)
-    frames = utils.iter_driving_frames(path, [64, 80, 3], max_frames=3)
-    assert inspect.isgenerator(frames)
-    frames = list(frames)
-    with utils.open_video(path) as video:
+    with media.open_driving_clip(path, [64, 80, 3]) as clip:
+        frames = list(itertools.islice(clip, 3))
+    with media.open_video(path) as video:
         raw = list(video)[:3]
     assert len(frames) == 3
     for frame, original in zip(frames, raw):
@@ -296,11 +298,11 @@ def test_iter_driving_frames_preprocesses_and_stops_at_max_frames(tmp_path):
 def test_frame_writer_writes_mp4_with_fps_and_frame_count(tmp_path):
     output = tmp_path / "out" / "result.mp4"
     frames = smooth_frames(5, 32, 48)
-    with utils.FrameWriter(output, fps=10) as writer:
+    with media.FrameWriter(output, fps=10) as writer:
         for frame in frames:
             writer.write(frame)
     assert leftovers(tmp_path / "out") == ["result.mp4"]
-    with utils.open_video(output) as video:
+    with media.open_video(output) as video:
         decoded = np.asarray(list(video))
         assert video.fps == 10 and video.size == (48, 32)
     assert decoded.shape == frames.shape
@@ -311,10 +313,10 @@ def test_frame_writer_writes_mp4_with_fps_and_frame_count(tmp_path):
 def test_frame_writer_pads_odd_sizes_instead_of_rescaling(tmp_path):
     output = tmp_path / "odd.mp4"
     frames = smooth_frames(3, 33, 47)
-    with utils.FrameWriter(output, fps=10) as writer:
+    with media.FrameWriter(output, fps=10) as writer:
         for frame in frames:
             writer.write(frame)
-    with utils.open_video(output) as video:
+    with media.open_video(output) as video:
         assert video.size == (48, 34)
         decoded = np.asarray(list(video))
     assert np.abs(decoded[:, :33, :47].astype(int) - frames).mean() < 8
@@ -322,14 +324,14 @@ def test_frame_writer_pads_odd_sizes_instead_of_rescaling(tmp_path):
 
 def test_frame_writer_without_extension_writes_mp4_container(tmp_path):
     output = tmp_path / "result"
-    with utils.FrameWriter(output, fps=10) as writer:
+    with media.FrameWriter(output, fps=10) as writer:
         writer.write(smooth_frames(1, 16, 16)[0])
     assert output.read_bytes()[4:8] == b"ftyp"  # the ISO/mp4 box that starts the file
 
 
 def test_frame_writer_writes_gif(tmp_path):
     output = tmp_path / "result.gif"
-    with utils.FrameWriter(output, fps=12.5) as writer:
+    with media.FrameWriter(output, fps=12.5) as writer:
         for frame in smooth_frames(4, 20, 30):
             writer.write(frame)
     assert leftovers(tmp_path) == ["result.gif"]
@@ -340,7 +342,7 @@ def test_frame_writer_writes_gif(tmp_path):
 
 def test_frame_writer_png_folder_round_trips_frames_exactly(tmp_path):
     frames = random_uint8((3, 20, 30, 3))
-    with utils.FrameWriter(f"{tmp_path}/frames/", fps=10) as writer:
+    with media.FrameWriter(f"{tmp_path}/frames/", fps=10) as writer:
         for frame in frames:
             writer.write(frame)
     assert leftovers(tmp_path) == ["frames"]
@@ -354,7 +356,7 @@ def test_frame_writer_treats_existing_folder_as_png_output_and_replaces_old_fram
     folder.mkdir()
     for index in range(3):
         write_png(folder / f"frame_{index:05d}.png", random_uint8((8, 8, 3)))
-    with utils.FrameWriter(folder, fps=10) as writer:  # no trailing slash: the folder exists
+    with media.FrameWriter(folder, fps=10) as writer:  # no trailing slash: the folder exists
         writer.write(random_uint8((20, 30, 3), seed=1))
     assert leftovers(tmp_path) == ["frames"]
     assert leftovers(folder) == ["frame_00000.png"]
@@ -366,7 +368,7 @@ def test_frame_writer_refuses_to_replace_folder_with_other_files(tmp_path):
     folder.mkdir()
     (folder / "notes.txt").write_text("mine")
     with pytest.raises(UserError, match="refusing to replace") as excinfo:
-        utils.FrameWriter(f"{folder}/", fps=10)
+        media.FrameWriter(f"{folder}/", fps=10)
     assert_one_line_error(excinfo, folder)
     assert (folder / "notes.txt").read_text() == "mine"
 
@@ -374,7 +376,7 @@ def test_frame_writer_refuses_to_replace_folder_with_other_files(tmp_path):
 @pytest.mark.parametrize("name", ["result.mp4", "result.gif", "frames/"])
 def test_exception_inside_with_leaves_nothing_at_output(tmp_path, name):
     with pytest.raises(KeyError):
-        with utils.FrameWriter(f"{tmp_path}/{name}", fps=10) as writer:
+        with media.FrameWriter(f"{tmp_path}/{name}", fps=10) as writer:
             writer.write(smooth_frames(1, 16, 16)[0])
             raise KeyError("rendering failed")
     assert leftovers(tmp_path) == []
@@ -384,7 +386,7 @@ def test_exception_inside_with_keeps_previous_output_untouched(tmp_path):
     output = tmp_path / "result.mp4"
     output.write_bytes(b"previous render")
     with pytest.raises(KeyError):
-        with utils.FrameWriter(output, fps=10) as writer:
+        with media.FrameWriter(output, fps=10) as writer:
             writer.write(smooth_frames(1, 16, 16)[0])
             raise KeyError("rendering failed")
     assert output.read_bytes() == b"previous render"
@@ -393,14 +395,14 @@ def test_exception_inside_with_keeps_previous_output_untouched(tmp_path):
 
 def test_frame_writer_without_frames_raises_and_writes_nothing(tmp_path):
     with pytest.raises(UserError, match="no frames"):
-        with utils.FrameWriter(tmp_path / "result.mp4", fps=10):
+        with media.FrameWriter(tmp_path / "result.mp4", fps=10):
             pass
     assert leftovers(tmp_path) == []
 
 
 def test_frame_writer_rejects_non_uint8_frames(tmp_path):
     with pytest.raises(ValueError, match="uint8"):
-        with utils.FrameWriter(tmp_path / "result.mp4", fps=10) as writer:
+        with media.FrameWriter(tmp_path / "result.mp4", fps=10) as writer:
             writer.write(np.zeros((16, 16, 3), np.float32))
     assert leftovers(tmp_path) == []
 
@@ -410,7 +412,7 @@ def test_frame_writer_copies_audio_from_driving_video(tmp_path):
     ffmpeg("-f", "lavfi", "-i", "color=c=gray:s=32x32:r=10", "-f", "lavfi", "-i", "sine=frequency=440",
            "-t", "1", "-pix_fmt", "yuv420p", str(driving))
     output = tmp_path / "result.mp4"
-    with utils.FrameWriter(output, fps=10, audio_from=driving) as writer:
+    with media.FrameWriter(output, fps=10, audio_from=driving) as writer:
         for frame in smooth_frames(5, 32, 32):
             writer.write(frame)
     assert stream_kinds(output) == {"video", "audio"}
@@ -420,7 +422,7 @@ def test_frame_writer_copies_audio_from_driving_video(tmp_path):
 def test_frame_writer_with_silent_driving_video_writes_video_only(tmp_path):
     driving = write_mp4(tmp_path / "driving.mp4", smooth_frames(3, 32, 32), fps=10)
     output = tmp_path / "result.mp4"
-    with utils.FrameWriter(output, fps=10, audio_from=driving) as writer:
+    with media.FrameWriter(output, fps=10, audio_from=driving) as writer:
         writer.write(smooth_frames(1, 32, 32)[0])
     assert stream_kinds(output) == {"video"}
 
@@ -456,14 +458,14 @@ def test_output_path_refuses_to_overwrite_an_input(tmp_path):
 
 
 # ----------------------------------------------------------------------------
-# load_config / model_paths
+# model_config.load / model_paths
 # ----------------------------------------------------------------------------
 
 @pytest.mark.parametrize("name", ["vox", "vox-adv", "taichi", "taichi-adv", "bair", "fashion", "mgif", "nemo"])
 def test_shipped_configs_load(name):
-    config = utils.load_config(utils.model_paths(name)[0])
-    assert config["dataset_params"]["frame_shape"] == [256, 256, 3]
-    assert config["model_params"]["common_params"]["num_kp"] == 10
+    config = model_config.load(utils.model_paths(name)[0])
+    assert config.frame_shape == (256, 256, 3)
+    assert config.model.num_kp == 10
 
 
 @pytest.mark.parametrize("text, message", [
@@ -473,17 +475,17 @@ def test_shipped_configs_load(name):
     ("model_params: {}\ndataset_params: {root_dir: x}\n", "missing 'dataset_params.frame_shape'"),
     ("model_params: {}\ndataset_params: {frame_shape: [256, 0, 3]}\n", "frame_shape' must be"),
 ])
-def test_load_config_rejects_bad_files(tmp_path, text, message):
+def test_config_load_rejects_bad_files(tmp_path, text, message):
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     with pytest.raises(UserError, match=message) as excinfo:
-        utils.load_config(path)
+        model_config.load(path)
     assert_one_line_error(excinfo, path)
 
 
-def test_load_config_missing_file(tmp_path):
+def test_config_load_missing_file(tmp_path):
     with pytest.raises(UserError, match="no such file"):
-        utils.load_config(tmp_path / "missing.yaml")
+        model_config.load(tmp_path / "missing.yaml")
 
 
 def test_model_paths_resolve_inside_the_repository():

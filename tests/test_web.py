@@ -38,14 +38,13 @@ import imageio.v2 as imageio
 import numpy as np
 import pytest
 
-from conftest import FIXTURE_NAMES, REPO, load_fixture, nchw_to_nhwc
-from test_exports import MODEL, VARIANT_FIXTURE, Builds, tfjs_available
-from test_parity import max_abs
+from conftest import (FIXTURE_NAMES, MODEL, REPO, VARIANT_FIXTURE, Builds, load_fixture, max_abs, nchw_to_nhwc,
+                      readme_commands, tfjs_available)
 
 import animate
 import build
 import serve_web
-import utils
+import export_files
 
 CHROMIUM = shutil.which("chromium")
 WASM_BACKEND = REPO / "node_modules" / "@tensorflow" / "tfjs-backend-wasm"
@@ -425,8 +424,8 @@ def page_prediction(result):
 @pytest.fixture(scope="module")
 def savedmodels(web_exports):
     """animate.Models over the fixture's SavedModel exports."""
-    calls = {module: utils.savedmodel_function(utils.savedmodel_path(web_exports, MODEL, module))
-             for module in utils.EXPORT_MODULES}
+    calls = {module: export_files.savedmodel_function(export_files.savedmodel_path(web_exports, MODEL, module))
+             for module in export_files.EXPORT_MODULES}
     return animate.Models(**calls, estimate_jacobian=True)
 
 
@@ -614,19 +613,12 @@ def test_portrait_source_is_previewed_letterboxed(preview):
 # The README's "Run in the browser" commands, on the example
 # --------------------------------------------------------------------------------------------------
 
-def browser_section_commands():
-    text = (REPO / "README.md").read_text()
-    assert "## Run in the browser" in text, "README.md has no '## Run in the browser' section"
-    section = text.split("## Run in the browser", 1)[1].split("\n## ", 1)[0]
-    return [block.strip() for block in re.findall(r"```bash\n(.*?)```", section, re.S)]
-
-
 def test_readme_browser_commands_animate_the_example(browser, tmp_path):
     """The README's commands, with the export and the page's report in tmp_path: the page's defaults
     (the backend it picks: wasm on SwiftShader; the bundled photo and MP4 through the browser's video
     decoder, at the 25 fps read from it) animate two frames, and a screenshot shows them. The loading
     indicator's total is the size of the shards."""
-    commands = browser_section_commands()
+    commands = readme_commands("Run in the browser")
     builds = [shlex.split(c) for c in commands if c.startswith("python build.py")]
     serves = [shlex.split(c) for c in commands if c.startswith("python serve_web.py")]
     assert len(builds) == 1 and len(serves) == 1, commands
@@ -640,7 +632,7 @@ def test_readme_browser_commands_animate_the_example(browser, tmp_path):
             devtools.screenshot(screenshot)
     assert "error" not in result, result["error"]
     assert (result["model"], result["backend"], result["frames"], result["fps"]) == ("demo", "wasm", 2, 25)
-    shards = [path for module in utils.EXPORT_MODULES
+    shards = [path for module in export_files.EXPORT_MODULES
               for path in (tmp_path / "js" / "demo" / module).glob("group*.bin")]
     assert result["model_bytes"] == sum(path.stat().st_size for path in shards)
     print(f"screenshot of the page: {screenshot}")

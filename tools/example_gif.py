@@ -6,7 +6,7 @@
     python tools/example_gif.py                          # -> docs/example.gif
 
 Every panel is what run.py sees or writes: the source and driving frames after its preprocessing
-(utils.read_image / utils.open_driving_clip at the config's frame shape) and the frames of the
+(media.read_image / media.open_driving_clip at the config's frame shape) and the frames of the
 result video, scaled down to --size pixels so the GIF stays small.
 
 All frames share one fixed palette, the source image's 256 median-cut colours (what the result is
@@ -44,20 +44,19 @@ def parse_args(argv=None):
 
 def frame_shape(config_path):
     """The model's frame shape, from its config as run.py reads it."""
-    import modules  # the one import that brings TensorFlow (and its start-up lines) into this tool
-    import utils
+    import model_config
 
-    return modules.parse_config(utils.load_config(config_path)).frame_shape
+    return model_config.load(config_path).model.frame_shape
 
 
 def panel(frame, size):
     """A float [H, W, 3] frame in [0, 1] scaled to `size` pixels high, as uint8."""
     from skimage.transform import resize
 
-    import utils
+    import media
 
     height, width = frame.shape[:2]
-    return utils.to_uint8(resize(frame, (size, round(width * size / height)), anti_aliasing=True))
+    return media.to_uint8(resize(frame, (size, round(width * size / height)), anti_aliasing=True))
 
 
 def median_cut_palette(image, colours=COLOURS):
@@ -80,13 +79,13 @@ def to_palette(image, palette):
 
 def rows(args):
     """Yield one uint8 row [source | driving | result] per frame of the result video, in the palette."""
-    import utils
+    import media
 
     shape = frame_shape(args.config)
-    source = utils.read_image(args.source_image, shape)
-    palette = median_cut_palette(utils.to_uint8(source))
+    source = media.read_image(args.source_image, shape)
+    palette = median_cut_palette(media.to_uint8(source))
     source = panel(source, args.size)
-    with utils.open_driving_clip(args.driving_video, shape) as driving, utils.open_video(args.result) as result:
+    with media.open_driving_clip(args.driving_video, shape) as driving, media.open_video(args.result) as result:
         for driving_frame, result_frame in zip(driving, result):
             result_frame = np.asarray(result_frame, np.float32)[..., :3] / 255
             row = np.concatenate([source, panel(driving_frame, args.size), panel(result_frame, args.size)], axis=1)
@@ -94,17 +93,18 @@ def rows(args):
 
 
 def main(argv=None):
+    import media
     import utils
 
     args = parse_args(argv)
     try:
-        with utils.open_video(args.result) as result:
+        with media.open_video(args.result) as result:
             fps = result.fps
-        with utils.FrameWriter(args.output, fps) as writer:
+        with media.FrameWriter(args.output, fps) as writer:
             for row in rows(args):
                 writer.write(row)  # at most 256 colours: the GIF writer's own palette keeps them exactly
     except utils.UserError as err:
-        print(f"error: {err}", file=sys.stderr)
+        utils.print_error(err)
         return 1
     print(f"wrote {writer.frames_written} frames to {args.output} ({os.path.getsize(args.output) / 1e3:.0f} kB)")
     return 0

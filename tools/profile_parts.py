@@ -88,9 +88,9 @@ def main(argv=None):
     import keras
 
     import modules
-    import utils
+    import model_config
 
-    config = modules.parse_config(utils.load_config(args.config))
+    config = model_config.load(args.config).model
     times = {}
     for kind, make in (("original", lambda: (modules.create_generator(config), modules.create_kp_detector(config))),
                        ("ours", lambda: (modules.load_generator(config, None), modules.load_kp_detector(config, None)))):

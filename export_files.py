@@ -1,0 +1,240 @@
+"""build.py's exports as run.py finds and runs them: the layout (saved_models/, tflite/, onnx/, js/),
+the signature JSON beside each export, loading per target (SavedModel, LiteRT, onnxruntime) and
+the op lists OPS.md is made of. The runtimes are imported through backends, quietly, when first used.
+"""
+import contextlib
+import json
+import os
+
+import numpy as np
+
+import utils
+
+
+EXPORT_MODULES = ("kp_detector", "process_kp_driving", "generator")
+# Optional exports beside them: the generator split into its once-per-video source side and the rest.
+CACHED_EXPORT_MODULES = ("source_encoder", "generator_cached")
+SIGNATURE_KEY = "serving_default"
+SIGNATURE_JSON = "signature.json"  # name of the signature description inside SavedModel and TF.js folders
+ONNX_INSTALL = "pip install -r requirements-onnx.txt"  # tf2onnx and onnxruntime are optional extras
+
+
+def export_model_name(model, config=None):
+    """The <model> of the export paths: the config file's stem minus '-256' when a config path is given."""
+    if config is None:
+        return model
+    stem = os.path.splitext(os.path.basename(str(config)))[0]
+    return stem[:-len("-256")] if stem.endswith("-256") else stem
+
+
+def savedmodel_path(root, model, module):
+    """saved_models/<model>/<module>/ under the export root."""
+    return os.path.join(root, "saved_models", model, module)
+
+
+def tflite_path(root, model, module, float16=False, int8=False):
+    """tflite/<model>/<module>.tflite, or <module>-float16.tflite / <module>-int8.tflite, under the export root."""
+    suffix = "-float16" if float16 else "-int8" if int8 else ""
+    return os.path.join(root, "tflite", model, f"{module}{suffix}.tflite")
+
+
+def onnx_path(root, model, module):
+    """onnx/<model>/<module>.onnx under the export root."""
+    return os.path.join(root, "onnx", model, f"{module}.onnx")
+
+
+def tfjs_path(root, model, module):
+    """js/<model>/<module>/ (model.json, weight shards, signature.json) under the export root."""
+    return os.path.join(root, "js", model, module)
+
+
+def signature_json_path(target, path):
+    """Where build.py describes the export at `path`: inputs, outputs (in order) and build options."""
+    if target in ("tflite", "onnx"):
+        return os.path.splitext(path)[0] + ".json"
+    if target == "savedmodel":
+        # assets.extra/ is the SavedModel folder for files TensorFlow itself ignores.
+        return os.path.join(path, "assets.extra", SIGNATURE_JSON)
+    return os.path.join(path, SIGNATURE_JSON)
+
+
+def read_signature_json(target, path):
+    """The signature description build.py wrote beside an export; UserError if absent or unreadable."""
+    json_path = signature_json_path(target, path)
+    try:
+        with open(json_path, encoding="utf-8") as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise utils.UserError(f"{json_path}: missing (the export at {path} was not made by build.py)") from None
+    except (OSError, ValueError) as err:
+        raise utils.UserError(f"{json_path}: unreadable ({utils.first_line(err)})") from err
+
+
+def tflite_interpreter(path=None, model_content=None):
+    """A TF Lite interpreter on all cores: LiteRT's (ai_edge_litert), else TensorFlow's tf.lite.Interpreter."""
+    import backends
+
+    interpreter_class = backends.tflite_interpreter_class()
+    with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+        return interpreter_class(model_path=path, model_content=model_content, num_threads=os.cpu_count())
+
+
+def savedmodel_function(path):
+    """Run a SavedModel's serving_default with numpy keyword inputs; returns {output name: numpy}."""
+    import backends
+
+    tf = backends.tensorflow()
+
+    loaded = tf.saved_model.load(path)
+    function = loaded.signatures[SIGNATURE_KEY]
+
+    def call(**inputs):
+        outputs = function(**{name: tf.constant(value, tf.float32) for name, value in inputs.items()})
+        return {name: value.numpy() for name, value in outputs.items()}
+
+    call.saved_model = loaded  # the signature holds the loaded variables only weakly: keep them alive
+    return call
+
+
+def tflite_function(path):
+    """Run a .tflite file's serving_default signature with numpy keyword inputs (any batch size)."""
+    import backends
+
+    runner = tflite_interpreter(path).get_signature_runner(SIGNATURE_KEY)
+    shapes_seen = set()
+
+    def call(**inputs):
+        # The signature runner resizes every input to the given arrays, so a dynamic batch just works.
+        inputs = {name: np.asarray(value, np.float32) for name, value in inputs.items()}
+        shapes = tuple(sorted((name, value.shape) for name, value in inputs.items()))
+        # LiteRT applies its XNNPACK delegate, and announces it on stderr, at the first call per input shape.
+        quiet = backends.native_output_hidden() if shapes not in shapes_seen else contextlib.nullcontext()
+        with quiet:
+            outputs = runner(**inputs)
+        shapes_seen.add(shapes)
+        return {name: np.array(value) for name, value in outputs.items()}
+
+    return call
+
+
+def onnx_session(path):
+    """An onnxruntime session on the CPU with one intra-op thread per core; UserError without onnxruntime."""
+    try:
+        import onnxruntime
+        from onnxruntime.capi import onnxruntime_pybind11_state as ort_errors
+    except ImportError:
+        raise utils.UserError(f"--target onnx needs onnxruntime: {ONNX_INSTALL}") from None
+    options = onnxruntime.SessionOptions()
+    options.intra_op_num_threads = os.cpu_count()
+    # onnxruntime's load errors derive from Exception directly, so they are named one by one.
+    load_errors = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
+                   ort_errors.NoSuchFile, ort_errors.NotImplemented)
+    try:
+        return onnxruntime.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+    except load_errors as err:
+        raise utils.UserError(f"{path}: onnxruntime cannot load it ({utils.first_line(err)})") from err
+
+
+def onnx_function(path):
+    """Run an .onnx file with numpy keyword inputs (any batch size); returns {output name: numpy}."""
+    session = onnx_session(path)
+    output_names = [output.name for output in session.get_outputs()]
+
+    def call(**inputs):
+        outputs = session.run(output_names, {name: np.asarray(value, np.float32) for name, value in inputs.items()})
+        return dict(zip(output_names, outputs))
+
+    return call
+
+# LiteRT 2.3's XNNPACK delegate returns wrong generator_cached outputs (max abs 0.8) from the second call
+# with new keypoints on, in a process where TensorFlow has run (the first call is right; so is every call
+# without XNNPACK, but 3x slower; the plain generator is right). build.py converts these to SavedModel,
+# TF.js and ONNX (onnxruntime runs them right) but not TF Lite, and find_exports ignores .tflite files of
+# them from older builds, so the tflite target runs the plain generator.
+NO_TFLITE_MODULES = ("source_encoder", "generator_cached")
+
+
+class ExportMissing(utils.UserError):
+    """An export that run.py needs is not on disk; `path` names it."""
+
+    def __init__(self, path):
+        super().__init__(f"{path}: no such export")
+        self.path = path
+
+
+def find_exports(target, root, model, float16=False, int8=False):
+    """{module: (path, signature description)} of the exports of `model` under `root`.
+
+    `target` is 'savedmodel', 'tflite' (float16 / int8 pick those files) or 'onnx'. Nothing is
+    loaded yet, so a caller can check the build options first. Raises ExportMissing for the first
+    absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present, except for TF Lite:
+    LiteRT's XNNPACK delegate gives wrong generator_cached frames (see NO_TFLITE_MODULES),
+    so stale .tflite files of the pair from older builds are never used.
+    """
+    exports = {}
+    cached_modules = tuple(m for m in CACHED_EXPORT_MODULES if target != "tflite" or m not in NO_TFLITE_MODULES)
+    for module in EXPORT_MODULES + cached_modules:
+        path = _export_file(target, root, model, module, float16, int8)
+        present = os.path.isfile(os.path.join(path, "saved_model.pb") if target == "savedmodel" else path)
+        if present:
+            exports[module] = (path, read_signature_json(target, path))
+        elif module in EXPORT_MODULES:
+            raise ExportMissing(path)
+    return exports
+
+
+def _export_file(target, root, model, module, float16, int8):
+    if target == "savedmodel":
+        return savedmodel_path(root, model, module)
+    if target == "onnx":
+        return onnx_path(root, model, module)
+    return tflite_path(root, model, module, float16, int8)
+
+
+def load_export(target, path):
+    """A callable over numpy keyword inputs for the savedmodel, tflite or onnx export at `path`."""
+    loaders = {"savedmodel": savedmodel_function, "tflite": tflite_function, "onnx": onnx_function}
+    return loaders[target](path)
+
+
+def tflite_ops(path):
+    """Sorted names of the operators a .tflite file runs (builtins as CONV_2D; custom ops by custom code).
+
+    Read from the flatbuffer with the schema bindings TensorFlow ships, counting only operators
+    that appear in a subgraph.
+    """
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    with open(path, "rb") as f:
+        model = schema.Model.GetRootAs(f.read(), 0)
+    builtin_names = {code: name for name, code in vars(schema.BuiltinOperator).items() if not name.startswith("_")}
+    ops = set()
+    for s in range(model.SubgraphsLength()):
+        subgraph = model.Subgraphs(s)
+        for o in range(subgraph.OperatorsLength()):
+            code = model.OperatorCodes(subgraph.Operators(o).OpcodeIndex())
+            # Builtin codes above 127 live in BuiltinCode; older files only fill DeprecatedBuiltinCode.
+            builtin = max(code.BuiltinCode(), code.DeprecatedBuiltinCode())
+            if builtin == schema.BuiltinOperator.CUSTOM:
+                ops.add(code.CustomCode().decode())
+            else:
+                ops.add(builtin_names[builtin])
+    return sorted(ops)
+
+
+def onnx_ops(path):
+    """Sorted op types an .onnx file runs, those inside control-flow subgraphs included.
+
+    Ops outside the standard ONNX domain are named domain:op_type, so they stand out.
+    """
+    import onnx
+
+    def graph_ops(graph):
+        for node in graph.node:
+            yield node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}:{node.op_type}"
+            for attribute in node.attribute:  # the bodies of Loop / If / Scan
+                subgraphs = list(attribute.graphs) + ([attribute.g] if attribute.HasField("g") else [])
+                for subgraph in subgraphs:
+                    yield from graph_ops(subgraph)
+
+    return sorted(set(graph_ops(onnx.load(path, load_external_data=False).graph)))
