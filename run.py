@@ -14,8 +14,10 @@ Everything the user can get wrong is checked first (`prepare`, which never impor
 the target's runtime and the model load (`run`). Bad input ends with one line on stderr and exit code 1
 (2 for usage errors, 130 on Ctrl-C); outputs appear only when complete.
 """
+import argparse
 import contextlib
 import functools
+import itertools
 import os
 import shlex
 import sys
@@ -30,6 +32,7 @@ try:
     import checkpoint_loader
     import datasets
     import export_files
+    import faces
     import media
     import model_config
     import utils
@@ -90,6 +93,19 @@ def parse_args(argv=None):
     parser.add_argument("--audio", action="store_true", help="copy the driving video's audio track")
     parser.add_argument("--root_dir", help="dataset folder for --datamode dataset (default: the config's "
                                            "dataset_params.root_dir)")
+    crop = parser.add_argument_group("faces in the wild (see README)")
+    crop.add_argument("--crop", nargs="?", const="both", choices=["both", "source", "driving"],
+                      help="find the faces and crop the inputs as the model was trained (both, or only the source "
+                           "photo or only the driving video); every face of the photo is animated and pasted back")
+    crop.add_argument("--face", type=int, help="with --crop: animate only this face of the photo (0 = leftmost)")
+    crop.add_argument("--crop_box", type=_crop_box, metavar="X,Y,W,H",
+                      help="crop the source photo to this box instead of detecting faces (any model)")
+    crop.add_argument("--driving_face", type=int, help="with --crop: follow this face track of the driving video "
+                                                       "(default: the longest)")
+    crop.add_argument("--driving_crop_box", type=_crop_box, metavar="X,Y,W,H",
+                      help="crop the driving video to this box instead of detecting faces (any model)")
+    crop.add_argument("--list_faces", action="store_true",
+                      help="print the faces found in the source photo (and the driving video's face tracks) and exit")
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("--verbose", action="store_true",
                           help="also show TensorFlow's and LiteRT's own start-up and log lines")
@@ -97,6 +113,19 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         parser.error("--batchsize must be at least 1")
+    if args.face is not None and args.crop not in ("both", "source"):
+        parser.error("--face picks a face for --crop (or --crop source)")
+    if args.driving_face is not None and args.crop not in ("both", "driving"):
+        parser.error("--driving_face picks a face track for --crop (or --crop driving)")
+    if args.crop_box is not None and args.crop not in (None, "both", "source"):
+        parser.error("--crop_box crops the source photo; it does not go with --crop driving")
+    if args.driving_crop_box is not None and args.crop == "source":
+        parser.error("--driving_crop_box crops the driving video; it does not go with --crop source")
+    for flag, value in (("--face", args.face), ("--driving_face", args.driving_face)):
+        if value is not None and value < 0:
+            parser.error(f"{flag} must be 0 or more, got {value}")
+    if (args.crop or args.crop_box or args.driving_crop_box or args.list_faces) and args.datamode == "dataset":
+        parser.error("--crop and the face options apply to --datamode file (crop a dataset with crop.py)")
     if args.frames == 0 or args.frames < -1:
         parser.error(f"--frames must be a positive number of frames (or -1 for all), got {args.frames}")
     if args.best_frame is not None and args.best_frame < 0:
@@ -112,6 +141,13 @@ def parse_args(argv=None):
     if args.int8 and (args.target != "tflite" or args.float16):
         parser.error("--int8 applies to --target tflite only, without --float16")
     return args
+
+
+def _crop_box(text):
+    try:
+        return faces.parse_crop_box(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------------
@@ -136,6 +172,9 @@ class Job:
     relative: bool = False
     adapt: bool = False
     relative_jacobian: bool = True  # with relative motion: the jacobian too (demo.py), or as detected
+    driving_path: str = None
+    photo: object = None  # --crop: the full-resolution photo (uint8) the animated faces are pasted into
+    faces: list = None  # --crop: [(source crop float32 [H, W, 3], faces.CropBox in the photo)], left to right
 
 
 @dataclass
@@ -158,7 +197,7 @@ def prepare(args):
     config = model_config.load(config_path)
     exports = check_exports(args, checkpoint_path) if args.target != "direct" else None
     if args.datamode == "file":
-        jobs = file_jobs(args, config.frame_shape)
+        jobs = file_jobs(args, config)
     else:
         jobs = dataset_jobs(args, config)
     return Plan(config, checkpoint_path, jobs, exports)
@@ -229,11 +268,17 @@ def run(args, plan):
 
     started = time.perf_counter()
     status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
-    if args.target in ("direct", "savedmodel"):
-        backends.tensorflow()
+    if args.target in ("direct", "savedmodel") or args.crop or args.list_faces:
+        backends.tensorflow()  # the face detector runs on TensorFlow too
         check_device(args.device)
-    drawer = visualizer.Visualizer.from_params(plan.config.visualizer_params) if args.visualizer else None
     timings = animate.Timings() if args.profile else None
+    if args.list_faces:
+        status("looking for faces")
+        return list_faces(args, plan)
+    if args.crop or args.crop_box or args.driving_crop_box:
+        status("looking for faces" if args.crop else "cropping")
+        _timed(timings, "face detection", crop_inputs)(args, plan)
+    drawer = visualizer.Visualizer.from_params(plan.config.visualizer_params) if args.visualizer else None
     losses = {}
     outputs = []
     frames = 0
@@ -286,12 +331,14 @@ def render(args, models, job, clip, drawer, timings, trace):
 
     Returns the number of frames written and, for reconstruction, each frame's L1 to the real frame.
     """
-    initial = start_keypoints(args, models, job, clip)
+    initial = None if job.faces is not None else start_keypoints(args, models, job.name, job.source, clip)
     frames = limited_frames(clip, args.frames)
     if timings is not None:
         frames = timings.timed_iter("decode", frames)
     if job.source is None:
         outputs = animate.reconstruct_frames(models, frames, args.batch_size, args.exactbatch)
+    elif job.faces is not None:
+        outputs = pasted_frames(args, models, job, clip, frames, _timed(timings, "paste", faces.paste_all))
     else:
         outputs = animate.animate_frames(models, job.source, frames, job.relative, job.adapt, args.batch_size,
                                          args.exactbatch, kp_driving_initial=initial,
@@ -301,7 +348,7 @@ def render(args, models, job, clip, drawer, timings, trace):
     with contextlib.ExitStack() as stack:
         audio = audio_source(args, job, clip)
         writer = stack.enter_context(media.FrameWriter(job.output, clip.fps, audio_from=audio))
-        encode = _timed(timings, "encode", lambda prediction: writer.write(media.to_uint8(prediction)))
+        encode = _timed(timings, "encode", lambda frame: writer.write(media.to_uint8(frame)))
         if drawer is not None:
             visual_writer = stack.enter_context(media.FrameWriter(visualizer_path(job.output), clip.fps))
             draw = _timed(timings, "visualizer", lambda source, driving, out: visual_writer.write(
@@ -310,7 +357,7 @@ def render(args, models, job, clip, drawer, timings, trace):
         with Progress(expected_frames(clip, args.frames), job.name) as progress:
             for driving, out in outputs:
                 source = driving if source is None else source  # reconstruction: frame 0 is the source
-                encode(out["prediction"])
+                encode(out["photo"] if "photo" in out else out["prediction"])
                 if drawer is not None:
                     draw(source, driving, out)
                 if job.source is None:
@@ -322,6 +369,22 @@ def render(args, models, job, clip, drawer, timings, trace):
     say(f"wrote {plural(writer.frames_written, 'frame')} to {job.output}" +
         (f" (and {visualizer_path(job.output)})" if drawer is not None else ""))
     return writer.frames_written, losses
+
+
+def pasted_frames(args, models, job, clip, frames, paste):
+    """(driving frame, outputs) per frame for --crop: every face of the photo animated by the same
+    driving frames, outputs['photo'] the full photo with each animated face pasted back (uint8);
+    the rest of the outputs are the first face's (for the visualizer)."""
+    streams = itertools.tee(frames, len(job.faces))
+    per_face = [animate.animate_frames(models, source, stream, job.relative, job.adapt, args.batch_size,
+                                       args.exactbatch,
+                                       kp_driving_initial=start_keypoints(args, models, job.name, source, clip),
+                                       relative_jacobian=job.relative_jacobian)
+                for (source, _), stream in zip(job.faces, streams)]
+    for results in zip(*per_face):
+        driving, first = results[0]
+        pieces = [(out["prediction"], box) for (_, out), (_, box) in zip(results, job.faces)]
+        yield driving, {**first, "photo": paste(job.photo, pieces)}
 
 
 class Progress:
@@ -362,8 +425,6 @@ def _timed(timings, stage, function):
 
 def limited_frames(clip, limit):
     """A new stream of the clip's frames, cut to --frames when that is set."""
-    import itertools
-
     return itertools.islice(iter(clip), None if limit < 0 else limit)
 
 
@@ -374,7 +435,7 @@ def expected_frames(clip, limit):
     return limit if clip.frame_count is None else min(clip.frame_count, limit)
 
 
-def start_keypoints(args, models, job, clip):
+def start_keypoints(args, models, name, source, clip):
     """kp_driving_initial for --best_frame N / --find_best_frame, None without them.
 
     Relative motion is then measured from that frame, as the original demo.py's forward/backward
@@ -389,13 +450,13 @@ def start_keypoints(args, models, job, clip):
         except IndexError as err:
             cut = f" with --frames {args.frames}" if args.frames >= 0 else ""
             raise utils.UserError(f"--best_frame {args.best_frame}: {clip.path}{cut}: {err}") from None
-        say(f"{job.name}: starting from driving frame {args.best_frame}")
+        say(f"{name}: starting from driving frame {args.best_frame}")
         return kp
     try:
-        index, kp = animate.find_best_frame(models, job.source, frames, args.batch_size, args.exactbatch)
+        index, kp = animate.find_best_frame(models, source, frames, args.batch_size, args.exactbatch)
     except ValueError:
         raise utils.UserError(f"{clip.path}: no frames to animate") from None
-    say(f"{job.name}: best frame {index} (keypoints closest to the source's)")
+    say(f"{name}: best frame {index} (keypoints closest to the source's)")
     return kp
 
 
@@ -511,25 +572,112 @@ class TensorBoardTrace:
 # Jobs per datamode
 # --------------------------------------------------------------------------------------------------
 
-def file_jobs(args, frame_shape):
-    """The one job of --datamode file: animate --source_image, or reconstruct the driving video."""
+def file_jobs(args, config):
+    """The one job of --datamode file: animate --source_image, or reconstruct the driving video.
+
+    With --crop the photo is read whole (upright, as its EXIF says) and its faces are found once
+    TensorFlow has loaded (crop_inputs); the checks here need no detector.
+    """
+    frame_shape = config.frame_shape
     reconstruction = args.mode == "reconstruction"
-    source_path = None
-    source = None
+    source_path = source = photo = None
     if not reconstruction:
         source_path = args.source_image or example_input(EXAMPLE_SOURCE, "--source_image")
         _require_input("--source_image", source_path)
-        source = read_source(source_path, frame_shape)
+        if crops_source(args) or args.list_faces:
+            photo = faces.read_photo_upright(source_path)
+        else:
+            source = read_source(source_path, frame_shape)
     driving_path = args.driving_video or example_input(EXAMPLE_DRIVING, "--driving_video")
     _require_input("--driving_video", driving_path)
+    check_face_model(args, config)
     output = utils.output_path(args.output, source_path, driving_path, args.mode, args.dontappend)
-
-    def open_driving():
-        return media.open_driving_clip(driving_path, frame_shape)
-
+    open_driving = functools.partial(media.open_driving_clip, driving_path, frame_shape)
     with open_driving() as clip:  # a bad video fails now, before the model loads
-        check_driving_clip(clip, args.frames, frame_shape)
-    return [Job(os.path.basename(driving_path), open_driving, source, output, args.relative, args.adapt)]
+        check_driving_clip(clip, args.frames, frame_shape, stretched_warning=not crops_driving(args))
+    return [Job(os.path.basename(driving_path), open_driving, source, output, args.relative, args.adapt,
+                driving_path=driving_path, photo=photo)]
+
+
+# Published models whose training data is not faces: the face detector cannot find their subject.
+NOT_FACE_MODELS = ("taichi", "bair", "fashion", "mgif")
+
+
+def crops_source(args):
+    return args.mode == "animate" and (args.crop in ("both", "source") or args.crop_box is not None)
+
+
+def crops_driving(args):
+    return args.crop in ("both", "driving") or args.driving_crop_box is not None
+
+
+def check_face_model(args, config):
+    """--crop detects faces: refused for a model of another domain unless the boxes are given by hand."""
+    detects_source = crops_source(args) and args.crop_box is None
+    detects_driving = args.crop in ("both", "driving") and args.driving_crop_box is None
+    name = os.path.basename(config.path)
+    if (detects_source or detects_driving or args.list_faces) and name.startswith(NOT_FACE_MODELS):
+        raise utils.UserError(f"--crop finds faces, and {name} is not a face model: give the boxes by hand with "
+                              f"--crop_box X,Y,W,H (photo) and --driving_crop_box X,Y,W,H (video)")
+
+
+def crop_inputs(args, plan):
+    """--crop: find the faces (TensorFlow is loaded by now), then crop the source and the driving video."""
+    shape = plan.config.frame_shape
+    for job in plan.jobs:
+        if job.photo is not None and crops_source(args):
+            boxes = source_boxes(args, job, shape)
+            job.faces = [(faces.crop_and_resize(job.photo, box, shape), box) for box in boxes]
+            job.source = job.faces[0][0]
+            say(f"{job.name}: animating {plural(len(boxes), 'face')} of the photo at " +
+                "; ".join(str(box) for box in boxes))
+        if crops_driving(args):
+            box = driving_box(args, job, shape)
+            job.open_driving = functools.partial(open_cropped_driving, job.driving_path, box, shape)
+
+
+def source_boxes(args, job, shape):
+    """The photo's crop boxes: --crop_box, or one per face found (or the --face one), left to right."""
+    if args.crop_box is not None:
+        faces.warn_if_small(args.crop_box, shape, args.source_image)
+        return [args.crop_box]
+    name = args.source_image or EXAMPLE_SOURCE
+    return [box for _, box in faces.source_crops(job.photo, shape, name, face=args.face)]
+
+
+def driving_box(args, job, shape):
+    """The driving video's one fixed crop box: --driving_crop_box, or the longest face track's (--driving_face)."""
+    if args.driving_crop_box is not None:
+        return args.driving_crop_box
+    limit = args.frames if args.frames > 0 else None
+    with media.open_video(job.driving_path) as video:
+        box, track, found = faces.driving_crop_box(video, shape, job.driving_path, face=args.driving_face,
+                                                   max_frames=limit)
+    say(f"{job.name}: following face track {found.index(track)} of {len(found)} (frames {track.start}-{track.end}), "
+        f"crop box {box}")
+    return box
+
+
+def open_cropped_driving(path, box, shape):
+    return faces.DrivingCrop(media.open_video(path), box, shape)
+
+
+def list_faces(args, plan):
+    """--list_faces: the photo's faces and the driving video's face tracks, then exit."""
+    for job in plan.jobs:
+        if job.photo is not None:
+            found = faces.detect_faces(job.photo)
+            say(f"{args.source_image or EXAMPLE_SOURCE}: {plural(len(found), 'face')}")
+            for index, face in enumerate(found):
+                x, y, w, h = face.box
+                say(f"  face {index}: box {round(x)},{round(y)},{round(w)},{round(h)} "
+                    f"confidence {face.confidence:.3f}")
+        with media.open_video(job.driving_path) as video:
+            found = faces.tracks(faces.detect_video(video), hold_on_miss=True)
+        say(f"{job.driving_path}: {plural(len(found), 'face track')}")
+        for index, track in enumerate(found):
+            x, y, w, h = track.box
+            say(f"  track {index}: frames {track.start}-{track.end}, box {round(x)},{round(y)},{round(w)},{round(h)}")
 
 
 def read_source(path, frame_shape):
@@ -539,14 +687,14 @@ def read_source(path, frame_shape):
     return media.read_image(path, frame_shape)
 
 
-def check_driving_clip(clip, frames, frame_shape):
+def check_driving_clip(clip, frames, frame_shape, stretched_warning=True):
     """A still image is not a driving video; --frames beyond the clip's end is said, not ignored."""
     if clip.frame_count == 1 and os.path.splitext(clip.path)[1].lower() not in media.VIDEO_EXTENSIONS:
         raise utils.UserError(f"--driving_video {clip.path}: a still image, not a video (give a video, "
                               f"e.g. .mp4 or .gif, whose motion the source will follow)")
     if frames > 0 and clip.frame_count is not None and frames > clip.frame_count:
         warn(f"--frames {frames}: {clip.path} has {plural(clip.frame_count, 'frame')}; animating all of them")
-    if clip.size is not None:
+    if clip.size is not None and stretched_warning:
         warn_if_stretched(clip.path, "driving video", *clip.size, frame_shape)
 
 

@@ -66,7 +66,7 @@ class Fixture:
 # tqdm's progress updates, e.g. "clip.mp4:  45%|####5     | 9/20 [00:01<00:01,  8.10frame/s]"
 PROGRESS_BAR = re.compile(r"\[(\d+:)?\d\d:\d\d[<,]")
 # run.py's status lines: what it is doing before the progress bar can say it (run.status)
-STATUS_LINE = re.compile(r"^(loading .+|\S.*: building the graph on the first batch)\.\.\.$")
+STATUS_LINE = re.compile(r"^(loading .+|looking for faces|cropping|\S.*: building the graph on the first batch)\.\.\.$")
 
 
 def stderr_lines(text):
