@@ -72,14 +72,15 @@ def kp_from_arguments(arguments, name):
     return kp
 
 
-def batches(frames: Iterable[np.ndarray], batch_size: int) -> Iterator[np.ndarray]:
-    """Group a stream of [H, W, C] frames into [b, H, W, C] arrays of at most batch_size."""
-    batch = []
+def batches(frames: Iterable[np.ndarray], batch_size: int, first_size=None) -> Iterator[np.ndarray]:
+    """Group a stream of [H, W, C] frames into [b, H, W, C] arrays of at most batch_size (the first one of
+    at most `first_size`, when given)."""
+    batch, size = [], first_size or batch_size
     for frame in frames:
         batch.append(frame)
-        if len(batch) == batch_size:
+        if len(batch) == size:
             yield np.stack(batch)
-            batch = []
+            batch, size = [], batch_size
     if batch:
         yield np.stack(batch)
 
@@ -92,22 +93,32 @@ def pad_batch(batch, batch_size):
     return np.concatenate([batch, np.repeat(batch[-1:], missing, axis=0)])
 
 
+@dataclass(frozen=True)
+class Motion:
+    """How the driving keypoints move the source: the original normalize_kp's three options."""
+    relative: bool = False  # use_relative_movement: follow the motion since the initial driving frame
+    adapt: bool = False  # adapt_movement_scale: scale it by the source's and driver's convex-hull areas
+    relative_jacobian: bool = True  # use_relative_jacobian: with relative motion, the jacobian too (demo.py)
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Driving frames per model call; `exact` pads every batch to `size` (static-batch exports)."""
+    size: int = 1
+    exact: bool = False
+
+
 class Animator:
     """Animates one source image; feed it driving batches in order.
 
     Relative motion is measured from `kp_driving_initial` ({'value', 'jacobian'?}, batch of one) when
-    given, else from the first driving frame, as the original. `relative_jacobian` False keeps the
-    detected driving jacobians (normalize_kp's use_relative_jacobian, which configs' animate_params set).
+    given, else from the first driving frame, as the original.
     """
 
-    def __init__(self, models: Models, source_image, relative=False, adapt=False, batch_size=1, exact_batch=False,
-                 kp_driving_initial=None, relative_jacobian=True):
+    def __init__(self, models: Models, source_image, motion=Motion(), batching=Batching(), kp_driving_initial=None):
         self.models = models
-        self.relative = relative
-        self.adapt = adapt
-        self.relative_jacobian = relative_jacobian
-        self.batch_size = batch_size
-        self.exact_batch = exact_batch
+        self.motion = motion
+        self.batching = batching
         self.source = np.asarray(source_image, np.float32)[None]  # [1, H, W, C]
         with models.stage("source encoding"):
             self.kp_source, self.source_scaled = self.source_keypoints()
@@ -121,7 +132,7 @@ class Animator:
         source is repeated to the batch size and the first result kept. The generator takes the
         source as a batch of one whatever the batch size, so it is never tiled there.
         """
-        source = pad_batch(self.source, self.batch_size) if self.exact_batch else self.source
+        source = pad_batch(self.source, self.batching.size) if self.batching.exact else self.source
         out = {k: np.asarray(v)[:1] for k, v in self.models.kp_detector(img=source).items()}
         scaled = out.pop("source_image_scaled", None)
         return out, scaled if self.models.prescale else None
@@ -134,21 +145,21 @@ class Animator:
         """Keypoints the generator should follow for detected driving keypoints (relative motion or as is)."""
         if self.kp_driving_initial is None:
             self.kp_driving_initial = {k: v[:1] for k, v in kp_driving.items()}
-        if not self.relative:
+        if not self.motion.relative:
             return kp_driving
         return self.models.process_kp_driving(
             **kp_arguments(kp_driving, "kp_driving"),
             **kp_arguments(self.kp_driving_initial, "kp_driving_initial"),
             **kp_arguments(self.kp_source, "kp_source"),
-            use_relative_jacobian=np.float32(1.0 if self.relative_jacobian else 0.0),
-            adapt_movement_scale=np.float32(1.0 if self.adapt else 0.0))
+            use_relative_jacobian=np.float32(1.0 if self.motion.relative_jacobian else 0.0),
+            adapt_movement_scale=np.float32(1.0 if self.motion.adapt else 0.0))
 
     def animate_batch(self, driving):
         """[b, H, W, C] driving frames -> generator outputs for those b frames, plus the keypoint values
         detected ('kp_driving') and followed ('kp_norm'), [b, K, 2] each."""
         count = len(driving)
-        if self.exact_batch:
-            driving = pad_batch(driving, self.batch_size)
+        if self.batching.exact:
+            driving = pad_batch(driving, self.batching.size)
         kp_driving = self.driving_keypoints(np.asarray(driving, np.float32))
         kp_norm = self.followed_keypoints(kp_driving)
         out = self.generate(kp_norm)
@@ -167,7 +178,7 @@ class Animator:
 def animate(models: Models, source_image, driving_frames: Iterable[np.ndarray], relative=False, adapt=False,
             batch_size=1, exact_batch=False) -> Iterator[np.ndarray]:
     """Yield predicted frames [H, W, C] float32 in [0, 1], one per driving frame, streaming."""
-    animator = Animator(models, source_image, relative, adapt, batch_size, exact_batch)
+    animator = Animator(models, source_image, Motion(relative, adapt), Batching(batch_size, exact_batch))
     for driving in batches(driving_frames, batch_size):
         yield from animator.animate_batch(driving)["prediction"]
 
@@ -197,18 +208,20 @@ def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Mo
 # Per-frame outputs: what the visualizer and the reconstruction metrics need
 # --------------------------------------------------------------------------------------------------
 
-def animate_frames(models: Models, source_image, driving_frames: Iterable[np.ndarray], relative=False, adapt=False,
-                   batch_size=1, exact_batch=False, kp_driving_initial=None, relative_jacobian=True) -> Iterator[tuple]:
+def animate_frames(models: Models, source_image, driving_frames: Iterable[np.ndarray], motion=Motion(),
+                   batching=Batching(), kp_driving_initial=None) -> Iterator[tuple]:
     """Yield (driving frame, outputs) per driving frame, streaming.
 
     `outputs` holds that frame's generator outputs ('prediction' and, unless the generator was built
     prediction-only, 'mask', 'occlusion_map', 'deformed') and the keypoint values [K, 2]
     'kp_source', 'kp_driving' (detected) and 'kp_norm' (followed by the generator).
     """
-    animator = Animator(models, source_image, relative, adapt, batch_size, exact_batch, kp_driving_initial,
-                        relative_jacobian)
+    animator = Animator(models, source_image, motion, batching, kp_driving_initial)
     kp_source = animator.kp_source["value"][0]
-    for driving in batches(driving_frames, batch_size):
+    # The first frame alone, so it is written (and the progress bar starts) without waiting for a whole
+    # batch; a static batch size (exact_batch) pads every batch anyway.
+    first_size = batching.size if batching.exact else 1
+    for driving in batches(driving_frames, batching.size, first_size):
         out = animator.animate_batch(driving)
         for index, frame in enumerate(driving):
             yield frame, {"kp_source": kp_source, **{k: v[index] for k, v in out.items()}}
@@ -218,7 +231,7 @@ def animate_frames(models: Models, source_image, driving_frames: Iterable[np.nda
 # Reconstruction (the original reconstruction.py)
 # --------------------------------------------------------------------------------------------------
 
-def reconstruct_frames(models: Models, frames: Iterable[np.ndarray], batch_size=1, exact_batch=False):
+def reconstruct_frames(models: Models, frames: Iterable[np.ndarray], batching=Batching()):
     """Reconstruct a video from its own first frame, as the original reconstruction.py.
 
     Frame 0 is the source and every frame, frame 0 included, drives it with absolute keypoints.
@@ -228,8 +241,7 @@ def reconstruct_frames(models: Models, frames: Iterable[np.ndarray], batch_size=
     first = next(frames, None)
     if first is None:
         return
-    yield from animate_frames(models, first, itertools.chain([first], frames), relative=False,
-                              batch_size=batch_size, exact_batch=exact_batch)
+    yield from animate_frames(models, first, itertools.chain([first], frames), Motion(relative=False), batching)
 
 
 def reconstruction_l1(prediction, frame):
@@ -245,10 +257,10 @@ def reconstruction_l1(prediction, frame):
 # Best start frame (the original demo.py's --find_best_frame, with the model's own keypoints)
 # --------------------------------------------------------------------------------------------------
 
-def frame_keypoints(models: Models, frames: Iterable[np.ndarray], batch_size=1, exact_batch=False):
+def frame_keypoints(models: Models, frames: Iterable[np.ndarray], batching=Batching()):
     """Yield kp_detector's {'value' [K, 2], 'jacobian' [K, 2, 2]?} for each frame, streaming."""
-    for batch in batches(frames, batch_size):
-        images = pad_batch(batch, batch_size) if exact_batch else batch
+    for batch in batches(frames, batching.size):
+        images = pad_batch(batch, batching.size) if batching.exact else batch
         out = models.kp_detector(img=np.asarray(images, np.float32))
         kp = {k: np.asarray(out[k]) for k in ("value", "jacobian") if k in out}
         for index in range(len(batch)):
@@ -300,8 +312,7 @@ def pose_distance(pose_a, pose_b):
     return float(((pose_a - pose_b) ** 2).sum())
 
 
-def find_best_frame(models: Models, source_image, driving_frames: Iterable[np.ndarray], batch_size=1,
-                    exact_batch=False):
+def find_best_frame(models: Models, source_image, driving_frames: Iterable[np.ndarray], batching=Batching()):
     """(index, keypoints) of the driving frame whose pose is closest to the source's.
 
     The original demo.py compares face-alignment landmarks; this compares the model's own keypoints,
@@ -315,10 +326,10 @@ def find_best_frame(models: Models, source_image, driving_frames: Iterable[np.nd
     that `kp_driving_initial` gives the same frames while streaming.
     """
     with models.stage("best frame"):
-        kp_source = next(frame_keypoints(models, [source_image], batch_size, exact_batch))
+        kp_source = next(frame_keypoints(models, [source_image], batching))
         source_pose = normalized_pose(kp_source["value"])
         best = None
-        for index, kp in enumerate(frame_keypoints(models, driving_frames, batch_size, exact_batch)):
+        for index, kp in enumerate(frame_keypoints(models, driving_frames, batching)):
             distance = pose_distance(source_pose, normalized_pose(kp["value"]))
             if best is None or distance < best[0]:
                 best = (distance, index, kp)
@@ -328,7 +339,7 @@ def find_best_frame(models: Models, source_image, driving_frames: Iterable[np.nd
     return index, {k: v[None] for k, v in kp.items()}
 
 
-def keypoints_at(models: Models, driving_frames: Iterable[np.ndarray], index, batch_size=1, exact_batch=False):
+def keypoints_at(models: Models, driving_frames: Iterable[np.ndarray], index, batching=Batching()):
     """Keypoints ({'value', 'jacobian'?}, batch of one) of driving frame `index`, for `--best_frame`.
 
     Decodes the frames up to `index` only. Raises IndexError naming the frame count when the video
@@ -340,7 +351,7 @@ def keypoints_at(models: Models, driving_frames: Iterable[np.ndarray], index, ba
             pass
         if count <= index:
             raise IndexError(f"frame {index} is out of range: the video has {count} frames (0-{count - 1})")
-        kp = next(frame_keypoints(models, [frame], batch_size, exact_batch))
+        kp = next(frame_keypoints(models, [frame], batching))
     return {k: v[None] for k, v in kp.items()}
 
 

@@ -248,7 +248,8 @@ def job_row(spec):
     load_s = time.perf_counter() - started
     source = media.read_image(spec["source_image"], config.frame_shape)
     warmup = list(driving_frames(spec["driving_video"], config.frame_shape, spec["batch"]))
-    animate.Animator(models, source, relative=True, adapt=True, batch_size=spec["batch"]).animate_batch(
+    animate.Animator(models, source, animate.Motion(relative=True, adapt=True),
+                     animate.Batching(spec["batch"])).animate_batch(
         np.stack(warmup))
     output = os.path.join(spec["tmpdir"], f"{spec['target']}-{spec['batch']}.mp4")
 
@@ -414,7 +415,7 @@ def job_int8_quality(spec):
         predictions[kind] = np.stack(list(animate.animate(models, source, frames, relative=True, adapt=True,
                                                           batch_size=4)))
         l1[kind] = float(np.mean([animate.reconstruction_l1(out["prediction"], frame)
-                                  for frame, out in animate.reconstruct_frames(models, frames, batch_size=4)]))
+                                  for frame, out in animate.reconstruct_frames(models, frames, animate.Batching(4))]))
     difference = np.abs(predictions["int8"] - predictions["float32"])
     return {"frames": len(frames), "prediction_max_abs": float(difference.max()),
             "prediction_mean_abs": float(difference.mean()), "reconstruction_l1": l1,

@@ -169,9 +169,7 @@ class Job:
     open_driving: Callable
     source: object  # float32 [H, W, 3] or None
     output: str
-    relative: bool = False
-    adapt: bool = False
-    relative_jacobian: bool = True  # with relative motion: the jacobian too (demo.py), or as detected
+    motion: animate.Motion = animate.Motion()
     driving_path: str = None
     photo: object = None  # --crop: the full-resolution photo (uint8) the animated faces are pasted into
     faces: list = None  # --crop: [(source crop float32 [H, W, 3], faces.CropBox in the photo)], left to right
@@ -336,13 +334,11 @@ def render(args, models, job, clip, drawer, timings, trace):
     if timings is not None:
         frames = timings.timed_iter("decode", frames)
     if job.source is None:
-        outputs = animate.reconstruct_frames(models, frames, args.batch_size, args.exactbatch)
+        outputs = animate.reconstruct_frames(models, frames, batching(args))
     elif job.faces is not None:
         outputs = pasted_frames(args, models, job, clip, frames, _timed(timings, "paste", faces.paste_all))
     else:
-        outputs = animate.animate_frames(models, job.source, frames, job.relative, job.adapt, args.batch_size,
-                                         args.exactbatch, kp_driving_initial=initial,
-                                         relative_jacobian=job.relative_jacobian)
+        outputs = animate.animate_frames(models, job.source, frames, job.motion, batching(args), initial)
     losses = []
     source = job.source
     with contextlib.ExitStack() as stack:
@@ -376,10 +372,8 @@ def pasted_frames(args, models, job, clip, frames, paste):
     driving frames, outputs['photo'] the full photo with each animated face pasted back (uint8);
     the rest of the outputs are the first face's (for the visualizer)."""
     streams = itertools.tee(frames, len(job.faces))
-    per_face = [animate.animate_frames(models, source, stream, job.relative, job.adapt, args.batch_size,
-                                       args.exactbatch,
-                                       kp_driving_initial=start_keypoints(args, models, job.name, source, clip),
-                                       relative_jacobian=job.relative_jacobian)
+    per_face = [animate.animate_frames(models, source, stream, job.motion, batching(args),
+                                       start_keypoints(args, models, job.name, source, clip))
                 for (source, _), stream in zip(job.faces, streams)]
     for results in zip(*per_face):
         driving, first = results[0]
@@ -415,6 +409,10 @@ class Progress:
         return False
 
 
+def batching(args):
+    return animate.Batching(args.batch_size, args.exactbatch)
+
+
 def plural(count, noun):
     return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
 
@@ -446,14 +444,14 @@ def start_keypoints(args, models, name, source, clip):
     frames = limited_frames(clip, args.frames)
     if args.best_frame is not None:
         try:
-            kp = animate.keypoints_at(models, frames, args.best_frame, args.batch_size, args.exactbatch)
+            kp = animate.keypoints_at(models, frames, args.best_frame, batching(args))
         except IndexError as err:
             cut = f" with --frames {args.frames}" if args.frames >= 0 else ""
             raise utils.UserError(f"--best_frame {args.best_frame}: {clip.path}{cut}: {err}") from None
         say(f"{name}: starting from driving frame {args.best_frame}")
         return kp
     try:
-        index, kp = animate.find_best_frame(models, source, frames, args.batch_size, args.exactbatch)
+        index, kp = animate.find_best_frame(models, source, frames, batching(args))
     except ValueError:
         raise utils.UserError(f"{clip.path}: no frames to animate") from None
     say(f"{name}: best frame {index} (keypoints closest to the source's)")
@@ -595,7 +593,7 @@ def file_jobs(args, config):
     open_driving = functools.partial(media.open_driving_clip, driving_path, frame_shape)
     with open_driving() as clip:  # a bad video fails now, before the model loads
         check_driving_clip(clip, args.frames, frame_shape, stretched_warning=not crops_driving(args))
-    return [Job(os.path.basename(driving_path), open_driving, source, output, args.relative, args.adapt,
+    return [Job(os.path.basename(driving_path), open_driving, source, output, animate.Motion(args.relative, args.adapt),
                 driving_path=driving_path, photo=photo)]
 
 
@@ -731,28 +729,27 @@ def dataset_jobs(args, config):
                 for path in videos)
     params = config.animate_params
     normalization = params.get("normalization_params") or {}
-    relative = args.relative or bool(normalization.get("use_relative_movement", False))
-    adapt = args.adapt or bool(normalization.get("adapt_movement_scale", False))
-    # normalize_kp's own default is False; a config without the key but run with --relative follows demo.py.
-    relative_jacobian = bool(normalization.get("use_relative_jacobian", args.relative))
+    # normalize_kp's own default for use_relative_jacobian is False; a config without the key but run with
+    # --relative follows demo.py.
+    motion = animate.Motion(relative=args.relative or bool(normalization.get("use_relative_movement", False)),
+                            adapt=args.adapt or bool(normalization.get("adapt_movement_scale", False)),
+                            relative_jacobian=bool(normalization.get("use_relative_jacobian", args.relative)))
     extension = output_format(params)
     by_name = {os.path.basename(path): path for path in videos}
     pairs = datasets.animation_pairs(list(by_name), params.get("num_pairs", 50), pairs_list(config))
     return (dataset_job(f"{driving}-{source}", by_name[driving], by_name[source],
-                        os.path.join(folder, f"{_stem(driving)}-{_stem(source)}{extension}"), shape, relative, adapt,
-                        relative_jacobian)
+                        os.path.join(folder, f"{_stem(driving)}-{_stem(source)}{extension}"), shape, motion)
             for driving, source in pairs)
 
 
-def dataset_job(name, driving_path, source_path, output, frame_shape, relative=False, adapt=False,
-                relative_jacobian=True):
+def dataset_job(name, driving_path, source_path, output, frame_shape, motion=animate.Motion()):
     """Open one dataset job; the source is the first frame of `source_path` (None: reconstruction)."""
     source = None
     if source_path is not None:
         with media.open_dataset_clip(source_path, frame_shape) as clip:
             source = next(iter(clip))
-    return Job(name, functools.partial(media.open_dataset_clip, driving_path, frame_shape), source, output,
-               relative, adapt, relative_jacobian)
+    return Job(name, functools.partial(media.open_dataset_clip, driving_path, frame_shape), source, output, motion,
+               driving_path=driving_path)
 
 
 def dataset_output_dir(args):

@@ -114,7 +114,7 @@ def test_find_best_frame_picks_the_frame_that_is_the_source():
     frames = list(nchw_to_nhwc(fx.ref["driving"]))
     source = nchw_to_nhwc(fx.ref["source"])[0]
     frames[4] = source
-    index, kp = animate.find_best_frame(direct_models(FIRST_ORDER), source, frames, batch_size=4)
+    index, kp = animate.find_best_frame(direct_models(FIRST_ORDER), source, frames, animate.Batching(4))
     assert index == 4
     assert kp["value"].shape == (1, fx.config().num_kp, 2) and kp["jacobian"].shape[0] == 1
 
@@ -340,8 +340,8 @@ def dataset_animation_job(fx, tmp_path, normalization):
 
 def dataset_animation(fx, job):
     with job.open_driving() as clip:
-        outputs = animate.animate_frames(direct_models(FIRST_ORDER), job.source, list(clip), job.relative, job.adapt,
-                                         batch_size=4, relative_jacobian=job.relative_jacobian)
+        outputs = animate.animate_frames(direct_models(FIRST_ORDER), job.source, list(clip), job.motion,
+                                         animate.Batching(4))
         return np.stack([out["prediction"] for _, out in outputs])
 
 
@@ -350,7 +350,7 @@ def test_dataset_animate_follows_normalization_params_like_the_original_animate_
     normalization = fx.meta["dataset_animation"]["normalization_params"]
     assert normalization["use_relative_jacobian"] is False  # the case this reference exists for
     job = dataset_animation_job(fx, tmp_path, normalization)
-    assert (job.relative, job.adapt, job.relative_jacobian) == (True, True, False)
+    assert job.motion == animate.Motion(relative=True, adapt=True, relative_jacobian=False)
     expected = nchw_to_nhwc(fx.ref["dataset_animation_prediction"])
     assert np.abs(dataset_animation(fx, job) - expected).max() <= 1e-4
     # the flag matters on this pair: with relative jacobians the frames are visibly different
@@ -380,7 +380,8 @@ def first_frame_outputs(name):
     fx = load_fixture(name)
     frames = list(nchw_to_nhwc(fx.ref["driving"]))
     source = nchw_to_nhwc(fx.ref["source"])[0]
-    driving, outputs = next(animate.animate_frames(direct_models(name), source, frames, relative=True, batch_size=2))
+    driving, outputs = next(animate.animate_frames(direct_models(name), source, frames, animate.Motion(relative=True),
+                                                   animate.Batching(2)))
     return fx, source, driving, outputs
 
 
@@ -438,7 +439,7 @@ def profile_table(out):
 def test_profile_prints_totals_once_and_per_frame_times_per_batch(cached_models, tmp_path, monkeypatch, capsys):
     fx = load_fixture(ZERO_ORDER)
     frames = len(driving_frames(fx))
-    batches = -(-frames // 2)
+    batches = 1 + -(-(frames - 1) // 2)  # the first frame alone (written at once), then batches of 2
     monkeypatch.chdir(tmp_path)
     assert run.main(animate_args(fx, tmp_path / "out.mp4", "--relative", "--profile", "--batchsize", "2")) == 0
     out = capsys.readouterr().out

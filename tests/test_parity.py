@@ -41,8 +41,8 @@ def test_process_kp_driving_matches_normalize_kp(fixture, relative, adapt):
     models = animate.Models(kp_detector=lambda img: dict(kp_source),
                             process_kp_driving=lambda **kw: {k: v.numpy() for k, v in process(**kw).items()},
                             generator=None, estimate_jacobian=config.estimate_jacobian)
-    animator = animate.Animator(models, nchw_to_nhwc(fixture.ref["source"])[0], relative=bool(relative),
-                                adapt=bool(adapt))
+    animator = animate.Animator(models, nchw_to_nhwc(fixture.ref["source"])[0],
+                                animate.Motion(relative=bool(relative), adapt=bool(adapt)))
     ours = animator.followed_keypoints(fixture.kp("kp_driving"))
     reference = fixture.kp(f"norm_{relative}{adapt}")
     assert set(ours) == set(reference)
