@@ -43,7 +43,7 @@ def parse_args(argv=None):
                         help="write only tracks spanning at least this many frames (default 150)")
     parser.add_argument("--detect_every", default=1, type=_positive_int,
                         help="search every K-th frame only (default 1, as the original; faster with more)")
-    parser.add_argument("--crop_box", type=_crop_box, default=None,
+    parser.add_argument("--crop_box", type=faces.parse_crop_box, default=None,
                         help="X,Y,W,H: crop this box by hand (no detector), every frame of a video")
     parser.add_argument("--outdir", default="output", help="folder for the crops (default output/)")
     return parser.parse_args(argv)
@@ -91,13 +91,6 @@ def _positive_int(text):
     if value < 1:
         raise argparse.ArgumentTypeError(f"{text!r}: must be 1 or more")
     return value
-
-
-def _crop_box(text):
-    try:
-        return faces.parse_crop_box(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # ----------------------------------------------------------------------------

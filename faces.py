@@ -19,6 +19,7 @@ Sections: 1. detection, 2. crop geometry, 3. face tracks over a video and the st
 4. pasting animated crops back. TensorFlow loads (through `backends`) only when a detector is built,
 so importing this module is cheap and the CLIs can check their arguments first.
 """
+import argparse
 import dataclasses
 import functools
 import math
@@ -227,19 +228,19 @@ class CropBox:
         return f"{self.x},{self.y},{self.w},{self.h}"
 
 
-def parse_crop_box(text):
-    """"X,Y,W,H" (integers, W and H positive; X and Y may be negative) -> CropBox.
+class CropBoxError(argparse.ArgumentTypeError, ValueError):
+    """A malformed X,Y,W,H: argparse shows its one-line message as is when parse_crop_box is a `type=`."""
 
-    Raises ValueError with a one-line reason, so it works as an argparse `type=` (wrap it to name the
-    flag) and in checks of its own.
-    """
+
+def parse_crop_box(text):
+    """"X,Y,W,H" (integers, W and H positive; X and Y may be negative) -> CropBox; CropBoxError otherwise."""
     parts = str(text).split(",")
     try:
         x, y, w, h = (int(part.strip()) for part in parts)
     except ValueError:
-        raise ValueError(f"{text!r}: expected X,Y,W,H (four integers, e.g. 120,80,300,300)") from None
+        raise CropBoxError(f"{text!r}: expected X,Y,W,H (four integers, e.g. 120,80,300,300)") from None
     if w <= 0 or h <= 0:
-        raise ValueError(f"{text!r}: width and height must be positive")
+        raise CropBoxError(f"{text!r}: width and height must be positive")
     return CropBox(x, y, w, h)
 
 

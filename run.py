@@ -14,7 +14,6 @@ Everything the user can get wrong is checked first (`prepare`, which never impor
 the target's runtime and the model load (`run`). Bad input ends with one line on stderr and exit code 1
 (2 for usage errors, 130 on Ctrl-C); outputs appear only when complete.
 """
-import argparse
 import contextlib
 import functools
 import itertools
@@ -98,11 +97,11 @@ def parse_args(argv=None):
                       help="find the faces and crop the inputs as the model was trained (both, or only the source "
                            "photo or only the driving video); every face of the photo is animated and pasted back")
     crop.add_argument("--face", type=int, help="with --crop: animate only this face of the photo (0 = leftmost)")
-    crop.add_argument("--crop_box", type=_crop_box, metavar="X,Y,W,H",
+    crop.add_argument("--crop_box", type=faces.parse_crop_box, metavar="X,Y,W,H",
                       help="crop the source photo to this box instead of detecting faces (any model)")
     crop.add_argument("--driving_face", type=int, help="with --crop: follow this face track of the driving video "
                                                        "(default: the longest)")
-    crop.add_argument("--driving_crop_box", type=_crop_box, metavar="X,Y,W,H",
+    crop.add_argument("--driving_crop_box", type=faces.parse_crop_box, metavar="X,Y,W,H",
                       help="crop the driving video to this box instead of detecting faces (any model)")
     crop.add_argument("--list_faces", action="store_true",
                       help="print the faces found in the source photo (and the driving video's face tracks) and exit")
@@ -141,13 +140,6 @@ def parse_args(argv=None):
     if args.int8 and (args.target != "tflite" or args.float16):
         parser.error("--int8 applies to --target tflite only, without --float16")
     return args
-
-
-def _crop_box(text):
-    try:
-        return faces.parse_crop_box(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 # --------------------------------------------------------------------------------------------------
