@@ -92,6 +92,18 @@ def parse_args(argv=None):
     parser.add_argument("--audio", action="store_true", help="copy the driving video's audio track")
     parser.add_argument("--root_dir", help="dataset folder for --datamode dataset (default: the config's "
                                            "dataset_params.root_dir)")
+    add_face_arguments(parser)
+    loudness = parser.add_mutually_exclusive_group()
+    loudness.add_argument("--verbose", action="store_true",
+                          help="also show TensorFlow's and LiteRT's own start-up and log lines")
+    loudness.add_argument("--quiet", action="store_true", help="print errors only (no progress, notes or warnings)")
+    args = parser.parse_args(argv)
+    check_combinations(parser, args)
+    check_face_arguments(parser, args)
+    return args
+
+
+def add_face_arguments(parser):
     crop = parser.add_argument_group("faces in the wild (see README)")
     crop.add_argument("--crop", nargs="?", const="both", choices=["both", "source", "driving"],
                       help="find the faces and crop the inputs as the model was trained (both, or only the source "
@@ -105,13 +117,10 @@ def parse_args(argv=None):
                       help="crop the driving video to this box instead of detecting faces (any model)")
     crop.add_argument("--list_faces", action="store_true",
                       help="print the faces found in the source photo (and the driving video's face tracks) and exit")
-    loudness = parser.add_mutually_exclusive_group()
-    loudness.add_argument("--verbose", action="store_true",
-                          help="also show TensorFlow's and LiteRT's own start-up and log lines")
-    loudness.add_argument("--quiet", action="store_true", help="print errors only (no progress, notes or warnings)")
-    args = parser.parse_args(argv)
-    if args.batch_size < 1:
-        parser.error("--batchsize must be at least 1")
+
+
+def check_face_arguments(parser, args):
+    """Usage errors of the face options: each flag in a combination where it means something."""
     if args.face is not None and args.crop not in ("both", "source"):
         parser.error("--face picks a face for --crop (or --crop source)")
     if args.driving_face is not None and args.crop not in ("both", "driving"):
@@ -125,6 +134,12 @@ def parse_args(argv=None):
             parser.error(f"{flag} must be 0 or more, got {value}")
     if (args.crop or args.crop_box or args.driving_crop_box or args.list_faces) and args.datamode == "dataset":
         parser.error("--crop and the face options apply to --datamode file (crop a dataset with crop.py)")
+
+
+def check_combinations(parser, args):
+    """Usage errors: numbers out of range and flags that contradict each other (one line, exit 2)."""
+    if args.batch_size < 1:
+        parser.error("--batchsize must be at least 1")
     if args.frames == 0 or args.frames < -1:
         parser.error(f"--frames must be a positive number of frames (or -1 for all), got {args.frames}")
     if args.best_frame is not None and args.best_frame < 0:
@@ -139,7 +154,6 @@ def parse_args(argv=None):
         parser.error("--float16 applies to --target tflite only")
     if args.int8 and (args.target != "tflite" or args.float16):
         parser.error("--int8 applies to --target tflite only, without --float16")
-    return args
 
 
 # --------------------------------------------------------------------------------------------------
