@@ -22,6 +22,13 @@ sizes, strides and element counts are checked against the file before any
 memory is allocated or any data is read, and all the tensors of one file
 together may take at most a few times the file's size (plus 256 MiB).
 
+``read_checkpoint(path, keep=("kp_detector", "generator"))`` reads only what
+those top-level entries hold: the pickle is run once without data to find
+their storages, the other storages (discriminator and optimizer state, two
+thirds of a published checkpoint) are checked but never read -- stepped over
+in a legacy file, their zip members never opened -- and the kept tensors are
+read straight from the file into their final arrays.
+
 ``load_with_torch`` is the opt-in alternative (``--loadwithtorch``) that lets
 real PyTorch parse the file; it is the only place torch is imported.
 """
@@ -237,15 +244,44 @@ class _StandIn(_Frozen):
 
 
 class _Deferred:
-    """Placeholder tensor from the first pass over a legacy file (no data yet)."""
+    """Placeholder tensor from a first pass over the pickle: no data read, its storage remembered.
 
-    __slots__ = ()
+    The first pass learns the structure (which storages a legacy file declares, which storages the
+    entries a caller keeps use) before any tensor data is read. Like the old shared placeholder it
+    is hashable and refuses pickle's BUILD (no ``__dict__``, attributes cannot be set), so a first
+    pass fails or succeeds exactly where reading the data would.
+    """
+
+    __slots__ = ("key",)
+
+    def __init__(self, key):
+        object.__setattr__(self, "key", key)
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a tensor has no attribute {name!r} to set")
 
     def __repr__(self):
         return "<tensor not read yet>"
 
 
-_DEFERRED = _Deferred()
+class _Skipped:
+    """A tensor outside the entries the caller keeps: checked against the file, never read.
+
+    Unhashable and unmodifiable like the numpy array it stands for, so a pickle that uses a tensor
+    as a dict key is refused whether or not the tensor is read.
+    """
+
+    __slots__ = ()
+    __hash__ = None
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"a tensor has no attribute {name!r} to set")
+
+    def __repr__(self):
+        return "<tensor not read>"
+
+
+_SKIPPED = _Skipped()
 
 
 # ---- storages ----
@@ -262,8 +298,8 @@ class _StorageId:
 class _StorageRef:
     """What persistent_load returns: which bytes of which storage a tensor sees.
 
-    ``source`` reads the bytes; it is None during the first pass over a legacy
-    file, when the position of the data is not known yet.
+    ``source`` reads the bytes; it is None during a first pass (see ``_Deferred``),
+    when the position of the data is not known yet or which tensors to read is not decided.
     """
 
     __slots__ = ("key", "dtype", "byte_offset", "nbytes", "source")
@@ -393,7 +429,7 @@ def _rebuild_tensor(storage, storage_offset, size, stride, dtype=None):
                 f"empty tensor of shape {size} starts at element {offset} of storage "
                 f"{storage.key!r}, which holds {capacity}"
             )
-        return _DEFERRED if storage.source is None else np.zeros(size, dtype.out)
+        return _Deferred(storage.key) if storage.source is None else np.zeros(size, dtype.out)
     last = offset + sum((n - 1) * s for n, s in zip(size, stride))
     if last >= capacity:
         raise _Malformed(
@@ -407,18 +443,55 @@ def _rebuild_tensor(storage, storage_offset, size, stride, dtype=None):
             f"elements into {out_bytes} bytes"
         )
     if storage.source is None:
-        return _DEFERRED
+        return _Deferred(storage.key)
 
     span = (last - offset + 1) * itemsize
-    # The copy costs out_bytes; reading a compressed zip member costs span.
+    # The copy costs out_bytes; reading a compressed zip member costs span. Charged for skipped
+    # tensors too, so what a file may ask for does not depend on what the caller keeps.
     storage.source.allowance.charge(max(out_bytes, span), f"tensor of shape {size}")
-    data = storage.source.read(storage.key, storage.byte_offset + offset * itemsize, span)
+    if not storage.source.wants(storage.key):
+        return _SKIPPED
+    start = storage.byte_offset + offset * itemsize
+    if _reads_straight(dtype, storage.source.byteorder, size, stride):
+        # The bytes on disk are the array: read them into it, no intermediate copy.
+        out = np.empty(size, dtype.out)
+        storage.source.readinto(storage.key, start, memoryview(out.reshape(-1).view(np.uint8)))
+        return out
+    data = storage.source.read(storage.key, start, span)
     flat = np.frombuffer(data, dtype=dtype.raw(storage.source.byteorder))
     # A dimension of size 1 is never stepped along, but a huge stride there
     # would overflow numpy's byte strides; zero is equivalent.
     byte_strides = tuple(s * itemsize if n > 1 else 0 for n, s in zip(size, stride))
     view = np.lib.stride_tricks.as_strided(flat, shape=size, strides=byte_strides, writeable=False)
     return _to_numpy(view, dtype)
+
+
+def _reads_straight(dtype, byteorder, size, stride):
+    """Whether the tensor's bytes on disk are exactly its returned array's bytes.
+
+    True for a C-contiguous view (sizes of 1 step nowhere, so their stride does not matter) of
+    elements stored as returned: the native byte order, and neither bool (normalised to 0/1)
+    nor bfloat16 (widened).
+    """
+    if dtype.out != dtype.raw(byteorder) or dtype.name == "bool":
+        return False
+    expected = 1
+    for n, s in zip(reversed(size), reversed(stride)):
+        if n != 1 and s != expected:
+            return False
+        expected *= n
+    return True
+
+
+def _readinto_full(file, buffer):
+    """Fill ``buffer`` from ``file``; the number of bytes read (short only at the end of the file)."""
+    done, total = 0, len(buffer)
+    while done < total:
+        got = file.readinto(buffer[done:])
+        if not got:
+            break
+        done += got
+    return done
 
 
 def _rebuild_tensor_v1(storage, storage_offset, size, stride):
@@ -444,7 +517,7 @@ def _rebuild_tensor_v3(storage, storage_offset, size, stride, requires_grad,
 
 def _rebuild_parameter(data, requires_grad, backward_hooks, state=None):
     """torch._utils._rebuild_parameter(_with_state): a Parameter is its data."""
-    if not isinstance(data, np.ndarray) and data is not _DEFERRED:
+    if not isinstance(data, (np.ndarray, _Deferred, _Skipped)):
         raise _Malformed(f"parameter wraps {type(data).__name__}, not a tensor")
     return data
 
@@ -555,18 +628,103 @@ def _prescan(file):
         raise _Malformed(f"corrupt pickle data ({err})") from None
 
 
-def _unpickle(file, open_storage):
-    """Load one pickle from ``file`` with the restricted unpickler."""
-    start = file.tell()
-    _prescan(file)
-    file.seek(start)
+class _Recorder:
+    """File wrapper that keeps every byte read through it (for ``_checked_pickle``)."""
+
+    def __init__(self, file):
+        self._file, self.chunks = file, []
+
+    def read(self, n=-1):
+        data = self._file.read(n)
+        self.chunks.append(data)
+        return data
+
+    def readline(self, limit=-1):
+        data = self._file.readline(limit)
+        self.chunks.append(data)
+        return data
+
+    def tell(self):
+        return self._file.tell()
+
+
+def _checked_pickle(file):
+    """The bytes of the next pickle in ``file``, checked by ``_prescan``; leaves ``file`` after it.
+
+    Exactly the bytes that were checked are returned, so every pass of the unpickler over them is
+    covered by that one check without reading the file again.
+    """
+    recorder = _Recorder(file)
+    _prescan(recorder)
+    return b"".join(recorder.chunks)
+
+
+def _load_pickle(data, open_storage):
+    """Unpickle ``data`` (from ``_checked_pickle``) with the restricted unpickler."""
     try:
-        return _RestrictedUnpickler(file, open_storage).load()
+        return _RestrictedUnpickler(io.BytesIO(data), open_storage).load()
     except (TypeError, KeyError, AttributeError) as err:
         # The file's opcodes call allowed stand-ins with arguments of its choosing (wrong arity, a dict
         # key that is not there, BUILD on an object without that attribute): a malformed file. Outside
         # the pickle machine these exceptions are bugs in this reader and are not caught.
         raise _Malformed(f"corrupt checkpoint ({type(err).__name__} in the pickle: {err})") from err
+
+
+def _unpickle(file, open_storage):
+    """Load the next pickle from ``file`` with the restricted unpickler."""
+    return _load_pickle(_checked_pickle(file), open_storage)
+
+
+# ---- choosing what to read ----
+
+def _leaves(roots):
+    """Every non-container object reachable from ``roots``, each container visited once.
+
+    Iterative, and following each shared container once, so a pickle nested thousands deep or
+    sharing one list 2**64 ways costs what its opcodes cost. Containers are those the restricted
+    unpickler can build: dicts (keys and values), lists, tuples, sets and slices.
+    """
+    seen, stack = set(), list(roots)
+    while stack:
+        obj = stack.pop()
+        if isinstance(obj, (dict, list, tuple, set, frozenset, slice)):
+            if id(obj) in seen:
+                continue
+            seen.add(id(obj))
+            if isinstance(obj, dict):
+                stack.extend(obj.keys())
+                stack.extend(obj.values())
+            elif isinstance(obj, slice):
+                stack.extend((obj.start, obj.stop, obj.step))
+            else:
+                stack.extend(obj)
+        else:
+            yield obj
+
+
+def _kept_storages(skeleton, keep):
+    """Storage keys of the tensors under the ``keep`` entries of a first-pass result.
+
+    None (read everything) without ``keep``, or when the top level is not a dict and so has no
+    entries to choose from.
+    """
+    if keep is None or not isinstance(skeleton, dict):
+        return None
+    roots = [value for key, value in skeleton.items() if key in keep]
+    return {leaf.key for leaf in _leaves(roots) if isinstance(leaf, _Deferred)}
+
+
+def _select(obj, keep, wanted):
+    """The ``keep`` entries of a second-pass result (all of ``obj`` when everything was read)."""
+    if wanted is None:
+        return obj
+    if not isinstance(obj, dict):
+        raise _Malformed("the second pass over the pickle gave another top level than the first")
+    kept = type(obj)((key, value) for key, value in obj.items() if key in keep)
+    # Both passes ran the same checked bytes, so a kept entry reaches only tensors on kept storages.
+    if any(leaf is _SKIPPED for leaf in _leaves(kept.values())):
+        raise _Malformed("a kept entry reaches a tensor the first pass did not find there")
+    return kept
 
 
 # ---- legacy format ----
@@ -599,22 +757,31 @@ class _BoundedReader:
 
 
 class _LegacySource:
-    """Reads storage bytes from a legacy file, given where each storage starts."""
+    """Reads storage bytes from a legacy file, given where each storage starts.
 
-    def __init__(self, file, offsets, byteorder, file_size):
+    ``wanted``: the storage keys to read (None: all); the others are never touched.
+    """
+
+    def __init__(self, file, offsets, byteorder, file_size, wanted=None):
         self._file, self._offsets, self.byteorder = file, offsets, byteorder
+        self._wanted = wanted
         self.allowance = _Allowance(file_size)
 
+    def wants(self, key):
+        return self._wanted is None or key in self._wanted
+
     def read(self, key, start, nbytes):
-        # The unpickler is reading the same file object and calls us in the
-        # middle of the pickle, so put its position back afterwards.
-        resume = self._file.tell()
         self._file.seek(self._offsets[key] + start)
         data = self._file.read(nbytes)
-        self._file.seek(resume)
         if len(data) != nbytes:
             raise _Malformed(_truncated(nbytes, len(data)))
         return data
+
+    def readinto(self, key, start, buffer):
+        self._file.seek(self._offsets[key] + start)
+        got = _readinto_full(self._file, buffer)
+        if got != len(buffer):
+            raise _Malformed(_truncated(len(buffer), got))
 
 
 class _LegacyCatalog:
@@ -622,7 +789,7 @@ class _LegacyCatalog:
 
     Their data follows the pickle in key order, each preceded by its element
     count; to step over one we need its element size, which only the pickle
-    knows.  So the pickle is read twice: once to learn the storages (this
+    knows.  So the pickle is run twice: once to learn the storages (this
     catalog, tensors deferred), once more with the data located.
     """
 
@@ -686,7 +853,7 @@ def _legacy_byteorder(sys_info):
     return "<"
 
 
-def _read_legacy(file, file_size):
+def _read_legacy(file, file_size, keep):
     """Read a legacy-format checkpoint (see the module docstring)."""
     reader = _BoundedReader(file, file_size)
     if _unpickle(reader, _no_storages) != _LEGACY_MAGIC:
@@ -696,14 +863,16 @@ def _read_legacy(file, file_size):
         raise _Malformed(f"unsupported legacy protocol version {_describe(version)}")
     byteorder = _legacy_byteorder(_unpickle(reader, _no_storages))
 
-    main_start = file.tell()
+    # The main pickle is read once and run twice: first to learn the storages (and which of them
+    # the kept entries use), then with the data located.
+    main = _checked_pickle(reader)
     catalog = _LegacyCatalog()
-    _unpickle(reader, catalog.record)
+    skeleton = _load_pickle(main, catalog.record)
     keys = _unpickle(reader, _no_storages)
-    source = _LegacySource(file, catalog.locate(file, keys, file_size, byteorder), byteorder, file_size)
-
-    file.seek(main_start)
-    return _unpickle(reader, lambda sid: _make_ref(sid, source))
+    offsets = catalog.locate(file, keys, file_size, byteorder)
+    wanted = _kept_storages(skeleton, keep)
+    source = _LegacySource(file, offsets, byteorder, file_size, wanted)
+    return _select(_load_pickle(main, lambda sid: _make_ref(sid, source)), keep, wanted)
 
 
 # ---- zip format ----
@@ -728,12 +897,19 @@ def _archive_prefix(names):
 
 
 class _ZipSource:
-    """Reads storage bytes from ``<prefix>/data/<key>`` members."""
+    """Reads storage bytes from ``<prefix>/data/<key>`` members.
 
-    def __init__(self, archive, prefix, archive_size):
-        self._archive, self._prefix, self._archive_size = archive, prefix, archive_size
+    ``wanted``: the storage keys to read (None: all); the members of the others are never opened.
+    """
+
+    def __init__(self, file, archive, prefix, archive_size):
+        self._file, self._archive, self._prefix, self._archive_size = file, archive, prefix, archive_size
         self.byteorder = self._read_byteorder()
         self.allowance = _Allowance(archive_size)
+        self.wanted = None
+
+    def wants(self, key):
+        return self.wanted is None or key in self.wanted
 
     def _info(self, name):
         """The member's ZipInfo, once its sizes are checked against the file.
@@ -789,15 +965,18 @@ class _ZipSource:
                 f"missing storage key {key!r} (no member {self._prefix}data/{key})"
             ) from None
 
-    def open_storage(self, sid):
-        """persistent_load: check the declared size against the member size."""
+    def open_storage(self, sid, deferred=False):
+        """persistent_load: check the declared size against the member size.
+
+        ``deferred``: for a first pass, whose tensors are placeholders (see ``_Deferred``).
+        """
         info = self._member(sid.key)
         needed = sid.numel * sid.dtype.itemsize
         if info.file_size < needed:
             raise _Malformed(
                 _truncated(needed, info.file_size)
             )
-        return _make_ref(sid, self)
+        return _make_ref(sid, None if deferred else self)
 
     def read(self, key, start, nbytes):
         with self._archive.open(self._member(key)) as member:
@@ -807,14 +986,55 @@ class _ZipSource:
             raise _Malformed(_truncated(nbytes, len(data)))
         return data
 
+    def readinto(self, key, start, buffer):
+        """Fill ``buffer`` with the member's bytes from ``start`` on, straight from the file.
 
-def _read_zip(file, file_size):
+        torch.save stores members uncompressed, so their bytes lie in the file as they are. The
+        checks zipfile makes on the way stay: the local header (through ``ZipFile.open``) and, when
+        the read spans the whole member, the CRC -- zipfile checks it whenever a read reaches the
+        end of a member, and from the start of a member is the only way here to reach it.
+        Anything else (a compressed member, a view ending the member but starting inside it)
+        goes through zipfile.
+        """
+        info = self._member(key)
+        nbytes = len(buffer)
+        whole = start == 0 and nbytes == info.file_size
+        if info.compress_type != zipfile.ZIP_STORED or (not whole and start + nbytes >= info.file_size):
+            buffer[:] = self.read(key, start, nbytes)
+            return
+        with self._archive.open(info):
+            pass  # zipfile checks the local header: signature, name, flags, encryption
+        self._file.seek(info.header_offset)
+        header = self._file.read(30)
+        if len(header) != 30:
+            raise _Malformed(_truncated(30, len(header)))
+        name_length, extra_length = struct.unpack("<HH", header[26:30])
+        data_start = info.header_offset + 30 + name_length + extra_length
+        left = self._archive_size - (data_start + start)
+        if nbytes > left:
+            raise _Malformed(_truncated(nbytes, max(left, 0)))
+        self._file.seek(data_start + start)
+        got = _readinto_full(self._file, buffer)
+        if got != nbytes:
+            raise _Malformed(_truncated(nbytes, got))
+        if whole and zlib.crc32(buffer) != info.CRC:
+            # zipfile's own wording, reported like a CRC error found by zipfile
+            raise zipfile.BadZipFile(f"Bad CRC-32 for file {info.filename!r}")
+
+
+def _read_zip(file, file_size, keep):
     """Read a zip-format checkpoint (see the module docstring)."""
     with zipfile.ZipFile(file) as archive:
         names = archive.namelist()
         _check_member_names(names)
-        source = _ZipSource(archive, _archive_prefix(names), file_size)
-        return _unpickle(io.BytesIO(source.data_pickle()), source.open_storage)
+        source = _ZipSource(file, archive, _archive_prefix(names), file_size)
+        data = _checked_pickle(io.BytesIO(source.data_pickle()))
+        if keep is not None:
+            # A first pass finds the storages of the kept entries; the members of the others are
+            # never opened. It checks every storage's member and size as the second pass does.
+            skeleton = _load_pickle(data, lambda sid: source.open_storage(sid, deferred=True))
+            source.wanted = _kept_storages(skeleton, keep)
+        return _select(_load_pickle(data, source.open_storage), keep, source.wanted)
 
 
 # ---- public reader ----
@@ -840,7 +1060,7 @@ def _one_line(text):
     return " ".join(str(text).split())
 
 
-def _read_open_file(file):
+def _read_open_file(file, keep=None):
     """Dispatch on the first bytes of the file."""
     file_size = os.fstat(file.fileno()).st_size
     head = file.read(_TAR_MAGIC_OFFSET + len(_TAR_MAGIC))
@@ -848,18 +1068,18 @@ def _read_open_file(file):
     if not head:
         raise _Malformed("empty file")
     if head.startswith(_ZIP_MAGIC):
-        return _read_zip(file, file_size)
+        return _read_zip(file, file_size, keep)
     if head[_TAR_MAGIC_OFFSET:] == _TAR_MAGIC:
         raise _Malformed(
             "tar-format checkpoint from PyTorch 0.3 or older is not supported; "
             "load it and save it again with a newer PyTorch"
         )
     if head.startswith(b"\x80"):  # pickle protocol 2+, as torch.save writes
-        return _read_legacy(file, file_size)
+        return _read_legacy(file, file_size, keep)
     raise _Malformed(f"not a PyTorch checkpoint (file starts with {head[:8]!r})")
 
 
-def read_checkpoint(path):
+def read_checkpoint(path, keep=None):
     """Read a ``torch.save`` file without PyTorch.
 
     Returns the unpickled top-level object (normally a dict like
@@ -869,13 +1089,22 @@ def read_checkpoint(path):
     dtype (bfloat16 comes back as float32).  ``torch.<dtype>`` objects in the
     pickle come back as stand-ins printing as ``torch.float32`` etc.
 
+    ``keep``: names of top-level entries (e.g. ``("kp_detector", "generator")``).
+    When given and the top level is a dict, only those entries are returned
+    (in file order; absent names are left out) and only the storages their
+    tensors use are read: the others are checked as always (declared sizes
+    against the file, views against their storage, the memory a file may ask
+    for) but their bytes are never read -- skipped by seeking in a legacy
+    file, their members never opened in a zip.  A top level that is not a
+    dict is read whole.
+
     Raises ``CheckpointError`` with a one-line message starting with ``path``
     for every kind of failure.
     """
     name = os.fsdecode(path)
     try:
         with open(path, "rb") as file:
-            return _read_open_file(file)
+            return _read_open_file(file, None if keep is None else frozenset(keep))
     except _Malformed as err:
         raise CheckpointError(_one_line(f"{name}: {err}")) from None
     except OSError as err:

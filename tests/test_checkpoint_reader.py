@@ -435,3 +435,225 @@ def test_a_bug_in_the_reader_surfaces_as_a_bug_not_as_a_corrupt_file(monkeypatch
     fixture = ROOT / "tests" / "fixtures" / "vox" / "legacy.pth.tar"
     with pytest.raises(KeyError, match="a bug in the reader"):
         read_checkpoint(fixture)
+
+
+# ---- reading only the kept entries (read_checkpoint(path, keep=...)) ----
+
+KEEP = ("kp_detector", "generator")
+ADAM_NUMEL = 1 << 18  # 1 MiB per optimizer tensor: large next to the model, as in the published files
+
+
+def garbage(seed, nbytes):
+    """Bytes that are not the values of any real tensor (NaNs and all), and unique in the file."""
+    return np.random.default_rng(seed).integers(0, 256, nbytes, dtype=np.uint8).tobytes()
+
+
+def training_layout():
+    """(markers, storages, skipped keys): a forged FOMM training checkpoint, small model, big optimizer."""
+    model = np.arange(12, dtype="<f4")
+    obj = {
+        "kp_detector": collections.OrderedDict(
+            [("kp.weight", tensor(Storage("k", 4), 0, (2, 2), (2, 1)))]),
+        "generator": collections.OrderedDict([
+            ("final.weight", tensor(Storage("g", 6), 0, (2, 3), (3, 1))),
+            ("final.bias", tensor(Storage("g", 6), 4, (2,), (1,))),  # a view sharing the storage
+        ]),
+        "discriminator": {"d.weight": tensor(Storage("d", 1024), 0, (1024,), (1,))},
+        "optimizer_generator": {
+            "state": {0: {"step": 1, "exp_avg": tensor(Storage("adam", ADAM_NUMEL), 0, (ADAM_NUMEL,), (1,)),
+                          "exp_avg_sq": tensor(Storage("adam2", ADAM_NUMEL), 0, (ADAM_NUMEL,), (1,))}},
+            "param_groups": [{"lr": 2e-4, "betas": (0.5, 0.999), "params": [0]}],
+        },
+        "epoch": 3,
+    }
+    storages = [("k", 4, model[:4].tobytes()), ("g", 6, model[4:10].tobytes()),
+                ("d", 1024, garbage(1, 4096)),
+                ("adam", ADAM_NUMEL, garbage(2, 4 * ADAM_NUMEL)), ("adam2", ADAM_NUMEL, garbage(3, 4 * ADAM_NUMEL))]
+    return obj, storages, ("d", "adam", "adam2")
+
+
+class RecordingFile:
+    """The reader's file, noting every byte range it reads (read, readinto, readline)."""
+
+    def __init__(self, file, ranges):
+        self._file, self.ranges = file, ranges
+
+    def _noted(self, start, count):
+        if count:
+            self.ranges.append((start, start + count))
+
+    def read(self, *args):
+        start = self._file.tell()
+        data = self._file.read(*args)
+        self._noted(start, len(data))
+        return data
+
+    def readinto(self, buffer):
+        start = self._file.tell()
+        count = self._file.readinto(buffer)
+        self._noted(start, count or 0)
+        return count
+
+    def readline(self, *args):
+        start = self._file.tell()
+        line = self._file.readline(*args)
+        self._noted(start, len(line))
+        return line
+
+    def __getattr__(self, name):  # seek, tell, fileno, seekable: as they are
+        return getattr(self._file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._file.close()
+
+
+@pytest.fixture
+def read_ranges(monkeypatch):
+    """The byte ranges read_checkpoint reads, file by file, through the module's own open()."""
+    import builtins
+    import torch_file
+
+    ranges = []
+    monkeypatch.setattr(torch_file, "open", lambda path, mode: RecordingFile(builtins.open(path, mode), ranges),
+                        raising=False)
+    return ranges
+
+
+def data_regions(path, storages, keys):
+    """(start, end) of the raw bytes of the named storages in the file (stored as they are in both formats)."""
+    data = path.read_bytes()
+    regions = []
+    for key, _, raw in storages:
+        if key in keys:
+            start = data.find(raw)
+            assert start > 0 and data.find(raw, start + 1) == -1
+            regions.append((start, start + len(raw)))
+    return regions
+
+
+def overlapping(ranges, regions):
+    return [(r, g) for r in ranges for g in regions if r[0] < g[1] and g[0] < r[1]]
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_keep_never_reads_the_skipped_storages(tmp_path, read_ranges, fmt):
+    obj, storages, skipped = training_layout()
+    path = write_format(fmt, tmp_path / "vox-cpk.pth.tar", obj, storages)
+    regions = data_regions(path, storages, skipped)
+
+    out = read_checkpoint(path, keep=KEEP)
+    assert list(out) == ["kp_detector", "generator"] and type(out) is dict
+    np.testing.assert_array_equal(out["kp_detector"]["kp.weight"], [[0, 1], [2, 3]])
+    np.testing.assert_array_equal(out["generator"]["final.weight"], [[4, 5, 6], [7, 8, 9]])
+    np.testing.assert_array_equal(out["generator"]["final.bias"], [8, 9])
+    assert all(a.flags.owndata and a.flags.c_contiguous for s in out.values() for a in s.values())
+    assert not overlapping(read_ranges, regions), "read skipped storage data"
+    # pickles, headers, the zip directory and the model: a few kilobytes of a 2 MiB file
+    assert sum(end - start for start, end in read_ranges) < 16 << 10
+
+    # the recorder sees them when everything is read
+    read_ranges.clear()
+    full = read_checkpoint(path)
+    assert len(overlapping(read_ranges, regions)) >= len(regions)
+    assert full["optimizer_generator"]["state"][0]["exp_avg"].tobytes() == storages[3][2]
+    for section in KEEP:
+        for key, value in out[section].items():
+            np.testing.assert_array_equal(value, full[section][key])
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_keep_loads_the_model_when_skipped_storages_are_garbage(tmp_path, fmt):
+    import checkpoint_loader
+
+    obj, storages, skipped = training_layout()
+    path = write_format(fmt, tmp_path / "vox-cpk.pth.tar", obj, storages)
+    pristine = checkpoint_loader.load_state_dicts(path)
+    # Overwrite the optimizer's and discriminator's bytes in place: in a zip their CRCs no longer match.
+    data = bytearray(path.read_bytes())
+    regions = data_regions(path, storages, skipped)
+    for number, (start, end) in enumerate(regions):
+        data[start:end] = garbage(100 + number, end - start)
+    path.write_bytes(bytes(data))
+
+    loaded = checkpoint_loader.load_state_dicts(path)
+    for section in KEEP:
+        assert list(loaded[section]) == list(pristine[section])
+        for key, value in pristine[section].items():
+            np.testing.assert_array_equal(loaded[section][key], value)
+    if fmt == "zip":
+        assert_refused(path, "Bad CRC-32", "archive/data/d")  # reading everything finds the damage
+    else:  # nothing to check a legacy file's bytes against: reading everything gives the garbage
+        start, end = regions[0]
+        assert read_checkpoint(path)["discriminator"]["d.weight"].tobytes() == bytes(data[start:end])
+
+
+def test_keep_still_checks_the_crc_of_what_it_reads(tmp_path):
+    obj, storages, _ = training_layout()
+    path = write_zip(tmp_path / "vox-cpk.pth.tar", obj, storages)
+    data = bytearray(path.read_bytes())
+    (start, _), = data_regions(path, storages, ("g",))
+    data[start + 5] ^= 0x40
+    path.write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="Bad CRC-32 for file 'archive/data/g'"):
+        read_checkpoint(path, keep=KEEP)
+
+
+# name -> (value planted as an optimizer entry, extra storages, fragment): each refused with keep
+# as without, though its tensors are never read
+SKIPPED_BUT_CHECKED = {
+    "declares 10^12 elements": (tensor(Storage("big", 10**12), 0, (10**12,), (1,)), [("big", 10**12, bytes(64))],
+                                "4000000000000 bytes"),
+    "view past its storage": (tensor(Storage("adam", ADAM_NUMEL), 1, (ADAM_NUMEL,), (1,)), [], "reaches element"),
+    "expansion bomb": (tensor(Storage("adam", ADAM_NUMEL), 0, (10**6, 10**6), (0, 0)), [], "expand"),
+    "1000 stride-0 views": ([tensor(Storage("one", 1), 0, (1 << 24,), (0,)) for _ in range(1000)],
+                            [("one", 1, bytes(4))], "more than a file of its size can hold"),
+    "missing storage": (tensor(Storage("7", 2), 0, (2,), (1,)), [], "'7'"),
+    "os.system": (Call(Global("os", "system"), "true"), [], "asks for os.system"),
+    "tensor as a dict key": ({tensor(Storage("adam", ADAM_NUMEL), 0, (2,), (1,)): 1}, [], "unhashable"),
+}
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.parametrize("name", list(SKIPPED_BUT_CHECKED))
+def test_keep_still_refuses_what_it_skips(tmp_path, fmt, name):
+    value, extra, fragment = SKIPPED_BUT_CHECKED[name]
+    obj, storages, _ = training_layout()
+    obj["optimizer_generator"]["state"][1] = {"exp_avg": value}
+    path = write_format(fmt, tmp_path / "bad.pth.tar", obj, storages + extra)
+    start = time.perf_counter()
+    for keep in (None, KEEP):
+        with pytest.raises(CheckpointError) as info:
+            read_checkpoint(path, keep=keep)
+        assert fragment in str(info.value) and str(info.value).startswith(f"{path}: ")
+    assert time.perf_counter() - start < 2
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_keep_still_finds_a_truncated_skipped_storage(tmp_path, fmt):
+    obj, storages, _ = training_layout()
+    path = write_format(fmt, tmp_path / "cut.pth.tar", obj, storages)
+    data = path.read_bytes()
+    (start, end), = data_regions(path, storages, ("adam2",))
+    path.write_bytes(data[:(start + end) // 2])  # the download stopped inside the optimizer state
+    with pytest.raises(CheckpointError, match="truncated"):
+        read_checkpoint(path, keep=KEEP)
+
+
+@pytest.mark.parametrize("fmt", FORMATS)
+def test_keep_on_a_torch_training_checkpoint(tmp_path, fmt):
+    torch = pytest.importorskip("torch")
+    ckpt = training_checkpoint(torch)
+    # optimizer state on a parameter's storage: read for the kept entry, harmless for the skipped one
+    ckpt["optimizer_generator"]["state"][0]["alias"] = ckpt["generator"]["0.weight"]
+    path = save(torch, ckpt, tmp_path / "vox-cpk.pth.tar", fmt)
+    full = read_checkpoint(path)
+    kept = read_checkpoint(path, keep=("generator", "kp_detector", "epoch", "absent"))
+    assert list(kept) == ["generator", "kp_detector", "epoch"]
+    assert_same(kept, {key: full[key] for key in kept})
+    assert read_checkpoint(path, keep=()) == {}
+    # a top level that is not a dict has no entries to choose from: read whole
+    listed = save(torch, [ckpt["generator"]], tmp_path / "list.pth", fmt)
+    assert_same(read_checkpoint(listed, keep=KEEP), read_checkpoint(listed))
