@@ -179,6 +179,7 @@ class Job:
     driving_path: str = None
     photo: object = None  # --crop: the full-resolution photo (uint8) the animated faces are pasted into
     faces: list = None  # --crop: [(source crop float32 [H, W, 3], faces.CropBox in the photo)], left to right
+    error: str = None  # why this dataset job cannot run (its source would not open); the others still do
 
 
 @dataclass
@@ -293,17 +294,34 @@ def run(args, plan):
         if timings is not None:
             models = animate.timed_models(models, timings)
         with TensorBoardTrace(args) as trace:
+            failed = []
             for job in plan.jobs:
-                with job.open_driving() as clip:
-                    written, losses[job.name] = render(args, models, job, clip, drawer, timings, trace)
+                try:
+                    written, losses[job.name] = render_job(args, models, job, drawer, timings, trace)
+                except utils.UserError as err:
+                    if args.datamode != "dataset":
+                        raise
+                    utils.print_error(f"{job.name}: {err}")  # a bad video fails its own job only
+                    failed.append(job.name)
+                    continue
                 frames += written
                 outputs.append(job.output)
-    if not outputs:
+    if not outputs and not failed:
         raise utils.UserError("nothing to render: the dataset's test split gives no videos or pairs")
-    if args.mode == "reconstruction":
+    if args.mode == "reconstruction" and outputs:
         report_reconstruction(losses, metrics_path(args, outputs[0]))
     if timings is not None:
         say(timings.summary(frames, time.perf_counter() - started))
+    if failed:
+        raise utils.UserError(f"{len(failed)} of {len(failed) + len(outputs)} jobs failed ({', '.join(failed)}); "
+                              f"the other outputs were written")
+
+
+def render_job(args, models, job, drawer, timings, trace):
+    if job.error is not None:
+        raise utils.UserError(job.error)
+    with job.open_driving() as clip:
+        return render(args, models, job, clip, drawer, timings, trace)
 
 
 def describe_model(args, plan):
@@ -750,12 +768,15 @@ def dataset_jobs(args, config):
 
 def dataset_job(name, driving_path, source_path, output, frame_shape, motion=animate.Motion()):
     """Open one dataset job; the source is the first frame of `source_path` (None: reconstruction)."""
-    source = None
+    source = error = None
     if source_path is not None:
-        with media.open_dataset_clip(source_path, frame_shape) as clip:
-            source = next(iter(clip))
+        try:
+            with media.open_dataset_clip(source_path, frame_shape) as clip:
+                source = next(iter(clip))
+        except utils.UserError as err:
+            error = str(err)
     return Job(name, functools.partial(media.open_dataset_clip, driving_path, frame_shape), source, output, motion,
-               driving_path=driving_path)
+               driving_path=driving_path, error=error)
 
 
 def dataset_output_dir(args):

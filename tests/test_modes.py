@@ -270,6 +270,21 @@ def test_dataset_reconstruction_reports_per_video_and_mean_l1(cached_models, tmp
     assert "mean L1" in capsys.readouterr().out
 
 
+def test_a_bad_dataset_video_fails_its_own_job_only(cached_models, tmp_path, capsys):
+    fx = load_fixture(ZERO_ORDER)
+    counts = make_dataset(tmp_path / "data", fx)
+    (tmp_path / "data" / "test" / "d_broken.mp4").write_bytes(b"not a video")
+    out = tmp_path / "out"
+    code = run.main([*model_args(fx), "--datamode", "dataset", "--mode", "reconstruction",
+                     "--root_dir", str(tmp_path / "data"), "--output", f"{out}/"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert code == 1
+    assert errors[0].startswith("error: d_broken.mp4: ") and "not a readable video" in errors[0], errors
+    assert errors[1] == "error: 1 of 4 jobs failed (d_broken.mp4); the other outputs were written", errors
+    assert sorted(p.name for p in out.iterdir()) == sorted([f"{Path(n).stem}.mp4" for n in counts] + ["metrics.csv"])
+    assert set(read_metrics(out / "metrics.csv")) == {*counts, "mean"}
+
+
 def test_random_test_split_equals_scikit_learn():
     # sklearn 1.9.1: train_test_split(names, random_state=0, test_size=0.2)[1]
     assert datasets.random_test_split([f"v{i:02d}" for i in range(10)]) == ["v02", "v08"]
