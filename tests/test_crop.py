@@ -16,8 +16,8 @@ from PIL import Image
 import crop
 import faces
 import media
-from conftest import REPO, assert_one_line_error
-from test_faces import SOURCE, SQUARE, background, canvas_picture, driving_frames, map_back, place
+from conftest import (REPO, SOURCE, SQUARE, assert_one_line_error, background, canvas_picture, driving_frames,
+                      map_back, place)
 
 FPS = 25.0
 # (x, y, scale) on the 1280x720 frame.

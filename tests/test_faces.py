@@ -6,7 +6,6 @@ placed at known places and scales on larger canvases, and scikit-image's astrona
 example/source.png is a crop (tests/make_fixtures.py, SCENES['face']). A box found on a canvas, mapped
 back through the known placement, is compared with the box found on the picture alone.
 """
-import functools
 import json
 import warnings
 from pathlib import Path
@@ -16,79 +15,14 @@ import pytest
 from PIL import Image
 from skimage import data as skdata
 
+from conftest import (CANVASES, DRIVING, PLACED, REPO, SOURCE, SQUARE, background, box_iou, canvas_picture,
+                      driving_frames, map_back, placed_clip)
+
 import faces
 import media
 import utils
 
-REPO = Path(__file__).resolve().parent.parent
-SOURCE = REPO / "example" / "source.png"
-DRIVING = REPO / "example" / "driving.mp4"
 REFERENCE = json.loads((REPO / "tests" / "fixtures" / "faces" / "crop_reference.json").read_text())
-SQUARE = (256, 256, 3)
-
-
-# ----------------------------------------------------------------------------
-# Pictures in the wild, built from the example
-# ----------------------------------------------------------------------------
-
-def background(height, width, seed=0):
-    """A soft vertical gradient with faint seeded noise: not a flat page, not a face either. A new
-    array each call (`place` draws on it)."""
-    return _background(height, width, seed).copy()
-
-
-@functools.lru_cache(maxsize=4)
-def _background(height, width, seed):
-    rows = np.linspace(150, 90, height, dtype=np.float32)[:, np.newaxis, np.newaxis]
-    tint = np.array([1.0, 1.05, 1.15], np.float32)
-    noise = np.random.default_rng(seed).normal(0, 4, (height, width, 3)).astype(np.float32)
-    return np.clip(rows * tint + noise, 0, 255).astype(np.uint8)
-
-
-def scaled(picture, scale):
-    height, width = picture.shape[:2]
-    return np.asarray(Image.fromarray(picture).resize((round(width * scale), round(height * scale)), Image.BICUBIC))
-
-
-def place(canvas, picture, x, y, scale):
-    """Paste `picture` scaled by `scale` with its top-left corner at (x, y) (in place); returns canvas."""
-    piece = scaled(picture, scale)
-    canvas[y:y + piece.shape[0], x:x + piece.shape[1]] = piece
-    return canvas
-
-
-def map_back(box, x, y, scale):
-    """A box found on the canvas, in the pixels of the picture placed at (x, y) with `scale`."""
-    bx, by, bw, bh = box
-    return ((bx - x) / scale, (by - y) / scale, bw / scale, bh / scale)
-
-
-def box_iou(first, second):
-    """Plain IoU of two (x, y, w, h) boxes."""
-    ax, ay, aw, ah = first
-    bx, by, bw, bh = second
-    inner_w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    inner_h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inner = inner_w * inner_h
-    return inner / (aw * ah + bw * bh - inner)
-
-
-# (canvas height, width, [(x, y, scale) per pasted copy of example/source.png, left to right]).
-# The 0.3 copy's face is about 26x35 px: the original's 640 px downscale of a 1920 px canvas would
-# shrink it under MTCNN's 20 px minimum.
-CANVASES = {
-    "landscape 1920x1080": (1080, 1920, [(300, 200, 1.5), (1000, 150, 0.3), (1300, 500, 0.75)]),
-    "portrait 1080x1920": (1920, 1080, [(100, 300, 2.0), (500, 1400, 1.0)]),
-}
-
-
-def canvas_picture(name):
-    height, width, placements = CANVASES[name]
-    canvas = background(height, width)
-    source = media.decode_image(str(SOURCE))
-    for x, y, scale in placements:
-        place(canvas, source, x, y, scale)
-    return canvas
 
 
 @pytest.fixture(scope="module")
@@ -104,28 +38,9 @@ def canvas_faces():
     return {name: faces.detect_faces(canvas_picture(name)) for name in CANVASES}
 
 
-@functools.lru_cache(maxsize=1)
-def driving_frames():
-    """example/driving.mp4's 40 frames (256x256 uint8), decoded once per session."""
-    with media.open_video(str(DRIVING)) as video:
-        return tuple(np.array(frame) for frame in video)
-
-
 @pytest.fixture(scope="module")
 def clip():
     return driving_frames()
-
-
-# The driving clip placed on a 1280x720 frame at 1.5x: fixed, and drifting 1.5 px right and 0.5 px
-# down a frame (a slowly panning camera).
-PLACED = (700, 180, 1.5)
-
-
-def placed_clip(frames, drift=(0.0, 0.0)):
-    x, y, scale = PLACED
-    for index, frame in enumerate(frames):
-        yield place(background(720, 1280, seed=1), frame, round(x + drift[0] * index),
-                    round(y + drift[1] * index), scale)
 
 
 # ----------------------------------------------------------------------------
