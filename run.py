@@ -421,8 +421,11 @@ class Progress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=self.total, unit="frame", desc=self.name, disable=backends.verbosity() == "quiet")
-        self.bar.update(1)
+            # initial=1: the first frame shows at once, and the rate counts the frames after it
+            self.bar = tqdm(total=self.total, initial=1, unit="frame", desc=self.name,
+                            disable=backends.verbosity() == "quiet")
+        else:
+            self.bar.update(1)
 
     def __enter__(self):
         return self
