@@ -191,9 +191,9 @@ def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Mo
     """
     import modules
 
-    kp_detector = modules.build_kp_detector(config, state_dicts, where, prescale=prescale)
+    kp_detector = modules.build_module("kp_detector", config, state_dicts, where, prescale=prescale)
     generator = modules.load_generator(config, state_dicts, where)
-    process = modules.build_process_kp_driving(config)
+    process = modules.build_module("process_kp_driving", config)
 
     def numpy_call(module):
         return lambda **kwargs: {k: v.numpy() for k, v in module(**kwargs).items()}

@@ -167,8 +167,8 @@ def job_flops(spec):
     config, kp_detector, generator = random_keras_models(spec["config"])
     counts = {"kp_detector": graph_gflop(modules.KPDetectorModule(kp_detector, batch_size=1)),
               "generator (original)": graph_gflop(modules.GeneratorModule(generator, batch_size=1))}
-    modules.fuse_for_inference(kp_detector)
-    modules.fuse_for_inference(generator)
+    kp_detector = modules.fused_kp_detector(kp_detector)
+    generator = modules.fused_generator(generator)
     counts["kp_detector (fused)"] = graph_gflop(modules.KPDetectorModule(kp_detector, batch_size=1))
     counts["generator (fused)"] = graph_gflop(modules.GeneratorModule(generator, batch_size=1))
     counts["source_encoder"] = graph_gflop(modules.SourceEncoderModule(generator))
@@ -305,7 +305,7 @@ def direct_variant(config, target):
             return lambda **kwargs: {k: v.numpy() for k, v in module(**kwargs).items()}
 
         return animate.Models(numpy_call(modules.KPDetectorModule(modules.create_kp_detector(config))),
-                              numpy_call(modules.build_process_kp_driving(config)),
+                              numpy_call(modules.build_module("process_kp_driving", config)),
                               numpy_call(modules.GeneratorModule(modules.create_generator(config))),
                               config.estimate_jacobian)
     models = animate.direct_models(config, None)  # None: random weights

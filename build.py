@@ -130,16 +130,7 @@ def make_module(module, config, state_dicts, where, args):
     """The modules.SignatureModule to export for `module` with the requested options."""
     import modules
 
-    if module == "kp_detector":
-        return modules.build_kp_detector(config, state_dicts, where, args.staticbatchsize, args.prescale)
-    if module == "generator":
-        return modules.build_generator(config, state_dicts, where, args.staticbatchsize, args.predictiononly,
-                                       args.prescale)
-    if module == "source_encoder":
-        return modules.build_source_encoder(config, state_dicts, where)
-    if module == "generator_cached":
-        return modules.build_generator_cached(config, state_dicts, where, args.staticbatchsize, args.predictiononly)
-    return modules.build_process_kp_driving(config, args.staticbatchsize, args.hardcode)
+    return modules.build_module(module, config, state_dicts, where, **build_options(module, args))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -4,7 +4,13 @@ Reads top-down, like the paper:
   1. numerics that mimic PyTorch (coordinate grid, grid sample, interpolation, anti-alias downsampling)
   2. building blocks (Down/Up/Same/Res blocks, Hourglass)
   3. the three networks (KPDetector, DenseMotionNetwork + OcclusionAwareGenerator, ProcessKpDriving)
-  4. tf.Module wrappers with fixed signatures, and the build_* functions
+  4. tf.Module wrappers with fixed signatures, and build_module: config + checkpoint -> module
+  5. inference rewrites: fused replacements for the blocks of sections 2-3 (BatchNorm folded into its
+     conv, nearest-up + conv as one sub-pixel conv, the generator's final conv split by rows), built
+     from a faithful model's weights, and the source cache (source_encoder + generator_cached)
+
+Sections 1-3 are the original's computation and nothing else; what run.py runs is section 5's fused
+models, equal to it up to float32 rounding (tests/test_parity.py runs both).
 
 Layer and attribute names follow the original's `modules/` so a torch parameter name such as
 `dense_motion_network.hourglass.encoder.down_blocks.0.conv.weight` maps to one attribute path here
@@ -165,161 +171,8 @@ def conv_layer(conv):
     return conv.layers[-1] if isinstance(conv, keras.Sequential) else conv
 
 
-def fold_batch_norm(conv, norm):
-    """Fold an eval-mode BatchNorm into the conv whose output it normalises, in place.
-
-    BN(conv(x)) = conv(x) * s + (beta - mean * s) with s = gamma / sqrt(var + eps) per output channel,
-    so kernel * s and (bias - mean) * s + beta give the same result in one op. Computed in float64:
-    the folded conv equals conv-then-BN up to float32 rounding.
-    """
-    layer = conv_layer(conv)
-    gamma, beta, mean, var = (np.asarray(w, np.float64)
-                              for w in (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
-    scale = gamma / np.sqrt(var + norm.epsilon)
-    layer.kernel.assign((np.asarray(layer.kernel, np.float64) * scale).astype(np.float32))  # [kh, kw, I, O] * [O]
-    layer.bias.assign(((np.asarray(layer.bias, np.float64) - mean) * scale + beta).astype(np.float32))
-
-
-def add_derived_weight(layer, name, value):
-    """A non-trainable weight of `layer` holding a kernel derived from its checkpoint weights at load time."""
-    value = np.asarray(value, np.float32)
-    # Keras locks a built layer's state; its own quantize() unlocks it the same way to add weights.
-    layer._tracker.unlock()
-    weight = layer.add_weight(name=name, shape=value.shape, initializer="zeros", trainable=False)
-    layer._tracker.lock()
-    weight.assign(value)
-    return weight
-
-
-# Which rows of a 3x3 kernel land on each of the two rows of a 2x2 kernel when the 3x3 conv runs on a
-# nearest-x2-upsampled input: output row 2i + a reads upsampled rows 2i+a-1 .. 2i+a+1, which are input
-# rows (i-1, i, i) for a = 0 and (i, i, i+1) for a = 1.
-_UPSAMPLED_TAPS = {0: np.array([[1, 0, 0], [0, 1, 1]], np.float64), 1: np.array([[1, 1, 0], [0, 0, 1]], np.float64)}
-
-
-def upsampled_conv_kernel(kernel):
-    """[3, 3, I, O] kernel of 'nearest x2 upsampling then 3x3 conv' -> [2, 2, I, 4*O] sub-pixel kernel.
-
-    Each output phase (a, b) (row parity, column parity) is a 2x2 conv of the low-resolution input
-    whose taps are sums of the 3x3 taps: 16 instead of 36 multiply-adds per output pixel, same result
-    up to rounding. Phases are stacked along the output channels in (a, b) order, the order
-    tf.nn.depth_to_space interleaves them back into pixels.
-    """
-    kernel = np.asarray(kernel, np.float64)
-    phases = [np.einsum("pi,qj,ijco->pqco", _UPSAMPLED_TAPS[a], _UPSAMPLED_TAPS[b], kernel)
-              for a in (0, 1) for b in (0, 1)]
-    return np.concatenate(phases, axis=-1)
-
-
-def upsampled_conv_relu(x, kernel, bias):
-    """relu(conv3x3(nearest_upsample_x2(x))) with 'same' padding, from upsampled_conv_kernel's kernel.
-
-    [B, h, w, I] -> [B, 2h, 2w, O]. The ReLU comes before the phases are interleaved, so that
-    converters fuse it into the conv.
-    """
-    height, width = x.shape[1], x.shape[2]
-    out_channels = kernel.shape[-1] // 4
-    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])  # the upsampled image's zero border, at low resolution
-    out = tf.nn.relu(tf.nn.conv2d(padded, kernel, 1, "VALID") + bias)  # [B, h+1, w+1, 4*O]
-    # Phase (a, b) reads input rows i-1+a, i+a: its window starts a rows (b columns) further.
-    phases = [out[:, a:a + height, b:b + width, (2 * a + b) * out_channels:(2 * a + b + 1) * out_channels]
-              for a in (0, 1) for b in (0, 1)]
-    return tf.nn.depth_to_space(tf.concat(phases, axis=-1), 2)
-
-
-def row_split_kernel(kernel):
-    """[kh, kw, I, O] -> [1, kw, I, kh*O]: the kernel's rows side by side as groups of output channels."""
-    kh, kw, in_channels, out_channels = kernel.shape
-    return np.transpose(np.asarray(kernel), (1, 2, 0, 3)).reshape(1, kw, in_channels, kh * out_channels)
-
-
-def row_split_conv(x, kernel, bias, kernel_height):
-    """A 'same' kh x kw conv from its row_split_kernel: a 1 x kw conv, then its row groups summed, each
-    shifted by its row. The same multiply-adds, but a kh times wider GEMM: for the generator's final
-    3-channel conv that runs ~2.5x faster than the narrow one."""
-    height = x.shape[1]
-    out_channels = kernel.shape[-1] // kernel_height
-    rows = tf.nn.conv2d(x, kernel, 1, "SAME")  # [B, H, W, kh*O]
-    half = kernel_height // 2
-    rows = tf.pad(rows, [[0, 0], [half, half], [0, 0], [0, 0]])
-    return tf.add_n([rows[:, r:r + height, :, r * out_channels:(r + 1) * out_channels]
-                     for r in range(kernel_height)]) + bias
-
-
-class ConvNormBlock(keras.layers.Layer):
-    """conv -> BN -> ReLU, the core of the Same/Down/Up blocks.
-
-    fuse() folds the BN into the conv (exact up to rounding; one op fewer per block).
-    """
-
-    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
-        super().__init__(**kwargs)
-        self.conv = conv2d(out_features, kernel_size, padding)
-        self.norm = batch_norm()
-        self.norm_folded = False
-
-    def conv_norm_relu(self, x):
-        out = self.conv(x)
-        if not self.norm_folded:
-            out = self.norm(out, training=False)
-        return tf.nn.relu(out)
-
-    def fuse(self):
-        if not self.norm_folded:
-            fold_batch_norm(self.conv, self.norm)
-            self.norm_folded = True
-
-
-class SameBlock2d(ConvNormBlock):
-    """conv -> BN -> ReLU, resolution preserved."""
-
-    def call(self, x):
-        return self.conv_norm_relu(x)
-
-
-class DownBlock2d(ConvNormBlock):
-    """conv -> BN -> ReLU -> 2x2 average pool (encoder)."""
-
-    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
-        super().__init__(out_features, kernel_size, padding, **kwargs)
-        self.pool = keras.layers.AveragePooling2D(2)
-
-    def call(self, x):
-        return self.pool(self.conv_norm_relu(x))
-
-
-class UpBlock2d(ConvNormBlock):
-    """nearest x2 upsampling -> conv -> BN -> ReLU (decoder); F.interpolate(scale_factor=2).
-
-    fuse() also turns upsample + 3x3 conv into one sub-pixel conv on the input
-    (upsampled_conv_kernel), 2.25x fewer multiply-adds.
-    """
-
-    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
-        super().__init__(out_features, kernel_size, padding, **kwargs)
-        self.up = keras.layers.UpSampling2D(2, interpolation="nearest")
-        self.subpixel = None  # (kernel, bias) once fused
-        self.subpixel_applies = kernel_size == 3 and padding == 1
-
-    def call(self, x):
-        if self.subpixel is not None:
-            return upsampled_conv_relu(x, *self.subpixel)
-        return self.conv_norm_relu(self.up(x))
-
-    def fuse(self):
-        super().fuse()
-        if self.subpixel is None and self.subpixel_applies:
-            conv = conv_layer(self.conv)
-            self.subpixel = (add_derived_weight(self, "subpixel_kernel", upsampled_conv_kernel(conv.kernel)),
-                             add_derived_weight(self, "subpixel_bias", np.tile(np.asarray(conv.bias), 4)))
-
-
 class ResBlock2d(keras.layers.Layer):
-    """Pre-activation residual block: BN -> ReLU -> conv -> BN -> ReLU -> conv, plus input.
-
-    fuse() folds norm2 into conv1. norm1 cannot fold: it follows the residual sum, not
-    a conv, and a ReLU separates it from conv1.
-    """
+    """Residual block, resolution preserved: BN -> ReLU -> conv -> BN -> ReLU -> conv, plus the input."""
 
     def __init__(self, features, kernel_size=3, padding=1, **kwargs):
         super().__init__(**kwargs)
@@ -327,19 +180,49 @@ class ResBlock2d(keras.layers.Layer):
         self.conv1 = conv2d(features, kernel_size, padding, "conv1")
         self.norm2 = batch_norm("norm2")
         self.conv2 = conv2d(features, kernel_size, padding, "conv2")
-        self.norm2_folded = False
 
     def call(self, x):
         out = self.conv1(tf.nn.relu(self.norm1(x, training=False)))
-        if not self.norm2_folded:
-            out = self.norm2(out, training=False)
-        out = self.conv2(tf.nn.relu(out))
+        out = self.conv2(tf.nn.relu(self.norm2(out, training=False)))
         return out + x
 
-    def fuse(self):
-        if not self.norm2_folded:
-            fold_batch_norm(self.conv1, self.norm2)
-            self.norm2_folded = True
+
+class UpBlock2d(keras.layers.Layer):
+    """Decoder block: nearest x2 upsampling (F.interpolate(scale_factor=2)) -> conv -> BN -> ReLU."""
+
+    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.up = keras.layers.UpSampling2D(2, interpolation="nearest")
+        self.conv = conv2d(out_features, kernel_size, padding)
+        self.norm = batch_norm()
+
+    def call(self, x):
+        return tf.nn.relu(self.norm(self.conv(self.up(x)), training=False))
+
+
+class DownBlock2d(keras.layers.Layer):
+    """Encoder block: conv -> BN -> ReLU -> 2x2 average pool."""
+
+    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = conv2d(out_features, kernel_size, padding)
+        self.norm = batch_norm()
+        self.pool = keras.layers.AveragePooling2D(2)
+
+    def call(self, x):
+        return self.pool(tf.nn.relu(self.norm(self.conv(x), training=False)))
+
+
+class SameBlock2d(keras.layers.Layer):
+    """conv -> BN -> ReLU, resolution preserved."""
+
+    def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = conv2d(out_features, kernel_size, padding)
+        self.norm = batch_norm()
+
+    def call(self, x):
+        return tf.nn.relu(self.norm(self.conv(x), training=False))
 
 
 def _hourglass_width(block_expansion, max_features, level):
@@ -394,8 +277,17 @@ class Hourglass(keras.layers.Layer):
 # 3. The networks
 # --------------------------------------------------------------------------------------------------
 
+def gaussian2kp(heatmap, height, width):
+    """Keypoint positions as the expectation of each heatmap over the [-1, 1] grid (Sec. 3.1).
+
+    heatmap: [B, h*w, K], each keypoint's softmax over the h*w pixels. Returns {'value': [B, K, 2]}.
+    """
+    grid = tf.constant(make_coordinate_grid(height, width).reshape(-1, 2))  # [hw, 2]
+    return {"value": tf.matmul(heatmap, grid, transpose_a=True)}  # [B, K, 2]
+
+
 class KPDetector(keras.Model):
-    """Keypoints and local jacobians from an image (Sec. 3.1): heatmap softmax, then expectations."""
+    """Keypoints and the jacobian near each keypoint from an image (Sec. 3.1)."""
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -410,6 +302,7 @@ class KPDetector(keras.Model):
         self.predictor = Hourglass(params.block_expansion, config.num_channels, params.num_blocks,
                                    params.max_features, name="predictor")
         self.kp = conv2d(config.num_kp, 7, params.pad, name="kp")
+        self.jacobian = None
         if self.estimate_jacobian:
             self.jacobian = conv2d(4 * self.num_jacobian_maps, 7, params.pad, name="jacobian")
 
@@ -427,11 +320,9 @@ class KPDetector(keras.Model):
         num_kp = self.config.num_kp
         heatmap = tf.nn.softmax(tf.reshape(prediction, [batch, hm_height * hm_width, num_kp]) / self.temperature,
                                 axis=1)  # [B, hw, K]
-        grid = tf.constant(make_coordinate_grid(hm_height, hm_width).reshape(-1, 2))  # [hw, 2]
-        value = tf.matmul(heatmap, grid, transpose_a=True)  # [B, K, 2]
-        out = {"value": value}
+        out = gaussian2kp(heatmap, hm_height, hm_width)
 
-        if self.estimate_jacobian:
+        if self.jacobian is not None:
             jacobian_map = tf.reshape(self.jacobian(feature_map),
                                       [batch, hm_height * hm_width, self.num_jacobian_maps, 4])  # [B, hw, J, 4]
             jacobian = tf.reduce_sum(heatmap[..., None] * jacobian_map, axis=1)  # [B, K, 4]
@@ -440,7 +331,8 @@ class KPDetector(keras.Model):
 
 
 class DenseMotionNetwork(keras.layers.Layer):
-    """Dense motion (Sec. 3.2) from sparse keypoint motions: masks that blend K+1 local transforms."""
+    """Dense motion (Sec. 3.2) from the sparse motions of kp_source and kp_driving: masks that blend
+    K+1 local transforms, and the occlusion map."""
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -479,7 +371,10 @@ class DenseMotionNetwork(keras.layers.Layer):
         return tf.concat([identity, driving_to_source], axis=1)
 
     def create_deformed_source_image(self, source_image, sparse_motions):
-        """Eq 7. in the paper: the source warped by each sparse motion, [B, K+1, h, w, C]."""
+        """Eq 7. in the paper \\hat{T}_{s<-d}(z): the source warped by each sparse motion, [B, K+1, h, w, C].
+
+        One source image [1, ...] serves every driving frame of the batch without being tiled.
+        """
         shape = tf.shape(sparse_motions)
         batch, height, width = shape[0], shape[2], shape[3]
         num_sources = tf.shape(source_image)[0]
@@ -489,17 +384,19 @@ class DenseMotionNetwork(keras.layers.Layer):
         return tf.reshape(deformed, [batch, self.num_kp + 1, height, width, source_image.shape[-1]])
 
     def downsample(self, image):
-        """The source at the resolution dense motion works at (what SourceEncoderModule caches)."""
+        """The source at the resolution dense motion works at."""
         return self.down(image) if self.scale_factor != 1 else image
 
-    def call(self, source_image, kp_driving, kp_source, source_scaled=None):
-        if source_scaled is None:
-            source_scaled = self.downsample(source_image)
-        height, width, channels = source_scaled.shape[1], source_scaled.shape[2], source_scaled.shape[3]
+    def call(self, source_image, kp_driving, kp_source):
+        return self.motion_from_scaled(self.downsample(source_image), kp_driving, kp_source)
+
+    def motion_from_scaled(self, source_image, kp_driving, kp_source):
+        """The dense motion from the source already at dense motion's resolution (see downsample)."""
+        height, width, channels = source_image.shape[1], source_image.shape[2], source_image.shape[3]
 
         heatmap = self.create_heatmap_representations(height, width, kp_driving, kp_source)  # [B, h, w, K+1]
         sparse_motion = self.create_sparse_motions(height, width, kp_driving, kp_source)  # [B, K+1, h, w, 2]
-        sparse_deformed = self.create_deformed_source_image(source_scaled, sparse_motion)  # [B, K+1, h, w, C]
+        sparse_deformed = self.create_deformed_source_image(source_image, sparse_motion)  # [B, K+1, h, w, C]
 
         # Channel order of the original's view(bs, -1, h, w): per keypoint [heatmap, C colour channels].
         per_kp = tf.concat([heatmap[..., None], tf.transpose(sparse_deformed, [0, 2, 3, 1, 4])], axis=-1)
@@ -517,7 +414,8 @@ class DenseMotionNetwork(keras.layers.Layer):
 
 
 class OcclusionAwareGenerator(keras.Model):
-    """Encoder -> warp features by the dense motion, mask by occlusion -> decoder (Johnson architecture)."""
+    """The source image transformed by the motion the keypoints induce: encoder -> features warped by the
+    dense motion and masked by the occlusion map -> decoder. Johnson architecture."""
 
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
@@ -532,16 +430,9 @@ class OcclusionAwareGenerator(keras.Model):
         bottleneck_width = width(params.num_down_blocks)
         self.bottleneck = [ResBlock2d(bottleneck_width, name=f"r{i}") for i in range(params.num_bottleneck_blocks)]
         self.final = conv2d(config.num_channels, 7, 3, name="final")
-        self.final_rows = None  # (kernel, bias) of the row-split final conv once fused
-
-    def fuse(self):
-        """Run the final 7x7 conv (3 output channels: a narrow, slow GEMM) as a row-split conv."""
-        if self.final_rows is None:
-            self.final_rows = (add_derived_weight(self, "final_rows_kernel", row_split_kernel(self.final.kernel)),
-                               add_derived_weight(self, "final_rows_bias", self.final.bias))
 
     def encode_source(self, source_image):
-        """Source features before warping: [S, h, w, F]. Independent of the driving frame."""
+        """Encoding (downsampling) part: source features [S, h, w, F], independent of the driving frame."""
         out = self.first(source_image)
         for block in self.down_blocks:
             out = block(out)
@@ -556,34 +447,33 @@ class OcclusionAwareGenerator(keras.Model):
         image_index = tf.range(tf.shape(deformation)[0]) % tf.shape(inp)[0]
         return grid_sample(inp, deformation, image_index)
 
-    def decode(self, features):
-        out = features
+    def final_image(self, features):
+        """The last up block's features -> the predicted image: final 7x7 conv and sigmoid."""
+        return tf.sigmoid(self.final(features))
+
+    def call(self, source_image, kp_driving, kp_source):
+        dense_motion = self.dense_motion_network(source_image, kp_driving, kp_source)
+        return self.transform_and_decode(source_image, self.encode_source(source_image), dense_motion)
+
+    def transform_and_decode(self, source_image, source_features, dense_motion):
+        """Transforming the feature representation according to deformation and occlusion, then the
+        decoding part: the outputs of call()."""
+        deformation = dense_motion["deformation"]
+        out = self.deform_input(source_features, deformation)
+        if "occlusion_map" in dense_motion:
+            occlusion_map = dense_motion["occlusion_map"]
+            if occlusion_map.shape[1] != out.shape[1] or occlusion_map.shape[2] != out.shape[2]:
+                occlusion_map = resize_bilinear(occlusion_map, out.shape[1], out.shape[2])
+            out = out * occlusion_map
+        result = dict(dense_motion)
+        result["deformed"] = self.deform_input(source_image, deformation)
+
+        # Decoding part
         for block in self.bottleneck:
             out = block(out)
         for block in self.up_blocks:
             out = block(out)
-        return self.final_image(out)
-
-    def final_image(self, features):
-        """The last up block's features -> the predicted image: final 7x7 conv and sigmoid."""
-        if self.final_rows is not None:
-            return tf.sigmoid(row_split_conv(features, *self.final_rows, self.final.kernel.shape[0]))
-        return tf.sigmoid(self.final(features))
-
-    def call(self, source_image, kp_driving, kp_source, source_scaled=None, source_features=None):
-        if source_features is None:
-            source_features = self.encode_source(source_image)
-        motion = self.dense_motion_network(source_image, kp_driving, kp_source, source_scaled)
-        deformation = motion["deformation"]
-        out = self.deform_input(source_features, deformation)
-        if "occlusion_map" in motion:
-            occlusion_map = motion["occlusion_map"]
-            if occlusion_map.shape[1] != out.shape[1] or occlusion_map.shape[2] != out.shape[2]:
-                occlusion_map = resize_bilinear(occlusion_map, out.shape[1], out.shape[2])
-            out = out * occlusion_map
-        result = dict(motion)
-        result["deformed"] = self.deform_input(source_image, deformation)
-        result["prediction"] = self.decode(out)
+        result["prediction"] = self.final_image(out)
         return result
 
 
@@ -642,7 +532,7 @@ def process_kp_driving(kp_driving, kp_driving_initial, kp_source, use_relative_j
 
 
 # --------------------------------------------------------------------------------------------------
-# 4. tf.Module wrappers with fixed signatures, and build_* functions
+# 4. tf.Module wrappers with fixed signatures, and the build step
 # --------------------------------------------------------------------------------------------------
 
 # process_kp_driving's two float flags, in the order of build.py's --hardcode XY.
@@ -739,6 +629,11 @@ def _scaled_image_spec(down_layer, frame_shape, name):
     return tf.TensorSpec(shape, tf.float32, name=name)
 
 
+def _generator_outputs(result, prediction_only):
+    keys = ("prediction",) if prediction_only else ("prediction", "mask", "occlusion_map", "deformed")
+    return {k: result[k] for k in keys if k in result}
+
+
 class KPDetectorModule(SignatureModule):
     """img [B, H, W, C] -> value [B, K, 2], jacobian [B, K, 2, 2].
 
@@ -780,7 +675,8 @@ class ProcessKpDrivingModule(SignatureModule):
 
     def compute(self, inputs):
         flags = [inputs[flag] if flag in inputs else tf.constant(self.hardcoded[flag]) for flag in HARDCODE_FLAGS]
-        return process_kp_driving(animate.kp_from_arguments(inputs, "kp_driving"), animate.kp_from_arguments(inputs, "kp_driving_initial"),
+        return process_kp_driving(animate.kp_from_arguments(inputs, "kp_driving"),
+                                  animate.kp_from_arguments(inputs, "kp_driving_initial"),
                                   animate.kp_from_arguments(inputs, "kp_source"), *flags)
 
 
@@ -797,6 +693,7 @@ class GeneratorModule(SignatureModule):
         self.model = model
         self.config = model.config
         self.prediction_only = prediction_only
+        self.prescale = prescale
         _track_raw_variables(self, model)
         specs = [tf.TensorSpec([1, *self.config.frame_shape], tf.float32, name="source_image")]
         if prescale:
@@ -806,10 +703,312 @@ class GeneratorModule(SignatureModule):
         self._set_signature(specs)
 
     def compute(self, inputs):
-        result = self.model(inputs["source_image"], animate.kp_from_arguments(inputs, "kp_driving"), animate.kp_from_arguments(inputs, "kp_source"),
-                            source_scaled=inputs.get("source_image_scaled"))
-        keys = ("prediction",) if self.prediction_only else ("prediction", "mask", "occlusion_map", "deformed")
-        return {k: result[k] for k in keys if k in result}
+        source = inputs["source_image"]
+        dense_motion_network = self.model.dense_motion_network
+        scaled = inputs["source_image_scaled"] if self.prescale else dense_motion_network.downsample(source)
+        dense_motion = dense_motion_network.motion_from_scaled(scaled, animate.kp_from_arguments(inputs, "kp_driving"),
+                                                               animate.kp_from_arguments(inputs, "kp_source"))
+        result = self.model.transform_and_decode(source, self.model.encode_source(source), dense_motion)
+        return _generator_outputs(result, self.prediction_only)
+
+
+def _zero_kp(config, batch):
+    kp = {"value": tf.zeros([batch, config.num_kp, 2])}
+    if config.estimate_jacobian:
+        kp["jacobian"] = tf.eye(2, batch_shape=[batch, config.num_kp])
+    return kp
+
+
+def create_kp_detector(config: ModelConfig) -> KPDetector:
+    """A built (variables created) but untrained KPDetector: the original's computation."""
+    model = KPDetector(config, name="kp_detector")
+    model(tf.zeros([1, *config.frame_shape]))
+    return model
+
+
+def create_generator(config: ModelConfig) -> OcclusionAwareGenerator:
+    """A built (variables created) but untrained OcclusionAwareGenerator: the original's computation."""
+    model = OcclusionAwareGenerator(config, name="generator")
+    model(tf.zeros([1, *config.frame_shape]), _zero_kp(config, 1), _zero_kp(config, 1))
+    return model
+
+
+def load_kp_detector(config: ModelConfig, state_dicts=None, where="checkpoint") -> KPDetector:
+    """The fused KPDetector (section 5) of the weights from checkpoint_loader.load_state_dicts(path)
+    (None: random, for benchmarks)."""
+    model = create_kp_detector(config)
+    if state_dicts is not None:
+        checkpoint_loader.load_kp_detector_weights(model, state_dicts, where)
+    return fused_kp_detector(model)
+
+
+def load_generator(config: ModelConfig, state_dicts=None, where="checkpoint") -> OcclusionAwareGenerator:
+    """The fused OcclusionAwareGenerator (section 5) of the weights from load_state_dicts(path)
+    (None: random, for benchmarks)."""
+    model = create_generator(config)
+    if state_dicts is not None:
+        checkpoint_loader.load_generator_weights(model, state_dicts, where)
+    return fused_generator(model)
+
+
+def build_module(name, config: ModelConfig, state_dicts=None, where="checkpoint", static_batch_size=None,
+                 hardcode=None, prescale=False, prediction_only=False) -> SignatureModule:
+    """The one build step: config + load_state_dicts(path) (None: random weights) -> the SignatureModule
+    `name` (one of build.MODULES) with fused weights; the options are build.build_options'."""
+    if name == "process_kp_driving":
+        return ProcessKpDrivingModule(config, static_batch_size, hardcode)
+    if prescale:
+        check_prescale(config)
+    if name == "kp_detector":
+        return KPDetectorModule(load_kp_detector(config, state_dicts, where), static_batch_size, prescale)
+    generator = load_generator(config, state_dicts, where)
+    if name == "generator":
+        return GeneratorModule(generator, static_batch_size, prediction_only, prescale)
+    if name == "source_encoder":
+        return SourceEncoderModule(generator)
+    if name == "generator_cached":
+        return CachedGeneratorModule(generator, static_batch_size, prediction_only)
+    raise ValueError(f"unknown module {name!r}")
+
+
+# --------------------------------------------------------------------------------------------------
+# 5. Inference rewrites: fused blocks swapped in from a faithful model's weights, and the source cache
+# --------------------------------------------------------------------------------------------------
+# Each rewrite equals the faithful computation up to float32 rounding (tests/test_parity.py runs both).
+# A fused block is a new layer holding new variables computed from the faithful block's weights; the
+# faithful model is left as it was. Layers a rewrite does not touch are shared with the faithful model.
+
+def fold_batch_norm(conv, norm):
+    """(kernel, bias) of a conv2d() with the eval-mode BatchNorm that follows it folded in, float32.
+
+    BN(conv(x)) = conv(x) * s + (beta - mean * s) with s = gamma / sqrt(var + eps) per output channel,
+    so kernel * s and (bias - mean) * s + beta give the same result in one op. Computed in float64:
+    the folded conv equals conv-then-BN up to float32 rounding.
+    """
+    layer = conv_layer(conv)
+    gamma, beta, mean, var = (np.asarray(w, np.float64)
+                              for w in (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
+    scale = gamma / np.sqrt(var + norm.epsilon)
+    kernel = (np.asarray(layer.kernel, np.float64) * scale).astype(np.float32)  # [kh, kw, I, O] * [O]
+    bias = ((np.asarray(layer.bias, np.float64) - mean) * scale + beta).astype(np.float32)
+    return kernel, bias
+
+
+def conv_like(conv, kernel, bias):
+    """A new conv2d() layer configured as `conv` (another conv2d() result), holding kernel and bias."""
+    clone = type(conv).from_config(conv.get_config())
+    clone.build((None, None, None, kernel.shape[2]))
+    conv_layer(clone).kernel.assign(kernel)
+    conv_layer(clone).bias.assign(bias)
+    return clone
+
+
+def new_weight(layer, name, value):
+    """A non-trainable weight of `layer` (created in its __init__) holding `value` as float32."""
+    value = np.asarray(value, np.float32)
+    weight = layer.add_weight(name=name, shape=value.shape, initializer="zeros", trainable=False)
+    weight.assign(value)
+    return weight
+
+
+# Which rows of a 3x3 kernel land on each of the two rows of a 2x2 kernel when the 3x3 conv runs on a
+# nearest-x2-upsampled input: output row 2i + a reads upsampled rows 2i+a-1 .. 2i+a+1, which are input
+# rows (i-1, i, i) for a = 0 and (i, i, i+1) for a = 1.
+_UPSAMPLED_TAPS = {0: np.array([[1, 0, 0], [0, 1, 1]], np.float64), 1: np.array([[1, 1, 0], [0, 0, 1]], np.float64)}
+
+
+def upsampled_conv_kernel(kernel):
+    """[3, 3, I, O] kernel of 'nearest x2 upsampling then 3x3 conv' -> [2, 2, I, 4*O] sub-pixel kernel.
+
+    Each output phase (a, b) (row parity, column parity) is a 2x2 conv of the low-resolution input
+    whose taps are sums of the 3x3 taps: 16 instead of 36 multiply-adds per output pixel, same result
+    up to rounding. Phases are stacked along the output channels in (a, b) order, the order
+    tf.nn.depth_to_space interleaves them back into pixels.
+    """
+    kernel = np.asarray(kernel, np.float64)
+    phases = [np.einsum("pi,qj,ijco->pqco", _UPSAMPLED_TAPS[a], _UPSAMPLED_TAPS[b], kernel)
+              for a in (0, 1) for b in (0, 1)]
+    return np.concatenate(phases, axis=-1)
+
+
+def upsampled_conv_relu(x, kernel, bias):
+    """relu(conv3x3(nearest_upsample_x2(x))) with 'same' padding, from upsampled_conv_kernel's kernel.
+
+    [B, h, w, I] -> [B, 2h, 2w, O]. The ReLU comes before the phases are interleaved, so that
+    converters fuse it into the conv.
+    """
+    height, width = x.shape[1], x.shape[2]
+    out_channels = kernel.shape[-1] // 4
+    padded = tf.pad(x, [[0, 0], [1, 1], [1, 1], [0, 0]])  # the upsampled image's zero border, at low resolution
+    out = tf.nn.relu(tf.nn.conv2d(padded, kernel, 1, "VALID") + bias)  # [B, h+1, w+1, 4*O]
+    # Phase (a, b) reads input rows i-1+a, i+a: its window starts a rows (b columns) further.
+    phases = [out[:, a:a + height, b:b + width, (2 * a + b) * out_channels:(2 * a + b + 1) * out_channels]
+              for a in (0, 1) for b in (0, 1)]
+    return tf.nn.depth_to_space(tf.concat(phases, axis=-1), 2)
+
+
+def row_split_kernel(kernel):
+    """[kh, kw, I, O] -> [1, kw, I, kh*O]: the kernel's rows side by side as groups of output channels."""
+    kh, kw, in_channels, out_channels = kernel.shape
+    return np.transpose(np.asarray(kernel), (1, 2, 0, 3)).reshape(1, kw, in_channels, kh * out_channels)
+
+
+def row_split_conv(x, kernel, bias, kernel_height):
+    """A 'same' kh x kw conv from its row_split_kernel: a 1 x kw conv, then its row groups summed, each
+    shifted by its row. The same multiply-adds, but a kh times wider GEMM: for the generator's final
+    3-channel conv that runs ~2.5x faster than the narrow one."""
+    height = x.shape[1]
+    out_channels = kernel.shape[-1] // kernel_height
+    rows = tf.nn.conv2d(x, kernel, 1, "SAME")  # [B, H, W, kh*O]
+    half = kernel_height // 2
+    rows = tf.pad(rows, [[0, 0], [half, half], [0, 0], [0, 0]])
+    return tf.add_n([rows[:, r:r + height, :, r * out_channels:(r + 1) * out_channels]
+                     for r in range(kernel_height)]) + bias
+
+
+class FoldedSameBlock(keras.layers.Layer):
+    """SameBlock2d with its BatchNorm folded into the conv: conv -> ReLU."""
+
+    def __init__(self, block):
+        super().__init__(name=block.name)
+        self.conv = conv_like(block.conv, *fold_batch_norm(block.conv, block.norm))
+
+    def call(self, x):
+        return tf.nn.relu(self.conv(x))
+
+
+class FoldedDownBlock(FoldedSameBlock):
+    """DownBlock2d with its BatchNorm folded into the conv: conv -> ReLU -> 2x2 average pool."""
+
+    def __init__(self, block):
+        super().__init__(block)
+        self.pool = keras.layers.AveragePooling2D(2)
+
+    def call(self, x):
+        return self.pool(tf.nn.relu(self.conv(x)))
+
+
+class SubPixelUpBlock(keras.layers.Layer):
+    """UpBlock2d as one sub-pixel conv: BatchNorm folded, then nearest x2 upsampling + 3x3 conv as a 2x2
+    conv of the low-resolution input (upsampled_conv_kernel), 2.25x fewer multiply-adds."""
+
+    def __init__(self, block):
+        super().__init__(name=block.name)
+        if isinstance(block.conv, keras.Sequential) or block.conv.kernel_size != (3, 3):
+            raise ValueError(f"{block.name}: the sub-pixel form needs a 3x3 conv with padding 1")
+        kernel, bias = fold_batch_norm(block.conv, block.norm)
+        self.kernel = new_weight(self, "kernel", upsampled_conv_kernel(kernel))
+        self.bias = new_weight(self, "bias", np.tile(bias, 4))
+
+    def call(self, x):
+        return upsampled_conv_relu(x, self.kernel, self.bias)
+
+
+class FoldedResBlock(keras.layers.Layer):
+    """ResBlock2d with norm2 folded into conv1. norm1 stays: it follows the residual sum, not a conv,
+    and a ReLU separates it from conv1."""
+
+    def __init__(self, block):
+        super().__init__(name=block.name)
+        self.norm1 = block.norm1
+        self.conv1 = conv_like(block.conv1, *fold_batch_norm(block.conv1, block.norm2))
+        self.conv2 = block.conv2
+
+    def call(self, x):
+        out = self.conv1(tf.nn.relu(self.norm1(x, training=False)))
+        return self.conv2(tf.nn.relu(out)) + x
+
+
+class RowSplitConv(keras.layers.Layer):
+    """A 'same' conv2d() run as row_split_conv (the generator's final 7x7 conv: 3 output channels make
+    a narrow, slow GEMM)."""
+
+    def __init__(self, conv):
+        super().__init__(name=conv.name)
+        if isinstance(conv, keras.Sequential):
+            raise ValueError(f"{conv.name}: the row split needs 'same' padding")
+        self.kernel_height = conv.kernel_size[0]
+        self.kernel = new_weight(self, "kernel", row_split_kernel(conv.kernel))
+        self.bias = new_weight(self, "bias", conv.bias)
+
+    def call(self, x):
+        return row_split_conv(x, self.kernel, self.bias, self.kernel_height)
+
+
+# The fused networks run the faithful classes' own call(): each is initialised as a plain Keras layer,
+# not by the faithful __init__ (which would create blocks from the config), and holds the faithful
+# network's settings and layers with the blocks above swapped in.
+
+class FusedEncoder(Encoder):
+    def __init__(self, encoder: Encoder):
+        keras.layers.Layer.__init__(self, name=encoder.name)
+        self.down_blocks = [FoldedDownBlock(block) for block in encoder.down_blocks]
+
+
+class FusedDecoder(Decoder):
+    def __init__(self, decoder: Decoder):
+        keras.layers.Layer.__init__(self, name=decoder.name)
+        self.up_blocks = [SubPixelUpBlock(block) for block in decoder.up_blocks]
+
+
+class FusedHourglass(Hourglass):
+    def __init__(self, hourglass: Hourglass):
+        keras.layers.Layer.__init__(self, name=hourglass.name)
+        self.encoder = FusedEncoder(hourglass.encoder)
+        self.decoder = FusedDecoder(hourglass.decoder)
+        self.out_filters = hourglass.out_filters
+
+
+class FusedKPDetector(KPDetector):
+    def __init__(self, faithful: KPDetector):
+        keras.Model.__init__(self, name=faithful.name)
+        self.config = faithful.config
+        self.temperature = faithful.temperature
+        self.scale_factor = faithful.scale_factor
+        self.estimate_jacobian = faithful.estimate_jacobian
+        self.num_jacobian_maps = faithful.num_jacobian_maps
+        if self.scale_factor != 1:
+            self.down = faithful.down
+        self.predictor = FusedHourglass(faithful.predictor)
+        self.kp = faithful.kp
+        self.jacobian = faithful.jacobian
+
+
+class FusedDenseMotionNetwork(DenseMotionNetwork):
+    def __init__(self, faithful: DenseMotionNetwork):
+        keras.layers.Layer.__init__(self, name=faithful.name)
+        self.num_kp = faithful.num_kp
+        self.kp_variance = faithful.kp_variance
+        self.scale_factor = faithful.scale_factor
+        if self.scale_factor != 1:
+            self.down = faithful.down
+        self.hourglass = FusedHourglass(faithful.hourglass)
+        self.mask = faithful.mask
+        self.occlusion = faithful.occlusion
+
+
+class FusedGenerator(OcclusionAwareGenerator):
+    def __init__(self, faithful: OcclusionAwareGenerator):
+        keras.Model.__init__(self, name=faithful.name)
+        self.config = faithful.config
+        self.dense_motion_network = FusedDenseMotionNetwork(faithful.dense_motion_network)
+        self.first = FoldedSameBlock(faithful.first)
+        self.down_blocks = [FoldedDownBlock(block) for block in faithful.down_blocks]
+        self.up_blocks = [SubPixelUpBlock(block) for block in faithful.up_blocks]
+        self.bottleneck = [FoldedResBlock(block) for block in faithful.bottleneck]
+        self.final = RowSplitConv(faithful.final)
+
+
+def fused_kp_detector(faithful: KPDetector) -> FusedKPDetector:
+    """The KPDetector run.py runs: its hourglass with BatchNorms folded and sub-pixel up blocks.
+    Load the checkpoint into `faithful` first: the fused weights are computed from it."""
+    return FusedKPDetector(faithful)
+
+
+def fused_generator(faithful: OcclusionAwareGenerator) -> FusedGenerator:
+    """The OcclusionAwareGenerator run.py runs: BatchNorms folded, sub-pixel up blocks (in its dense
+    motion hourglass too), the final conv split by rows. Load the checkpoint into `faithful` first."""
+    return FusedGenerator(faithful)
 
 
 class SourceEncoderModule(SignatureModule):
@@ -857,91 +1056,8 @@ class CachedGeneratorModule(SignatureModule):
         self._set_signature(specs)
 
     def compute(self, inputs):
-        result = self.model(inputs["source_image"], animate.kp_from_arguments(inputs, "kp_driving"), animate.kp_from_arguments(inputs, "kp_source"),
-                            source_scaled=inputs["source_image_scaled"], source_features=inputs["source_features"])
-        keys = ("prediction",) if self.prediction_only else ("prediction", "mask", "occlusion_map", "deformed")
-        return {k: result[k] for k in keys if k in result}
-
-
-def _zero_kp(config, batch):
-    kp = {"value": tf.zeros([batch, config.num_kp, 2])}
-    if config.estimate_jacobian:
-        kp["jacobian"] = tf.eye(2, batch_shape=[batch, config.num_kp])
-    return kp
-
-
-def create_kp_detector(config: ModelConfig) -> KPDetector:
-    """A built (variables created) but untrained KPDetector, unfused: the original's computation."""
-    model = KPDetector(config, name="kp_detector")
-    model(tf.zeros([1, *config.frame_shape]))
-    return model
-
-
-def create_generator(config: ModelConfig) -> OcclusionAwareGenerator:
-    """A built (variables created) but untrained OcclusionAwareGenerator, unfused: the original's computation."""
-    model = OcclusionAwareGenerator(config, name="generator")
-    model(tf.zeros([1, *config.frame_shape]), _zero_kp(config, 1), _zero_kp(config, 1))
-    return model
-
-
-def fuse_for_inference(model):
-    """Rewrite a model with loaded weights into faster equivalent forms, in place; see each layer's fuse().
-
-    BatchNorms fold into the convs before them, upsample + conv becomes a sub-pixel conv, the generator's
-    final conv is split by rows. Each equals the original computation up to float32 rounding (the
-    parity tests run the fused models). Load the checkpoint first: fusing derives kernels from it.
-    """
-    # Keras 3 has no public recursive walk over sub-layers; _flatten_layers is what Model.layers uses.
-    for layer in model._flatten_layers(include_self=True, recursive=True):
-        if hasattr(layer, "fuse"):
-            layer.fuse()
-
-
-def load_kp_detector(config: ModelConfig, state_dicts=None, where="checkpoint") -> KPDetector:
-    """A fused KPDetector with weights from checkpoint_loader.load_state_dicts(path) (None: random, for benchmarks)."""
-    model = create_kp_detector(config)
-    if state_dicts is not None:
-        checkpoint_loader.load_kp_detector_weights(model, state_dicts, where)
-    fuse_for_inference(model)
-    return model
-
-
-def load_generator(config: ModelConfig, state_dicts=None, where="checkpoint") -> OcclusionAwareGenerator:
-    """A fused OcclusionAwareGenerator with weights from load_state_dicts(path) (None: random, for benchmarks)."""
-    model = create_generator(config)
-    if state_dicts is not None:
-        checkpoint_loader.load_generator_weights(model, state_dicts, where)
-    fuse_for_inference(model)
-    return model
-
-
-def build_kp_detector(config: ModelConfig, state_dicts, where="checkpoint", batch_size=None,
-                      prescale=False) -> KPDetectorModule:
-    """KPDetectorModule with weights from checkpoint_loader.load_state_dicts(path)."""
-    if prescale:
-        check_prescale(config)
-    return KPDetectorModule(load_kp_detector(config, state_dicts, where), batch_size, prescale)
-
-
-def build_generator(config: ModelConfig, state_dicts, where="checkpoint", batch_size=None,
-                    prediction_only=False, prescale=False) -> GeneratorModule:
-    """GeneratorModule with weights from checkpoint_loader.load_state_dicts(path)."""
-    if prescale:
-        check_prescale(config)
-    return GeneratorModule(load_generator(config, state_dicts, where), batch_size, prediction_only, prescale)
-
-
-def build_source_encoder(config: ModelConfig, state_dicts, where="checkpoint") -> SourceEncoderModule:
-    """SourceEncoderModule with the generator's weights from checkpoint_loader.load_state_dicts(path)."""
-    return SourceEncoderModule(load_generator(config, state_dicts, where))
-
-
-def build_generator_cached(config: ModelConfig, state_dicts, where="checkpoint", batch_size=None,
-                           prediction_only=False) -> CachedGeneratorModule:
-    """CachedGeneratorModule with weights from checkpoint_loader.load_state_dicts(path)."""
-    return CachedGeneratorModule(load_generator(config, state_dicts, where), batch_size, prediction_only)
-
-
-def build_process_kp_driving(config: ModelConfig, batch_size=None, hardcode=None) -> ProcessKpDrivingModule:
-    """ProcessKpDrivingModule (no weights)."""
-    return ProcessKpDrivingModule(config, batch_size, hardcode)
+        dense_motion = self.model.dense_motion_network.motion_from_scaled(
+            inputs["source_image_scaled"], animate.kp_from_arguments(inputs, "kp_driving"),
+            animate.kp_from_arguments(inputs, "kp_source"))
+        result = self.model.transform_and_decode(inputs["source_image"], inputs["source_features"], dense_motion)
+        return _generator_outputs(result, self.prediction_only)

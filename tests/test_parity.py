@@ -36,7 +36,7 @@ def test_process_kp_driving_matches_normalize_kp(fixture, relative, adapt):
     import modules
 
     config = fixture.config()
-    process = modules.build_process_kp_driving(config)
+    process = modules.build_module("process_kp_driving", config)
     kp_source = fixture.kp("kp_source")
     models = animate.Models(kp_detector=lambda img: dict(kp_source),
                             process_kp_driving=lambda **kw: {k: v.numpy() for k, v in process(**kw).items()},
@@ -93,8 +93,9 @@ def test_fused_models_match_original(fixture):
             assert max_abs(ours[key], reference) <= KP_TOL, (prefix, key)
     source = nchw_to_nhwc(fixture.ref["source"])
     encoded = modules.SourceEncoderModule(generator)(source_image=source)
-    ours = generator(source, fixture.generator_kp_driving(), fixture.kp("kp_source"),
-                     source_scaled=encoded["source_image_scaled"], source_features=encoded["source_features"])
+    dense_motion = generator.dense_motion_network.motion_from_scaled(
+        encoded["source_image_scaled"], fixture.generator_kp_driving(), fixture.kp("kp_source"))
+    ours = generator.transform_and_decode(source, encoded["source_features"], dense_motion)
     assert max_abs(ours["prediction"], nchw_to_nhwc(fixture.ref["prediction"])) <= PREDICTION_TOL
 
 
