@@ -274,6 +274,22 @@ def test_unreadable_video_raises_one_line_user_error(tmp_path, content):
     assert_one_line_error(excinfo, path)
 
 
+def test_phone_video_rotation_is_applied_when_decoding(tmp_path):
+    # Phones record sideways and store the turn as display-matrix metadata; ffmpeg turns the frames upright
+    # when it decodes them (autorotate), so a portrait clip arrives portrait, size included.
+    landscape = write_mp4(tmp_path / "landscape.mp4", smooth_frames(3, 32, 48), fps=10)
+    rotated = tmp_path / "portrait.mp4"
+    subprocess.run([imageio_ffmpeg.get_ffmpeg_exe(), "-loglevel", "error", "-display_rotation", "90", "-i", landscape,
+                    "-c", "copy", str(rotated)], check=True)
+    with media.open_video(landscape) as video:
+        stored = list(video)
+    with media.open_video(rotated) as video:
+        assert video.size == (32, 48)  # (width, height): turned
+        upright = list(video)
+    for frame, original in zip(upright, stored):
+        np.testing.assert_array_equal(frame, np.rot90(original))  # 90 degrees counter-clockwise, as displayed
+
+
 def test_open_driving_clip_fails_on_missing_video_before_iterating(tmp_path):
     with pytest.raises(UserError, match="no such file"):
         media.open_driving_clip(tmp_path / "missing.mp4", FRAME_SHAPE)
