@@ -152,12 +152,8 @@ def _fit_long_side(image, max_side):
 
 def _as_rgb_uint8(image):
     """Any decoded picture as contiguous uint8 [H, W, 3]: gray repeated, alpha dropped, 16-bit scaled."""
-    image = media.as_hwc(np.asarray(image))
-    if image.dtype != np.uint8:
-        image = img_as_ubyte(image)
-    if image.shape[-1] < 3:
-        image = np.repeat(image[..., :1], 3, axis=-1)
-    return np.ascontiguousarray(image[..., :3])
+    image = np.asarray(image)
+    return np.ascontiguousarray(media.to_rgb(image if image.dtype == np.uint8 else img_as_ubyte(image)))
 
 
 def find_faces(image, name, hint="--crop_box X,Y,W,H", max_side=PHOTO_MAX_SIDE):

@@ -42,13 +42,6 @@ def read_image(path, frame_shape):
     return preprocess_frame(decode_image(path), frame_shape)
 
 
-def image_size(path):
-    """(height, width) of the image at `path`, decoded as read_image would; UserError as read_image."""
-    path = str(path)
-    utils.require_file(path, "an image")
-    return decode_image(path).shape[:2]
-
-
 def decode_image(path):
     """The first image in `path` as imageio returns it (any dtype, 2-D or HxWxC)."""
     try:
@@ -98,10 +91,10 @@ def preprocess_frame(frame, frame_shape):
         frame = frame.astype(np.float64)
     height, width = (int(size) for size in frame_shape[:2])
     resized = resize(frame, (height, width))
-    return _to_rgb(resized).astype(np.float32)
+    return to_rgb(resized).astype(np.float32)
 
 
-def _to_rgb(image):
+def to_rgb(image):
     """[H, W] or [H, W, C] -> [H, W, 3]: gray is repeated, alpha and extras are dropped."""
     if image.ndim == 2:
         image = image[..., np.newaxis]
@@ -582,7 +575,7 @@ def dataset_frame(frame, frame_shape):
     if frame.shape[:2] != tuple(frame_shape[:2]):
         return preprocess_frame(frame, frame_shape)
     # img_as_float32 rather than a same-size resize, which is one float32 ulp off FramesDataset.
-    return _to_rgb(img_as_float32(frame))
+    return to_rgb(img_as_float32(frame))
 
 
 def _video_clip(path, convert):

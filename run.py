@@ -237,7 +237,7 @@ def resolve_model(args):
         config_path, published = utils.model_paths(args.model or DEFAULT_MODEL)
         checkpoint_path = args.checkpoint or published
     else:
-        _require_input("--config", args.config)
+        utils.require_file(args.config, "a config file", "--config")
         config_path = args.config
         checkpoint_path = args.checkpoint or utils.checkpoint_for_config(args.config)
         if args.checkpoint is None and checkpoint_path is not None and args.target == "direct":
@@ -249,16 +249,8 @@ def resolve_model(args):
                               f"was found beside it or in checkpoint/)")
     if args.checkpoint is None and args.config is None and not os.path.exists(checkpoint_path):
         raise utils.UserError(utils.published_checkpoint_missing(checkpoint_path))
-    _require_input("--checkpoint", checkpoint_path)
+    utils.require_file(checkpoint_path, "a checkpoint", "--checkpoint")
     return config_path, checkpoint_path
-
-
-def _require_input(flag, path):
-    """UserError naming the flag when `path` is not an existing file."""
-    if not os.path.exists(path):
-        raise utils.UserError(f"{flag} {path}: no such file")
-    if os.path.isdir(path):
-        raise utils.UserError(f"{flag} {path}: is a directory, not a file")
 
 
 def example_input(path, flag):
@@ -608,13 +600,13 @@ def file_jobs(args, config):
     source_path = source = photo = None
     if not reconstruction:
         source_path = args.source_image or example_input(EXAMPLE_SOURCE, "--source_image")
-        _require_input("--source_image", source_path)
+        utils.require_file(source_path, "an image", "--source_image")
         if crops_source(args) or args.list_faces:
             photo = faces.read_photo_upright(source_path)
         else:
             source = read_source(source_path, frame_shape)
     driving_path = args.driving_video or example_input(EXAMPLE_DRIVING, "--driving_video")
-    _require_input("--driving_video", driving_path)
+    utils.require_file(driving_path, "a video", "--driving_video")
     check_face_model(args, config)
     output = utils.output_path(args.output, source_path, driving_path, args.mode, args.dontappend)
     open_driving = functools.partial(media.open_driving_clip, driving_path, frame_shape)
@@ -707,9 +699,9 @@ def list_faces(args, plan):
 
 def read_source(path, frame_shape):
     """The source image, preprocessed as demo.py does, with a warning when resizing will stretch it."""
-    height, width = media.image_size(path)
-    warn_if_stretched(path, "source image", width, height, frame_shape)
-    return media.read_image(path, frame_shape)
+    image = media.decode_image(path)
+    warn_if_stretched(path, "source image", image.shape[1], image.shape[0], frame_shape)
+    return media.preprocess_frame(image, frame_shape)
 
 
 def check_driving_clip(clip, frames, frame_shape, stretched_warning=True):

@@ -56,12 +56,13 @@ def os_reason(error):
     return error.strerror or first_line(error)
 
 
-def require_file(path, what):
-    """Raise UserError unless `path` is an existing regular file."""
+def require_file(path, what, flag=None):
+    """Raise UserError unless `path` is an existing regular file; the message names `flag` when given."""
+    name = path if flag is None else f"{flag} {path}"
     if not os.path.exists(path):
-        raise UserError(f"{path}: no such file")
+        raise UserError(f"{name}: no such file")
     if os.path.isdir(path):
-        raise UserError(f"{path}: is a directory, not {what}")
+        raise UserError(f"{name}: is a directory, not {what}")
 
 
 
