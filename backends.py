@@ -28,6 +28,7 @@ START_UP_NOISE = re.compile(
     r"|To enable the following instructions: .*rebuild TensorFlow)")
 
 _verbosity = "verbose" if os.environ.get("FOMM_VERBOSE") == "1" else "normal"
+_threads = None  # None: every core (each runtime's default)
 
 
 def set_verbosity(level):
@@ -40,6 +41,33 @@ def set_verbosity(level):
 
 def verbosity():
     return _verbosity
+
+
+def set_threads(count):
+    """Threads each runtime may use for one operation (--threads; a Ray worker's CPUs), set before it loads.
+
+    TensorFlow fixes its thread pools when it initialises, so this must come before the first
+    `tensorflow()` that runs an op; LiteRT and onnxruntime read it when a model is loaded.
+    """
+    global _threads
+    _threads = count
+    if "tensorflow" in sys.modules:
+        _apply_tensorflow_threads(sys.modules["tensorflow"])
+
+
+def threads():
+    """The thread count for LiteRT and onnxruntime: --threads, else one per core."""
+    return _threads or os.cpu_count()
+
+
+def _apply_tensorflow_threads(tf):
+    if _threads is None:
+        return
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(_threads)
+        tf.config.threading.set_inter_op_parallelism_threads(_threads)
+    except RuntimeError:  # already initialised: too late to change, keep the first setting
+        pass
 
 
 @contextlib.contextmanager
@@ -91,6 +119,7 @@ def tensorflow():
             if _verbosity != "verbose":
                 tf.get_logger().setLevel("ERROR")  # "WARNING:tensorflow:..." from tracing and saving
                 _quiet_absl_python_logging()
+            _apply_tensorflow_threads(tf)
     return sys.modules["tensorflow"]
 
 

@@ -8,6 +8,7 @@ import os
 
 import numpy as np
 
+import backends
 import utils
 
 
@@ -72,17 +73,13 @@ def read_signature_json(target, path):
 
 def tflite_interpreter(path=None, model_content=None):
     """A TF Lite interpreter on all cores: LiteRT's (ai_edge_litert), else TensorFlow's tf.lite.Interpreter."""
-    import backends
-
     interpreter_class = backends.tflite_interpreter_class()
     with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-        return interpreter_class(model_path=path, model_content=model_content, num_threads=os.cpu_count())
+        return interpreter_class(model_path=path, model_content=model_content, num_threads=backends.threads())
 
 
 def savedmodel_function(path):
     """Run a SavedModel's serving_default with numpy keyword inputs; returns {output name: numpy}."""
-    import backends
-
     tf = backends.tensorflow()
 
     loaded = tf.saved_model.load(path)
@@ -98,8 +95,6 @@ def savedmodel_function(path):
 
 def tflite_function(path):
     """Run a .tflite file's serving_default signature with numpy keyword inputs (any batch size)."""
-    import backends
-
     runner = tflite_interpreter(path).get_signature_runner(SIGNATURE_KEY)
     shapes_seen = set()
 
@@ -125,7 +120,7 @@ def onnx_session(path):
     except ImportError:
         raise utils.UserError(f"--target onnx needs onnxruntime: {ONNX_INSTALL}") from None
     options = onnxruntime.SessionOptions()
-    options.intra_op_num_threads = os.cpu_count()
+    options.intra_op_num_threads = backends.threads()
     # onnxruntime's load errors derive from Exception directly, so they are named one by one.
     load_errors = (ort_errors.Fail, ort_errors.InvalidProtobuf, ort_errors.InvalidGraph, ort_errors.InvalidArgument,
                    ort_errors.NoSuchFile, ort_errors.NotImplemented)

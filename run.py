@@ -32,6 +32,7 @@ try:
     import datasets
     import export_files
     import faces
+    import jobs
     import media
     import model_config
     import utils
@@ -92,7 +93,10 @@ def parse_args(argv=None):
     parser.add_argument("--audio", action="store_true", help="copy the driving video's audio track")
     parser.add_argument("--root_dir", help="dataset folder for --datamode dataset (default: the config's "
                                            "dataset_params.root_dir)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="threads the model may use (default: every core; with --workers, each worker's CPUs)")
     add_face_arguments(parser)
+    add_batch_arguments(parser)
     loudness = parser.add_mutually_exclusive_group()
     loudness.add_argument("--verbose", action="store_true",
                           help="also show TensorFlow's and LiteRT's own start-up and log lines")
@@ -100,6 +104,7 @@ def parse_args(argv=None):
     args = parser.parse_args(argv)
     check_combinations(parser, args)
     check_face_arguments(parser, args)
+    check_batch_arguments(parser, args)
     return args
 
 
@@ -119,6 +124,39 @@ def add_face_arguments(parser):
                       help="print the faces found in the source photo (and the driving video's face tracks) and exit")
 
 
+def add_batch_arguments(parser):
+    batch = parser.add_argument_group("many videos: batches and Ray workers (see README, Scale out)")
+    batch.add_argument("--jobs", metavar="FILE.csv",
+                       help="render many pairs: a CSV with the columns source_image,driving_video,output "
+                            "(paths relative to the CSV's folder)")
+    batch.add_argument("--overwrite", action="store_true",
+                       help="with --jobs or --datamode dataset: redo the outputs an earlier run completed "
+                            "(by default they are skipped)")
+    batch.add_argument("--workers", type=int, metavar="N",
+                       help="render the jobs on N Ray workers (needs: pip install -r requirements-cluster.txt); "
+                            "a local Ray instance unless --ray_address or RAY_ADDRESS names a cluster")
+    batch.add_argument("--ray_address", metavar="HOST:PORT",
+                       help="with --workers: join this Ray cluster (default: $RAY_ADDRESS, else start a local one)")
+
+
+def check_batch_arguments(parser, args):
+    """Usage errors of --jobs / --workers: each flag where it means something."""
+    if args.threads is not None and args.threads < 1:
+        parser.error("--threads must be at least 1")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be at least 1")
+    if args.ray_address is not None and args.workers is None:
+        parser.error("--ray_address runs the jobs on Ray workers: give --workers N too")
+    if args.jobs is not None and args.datamode == "dataset":
+        parser.error("--jobs lists the jobs of --datamode file; drop --datamode dataset")
+    if args.jobs is not None and (args.source_image is not None or args.driving_video is not None):
+        parser.error("--jobs names every source_image and driving_video; drop --source_image / --driving_video")
+    if args.overwrite and args.jobs is None and args.datamode != "dataset":
+        parser.error("--overwrite applies to --jobs and --datamode dataset (a single output is always rewritten)")
+    if args.workers is not None and args.profile:
+        parser.error("--profile times the in-process run; drop --workers to profile")
+
+
 def check_face_arguments(parser, args):
     """Usage errors of the face options: each flag in a combination where it means something."""
     if args.face is not None and args.crop not in ("both", "source"):
@@ -134,6 +172,9 @@ def check_face_arguments(parser, args):
             parser.error(f"{flag} must be 0 or more, got {value}")
     if (args.crop or args.crop_box or args.driving_crop_box or args.list_faces) and args.datamode == "dataset":
         parser.error("--crop and the face options apply to --datamode file (crop a dataset with crop.py)")
+    if (args.crop or args.crop_box or args.driving_crop_box or args.list_faces) and (args.jobs or args.workers):
+        parser.error("--crop and the face options apply to one --source_image and --driving_video, in-process "
+                     "(crop many videos with crop.py first)")
 
 
 def check_combinations(parser, args):
@@ -165,24 +206,6 @@ TRACE_BATCHES = 3  # batches a TensorBoard trace covers: enough to see the stead
 
 
 @dataclass
-class Job:
-    """One driving clip rendered to one output; `source` None means the clip's own first frame.
-
-    `open_driving()` opens the clip (a media.Clip) only when its turn comes, so that a dataset's
-    videos are decoded one at a time.
-    """
-    name: str
-    open_driving: Callable
-    source: object  # float32 [H, W, 3] or None
-    output: str
-    motion: animate.Motion = animate.Motion()
-    driving_path: str = None
-    photo: object = None  # --crop: the full-resolution photo (uint8) the animated faces are pasted into
-    faces: list = None  # --crop: [(source crop float32 [H, W, 3], faces.CropBox in the photo)], left to right
-    error: str = None  # why this dataset job cannot run (its source would not open); the others still do
-
-
-@dataclass
 class Plan:
     """Everything a run needs that can be checked without TensorFlow: it is made before the import."""
     config: model_config.Config
@@ -201,11 +224,13 @@ def prepare(args):
     config_path, checkpoint_path = resolve_model(args)
     config = model_config.load(config_path)
     exports = check_exports(args, checkpoint_path) if args.target != "direct" else None
-    if args.datamode == "file":
-        jobs = file_jobs(args, config)
+    if args.jobs is not None:
+        listed = csv_jobs(args, config)
+    elif args.datamode == "file":
+        listed = file_jobs(args, config)
     else:
-        jobs = dataset_jobs(args, config)
-    return Plan(config, checkpoint_path, jobs, exports)
+        listed = dataset_jobs(args, config)
+    return Plan(config, checkpoint_path, listed, exports)
 
 
 def warn_about_flags(args):
@@ -260,25 +285,53 @@ def example_input(path, flag):
 
 
 def run(args, plan):
-    """Load the model once, render every job of --mode / --datamode, then report metrics and timings."""
+    """Render every job of --mode / --datamode / --jobs, then report metrics, timings and failures.
+
+    Batch runs (--jobs, --datamode dataset) skip outputs an earlier run completed with the same model and
+    options, and a failing job fails alone; --workers renders on Ray (cluster.py), else in this process
+    with the model loaded once.
+    """
     import time
 
     started = time.perf_counter()
-    status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
-    if args.target in ("direct", "savedmodel") or args.crop or args.list_faces:
-        backends.tensorflow()  # the face detector runs on TensorFlow too
-        check_device(args.device)
-    timings = animate.Timings() if args.profile else None
     if args.list_faces:
+        status("loading TensorFlow")
+        backends.tensorflow()  # the face detector runs on TensorFlow
         status("looking for faces")
         return list_faces(args, plan)
+    plan.jobs = todo = list(plan.jobs)
+    if not todo:
+        raise utils.UserError("nothing to render: the dataset's test split gives no videos or pairs")
+    resumed = []
+    if is_batch(args):
+        todo, resumed = resume(args, todo, batch_key(args, plan))
+    timings = animate.Timings() if args.profile else None
+    if not todo:
+        rendered = []
+    elif args.workers:
+        import cluster
+
+        rendered = cluster.render_jobs(args, plan, todo)
+    else:
+        rendered = render_in_process(args, plan, todo, timings)
+    by_output = {result.output: result for result in resumed + rendered}
+    in_order = [by_output[job.output] for job in plan.jobs if job.output in by_output]
+    finish(args, in_order, len(resumed), timings, time.perf_counter() - started)
+
+
+def render_in_process(args, plan, todo, timings):
+    """Load the model once and render the jobs one after another; returns their jobs.Result."""
+    status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
+    if args.threads is not None:
+        backends.set_threads(args.threads)
+    if args.target in ("direct", "savedmodel") or args.crop:
+        backends.tensorflow()  # the face detector runs on TensorFlow too
+        check_device(args.device)
     if args.crop or args.crop_box or args.driving_crop_box:
         status("looking for faces" if args.crop else "cropping")
         _timed(timings, "face detection", crop_inputs)(args, plan)
     drawer = visualizer.Visualizer.from_params(plan.config.visualizer_params) if args.visualizer else None
-    losses = {}
-    outputs = []
-    frames = 0
+    results = []
     with _device(args.device):
         status(f"loading the model ({describe_model(args, plan)})")
         load = load_models if timings is None else timings.timed("load models", load_models)
@@ -286,34 +339,93 @@ def run(args, plan):
         if timings is not None:
             models = animate.timed_models(models, timings)
         with TensorBoardTrace(args) as trace:
-            failed = []
-            for job in plan.jobs:
-                try:
-                    written, losses[job.name] = render_job(args, models, job, drawer, timings, trace)
-                except utils.UserError as err:
-                    if args.datamode != "dataset":
-                        raise
-                    utils.print_error(f"{job.name}: {err}")  # a bad video fails its own job only
-                    failed.append(job.name)
-                    continue
-                frames += written
-                outputs.append(job.output)
-    if not outputs and not failed:
-        raise utils.UserError("nothing to render: the dataset's test split gives no videos or pairs")
-    if args.mode == "reconstruction" and outputs:
-        report_reconstruction(losses, metrics_path(args, outputs[0]))
+            for job in todo:
+                result = execute(args, models, job, drawer, timings, trace)
+                if not result.ok:
+                    jobs.report_failure(result)
+                results.append(result)
+    return results
+
+
+def execute(args, models, job, drawer=None, timings=None, trace=None):
+    """Render one job into a jobs.Result. A batch job (one with a key) records its completion, and any
+    failure becomes its Result, with the traceback in a log beside the output; a single job raises."""
+    try:
+        frames, losses = render_job(args, models, job, drawer, timings, trace or TensorBoardTrace(args))
+    except Exception as err:  # noqa: BLE001 -- a batch goes on past a bad video or a bug in one job
+        if job.key is None:
+            raise
+        jobs.remove_partial(job.output, utils.visualizer_path(job.output))
+        message = str(err) if isinstance(err, (utils.UserError, checkpoint_loader.CheckpointError)) \
+            else f"{type(err).__name__}: {utils.first_line(err)}"
+        return jobs.Result(job.name, job.output, error=message, log=jobs.write_failure_log(job.output, job.name, err))
+    result = jobs.Result(job.name, job.output, frames, [float(loss) for loss in losses])
+    if job.key is not None:
+        jobs.write_record(result, job.key)
+        jobs.clear_failure_log(job.output)
+    return result
+
+
+def finish(args, results, resumed, timings, seconds):
+    """Metrics over every job, in the jobs' order (resumed ones from their records), the batch summary, and
+    a UserError (exit 1) when a job failed."""
+    done = [result for result in results if result.ok]
+    failed = [result.name for result in results if not result.ok]
+    if args.mode == "reconstruction" and done:
+        report_reconstruction({result.name: result.losses for result in done}, metrics_path(args, done[0].output))
+    frames = sum(result.frames for result in results if not result.resumed)
     if timings is not None:
-        say(timings.summary(frames, time.perf_counter() - started))
+        say(timings.summary(frames, seconds))
+    if is_batch(args):
+        say(f"{plural(len(results) - resumed - len(failed), 'video')} rendered, {resumed} already complete, "
+            f"{len(failed)} failed: {plural(frames, 'frame')} in {seconds:.1f} s ({frames / seconds:.2f} frames/s)")
     if failed:
-        raise utils.UserError(f"{len(failed)} of {len(failed) + len(outputs)} jobs failed ({', '.join(failed)}); "
+        raise utils.UserError(f"{len(failed)} of {len(results)} jobs failed ({', '.join(failed)}); "
                               f"the other outputs were written")
 
 
+def is_batch(args):
+    """Many outputs: resumable, and a failing job fails alone."""
+    return args.jobs is not None or args.datamode == "dataset"
+
+
+# Flags that change a batch output's pixels (or its files); the batch size and thread count do not.
+PIXEL_FLAGS = ("mode", "target", "frames", "relative", "adapt", "prescale", "float16", "int8", "best_frame",
+               "find_best_frame", "audio", "visualizer", "dontappend")
+
+
+def batch_key(args, plan):
+    """The fingerprint of the model files and flags every job of this batch shares."""
+    model = {"config": plan.config.raw}
+    if args.target == "direct":
+        model["checkpoint"] = [os.path.abspath(plan.checkpoint_path), jobs.file_identity(plan.checkpoint_path)]
+    else:
+        model["exports"] = {module: [os.path.abspath(path), description]
+                            for module, (path, description) in plan.exports.exports.items()}
+    return jobs.fingerprint({"model": model, "flags": {flag: getattr(args, flag) for flag in PIXEL_FLAGS}})
+
+
+def resume(args, todo, key):
+    """(jobs to render, Results of those an earlier run completed); every job gets its own key."""
+    pending, resumed = [], []
+    for job in todo:
+        job.key = jobs.fingerprint({"batch": key, "motion": job.motion,
+                                    "inputs": [(path, jobs.file_identity(path))
+                                               for path in (job.source_path, job.driving_path) if path]})
+        done = None if args.overwrite else jobs.completed(job.name, job.output, job.key)
+        if done is None:
+            pending.append(job)
+        else:
+            resumed.append(done)
+    if resumed:
+        note(f"{plural(len(resumed), 'output')} of {len(todo)} already complete with this model and these options: "
+             f"skipping {'it' if len(resumed) == 1 else 'them'} (--overwrite redoes them)")
+    return pending, resumed
+
+
 def render_job(args, models, job, drawer, timings, trace):
-    if job.error is not None:
-        raise utils.UserError(job.error)
     with job.open_driving() as clip:
-        return render(args, models, job, clip, drawer, timings, trace)
+        return render(args, models, job.with_source(), clip, drawer, timings, trace)
 
 
 def describe_model(args, plan):
@@ -362,7 +474,7 @@ def render(args, models, job, clip, drawer, timings, trace):
         writer = stack.enter_context(media.FrameWriter(job.output, clip.fps, audio_from=audio))
         encode = _timed(timings, "encode", lambda frame: writer.write(media.to_uint8(frame)))
         if drawer is not None:
-            visual_writer = stack.enter_context(media.FrameWriter(visualizer_path(job.output), clip.fps))
+            visual_writer = stack.enter_context(media.FrameWriter(utils.visualizer_path(job.output), clip.fps))
             draw = _timed(timings, "visualizer", lambda source, driving, out: visual_writer.write(
                 drawer.visualize(source, driving, out)))
         status(f"{job.name}: building the graph on the first batch")
@@ -379,7 +491,7 @@ def render(args, models, job, clip, drawer, timings, trace):
         if writer.frames_written == 0:
             raise utils.UserError(f"{clip.path}: no frames to animate")
     say(f"wrote {plural(writer.frames_written, 'frame')} to {job.output}" +
-        (f" (and {visualizer_path(job.output)})" if drawer is not None else ""))
+        (f" (and {utils.visualizer_path(job.output)})" if drawer is not None else ""))
     return writer.frames_written, losses
 
 
@@ -491,35 +603,7 @@ def audio_source(args, job, clip):
     return clip.media_path
 
 
-def warn(message):
-    if backends.verbosity() != "quiet":
-        print(f"warning: {message}", file=sys.stderr, flush=True)
-
-
-def note(message):
-    """A default standing in for something the user did not give, said once."""
-    if backends.verbosity() != "quiet":
-        print(f"note: {message}", file=sys.stderr, flush=True)
-
-
-def status(message):
-    """What the run is doing before its progress bar can say it."""
-    if backends.verbosity() != "quiet":
-        print(f"{message}...", file=sys.stderr, flush=True)
-
-
-def say(message):
-    """A result line (what was written, metrics), on stdout."""
-    if backends.verbosity() != "quiet":
-        print(message, flush=True)
-
-
-def visualizer_path(output):
-    """Where --visualizer writes beside an output: a.mp4 -> a_visualizer.mp4, frames/ -> frames_visualizer/."""
-    if output.endswith("/"):
-        return output.rstrip("/") + "_visualizer/"
-    root, extension = os.path.splitext(output)
-    return f"{root}_visualizer{extension}"
+warn, note, status, say = utils.warn, utils.note, utils.status, utils.say  # one voice for every module
 
 
 def metrics_path(args, output):
@@ -612,8 +696,36 @@ def file_jobs(args, config):
     open_driving = functools.partial(media.open_driving_clip, driving_path, frame_shape)
     with open_driving() as clip:  # a bad video fails now, before the model loads
         check_driving_clip(clip, args.frames, frame_shape, stretched_warning=not crops_driving(args))
-    return [Job(os.path.basename(driving_path), open_driving, source, output, animate.Motion(args.relative, args.adapt),
-                driving_path=driving_path, photo=photo)]
+    return [jobs.Job(os.path.basename(driving_path), open_driving, source, output, animate.Motion(args.relative, args.adapt),
+                driving_path=driving_path, source_path=source_path, photo=photo)]
+
+
+def csv_jobs(args, config):
+    """The jobs --jobs FILE.csv lists, one per row, with the run's --mode and motion flags.
+
+    Each row's inputs are read when its job renders: a missing image or a broken video fails that job
+    only, and the others are written.
+    """
+    shape = config.frame_shape
+    reconstruction = args.mode == "reconstruction"
+    listed = []
+    for row in jobs.read_jobs_csv(args.jobs, needs_source=not reconstruction):
+        output = utils.output_path(row.output, row.source_image, row.driving_video, args.mode, args.dontappend)
+        check_output_format(f"--jobs {args.jobs}, line {row.line}", output)
+        open_source = None if reconstruction else functools.partial(jobs.read_source, row.source_image, shape)
+        listed.append(jobs.Job(os.path.basename(output.rstrip("/")),
+                               functools.partial(media.open_driving_clip, row.driving_video, shape), None, output,
+                               animate.Motion(args.relative, args.adapt), driving_path=row.driving_video,
+                               source_path=row.source_image, open_source=open_source))
+    return listed
+
+
+def check_output_format(where, output):
+    """An output must be a folder (ends in /) or a file FrameWriter writes."""
+    extension = os.path.splitext(output)[1].lower()
+    if not output.endswith("/") and extension not in media.VIDEO_OUTPUT_EXTENSIONS:
+        raise utils.UserError(f"{where}: {output}: cannot write {extension or 'a file without extension'} "
+                              f"(give one of {', '.join(media.VIDEO_OUTPUT_EXTENSIONS)}, or a folder ending in /)")
 
 
 # Published models whose training data is not faces: the face detector cannot find their subject.
@@ -762,16 +874,11 @@ def dataset_jobs(args, config):
 
 
 def dataset_job(name, driving_path, source_path, output, frame_shape, motion=animate.Motion()):
-    """Open one dataset job; the source is the first frame of `source_path` (None: reconstruction)."""
-    source = error = None
-    if source_path is not None:
-        try:
-            with media.open_dataset_clip(source_path, frame_shape) as clip:
-                source = next(iter(clip))
-        except utils.UserError as err:
-            error = str(err)
-    return Job(name, functools.partial(media.open_dataset_clip, driving_path, frame_shape), source, output, motion,
-               driving_path=driving_path, error=error)
+    """One dataset job; its source is the first frame of `source_path` (None: reconstruction), read when
+    the job renders, so a broken source video fails that job only."""
+    open_source = None if source_path is None else functools.partial(jobs.first_frame, source_path, frame_shape)
+    return jobs.Job(name, functools.partial(media.open_dataset_clip, driving_path, frame_shape), None, output, motion,
+                    driving_path=driving_path, source_path=source_path, open_source=open_source)
 
 
 def dataset_output_dir(args):

@@ -11,6 +11,8 @@ import shutil
 import sys
 import tempfile
 
+import backends
+
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 
@@ -40,6 +42,29 @@ class ArgumentParser(argparse.ArgumentParser):
 def print_error(error):
     """How every CLI reports a bad input: `error: <one line>` on stderr (the caller exits with 1)."""
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+
+
+def warn(message):
+    if backends.verbosity() != "quiet":
+        print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def note(message):
+    """A default standing in for something the user did not give, said once."""
+    if backends.verbosity() != "quiet":
+        print(f"note: {message}", file=sys.stderr, flush=True)
+
+
+def status(message):
+    """What a command is doing before its progress bar can say it."""
+    if backends.verbosity() != "quiet":
+        print(f"{message}...", file=sys.stderr, flush=True)
+
+
+def say(message):
+    """A result line (what was written, metrics), on stdout."""
+    if backends.verbosity() != "quiet":
+        print(message, flush=True)
 
 
 def first_line(error):
@@ -160,6 +185,14 @@ def output_path(output, source_image, driving_video, mode, dontappend):
         if input_path is not None and _same_path(path, input_path):
             raise UserError(f"{path}: output would overwrite the {role}")
     return path
+
+
+def visualizer_path(output):
+    """Where --visualizer writes beside an output: a.mp4 -> a_visualizer.mp4, frames/ -> frames_visualizer/."""
+    if output.endswith("/"):
+        return output.rstrip("/") + "_visualizer/"
+    root, extension = os.path.splitext(output)
+    return f"{root}_visualizer{extension}"
 
 
 def _same_path(first, second):

@@ -280,8 +280,11 @@ def test_a_bad_dataset_video_fails_its_own_job_only(cached_models, tmp_path, cap
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
     assert code == 1
     assert errors[0].startswith("error: d_broken.mp4: ") and "not a readable video" in errors[0], errors
+    assert errors[0].endswith(f"(traceback in {out / 'd_broken.mp4.error.log'})"), errors
     assert errors[1] == "error: 1 of 4 jobs failed (d_broken.mp4); the other outputs were written", errors
-    assert sorted(p.name for p in out.iterdir()) == sorted([f"{Path(n).stem}.mp4" for n in counts] + ["metrics.csv"])
+    visible = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))
+    assert visible == sorted([f"{Path(n).stem}.mp4" for n in counts] + ["d_broken.mp4.error.log", "metrics.csv"])
+    assert "Traceback" in (out / "d_broken.mp4.error.log").read_text()
     assert set(read_metrics(out / "metrics.csv")) == {*counts, "mean"}
 
 
@@ -312,7 +315,7 @@ def test_dataset_animate_writes_one_video_per_pair(cached_models, tmp_path):
                      "--root_dir", str(tmp_path / "data"), "--output", f"{out}/"])
     assert code == 0
     pairs = datasets.animation_pairs(list(counts), 2)
-    written = sorted(p.name for p in out.iterdir())
+    written = sorted(p.name for p in out.iterdir() if not p.name.startswith("."))  # hidden: completion records
     assert written == sorted(f"{Path(d).stem}-{Path(s).stem}.mp4" for d, s in pairs)
     for driving, source in pairs:
         assert sum(1 for _ in imageio.get_reader(out / f"{Path(driving).stem}-{Path(source).stem}.mp4")) == \
@@ -350,7 +353,7 @@ def dataset_animation_job(fx, tmp_path, normalization):
     args = run.parse_args(["--config", str(config_path), "--checkpoint", str(fx.checkpoint()), "--datamode",
                            "dataset", "--root_dir", str(fx.dir / "dataset"), "--output", f"{tmp_path}/out/"])
     [job] = list(run.dataset_jobs(args, model_config.load(config_path)))
-    return job
+    return job.with_source()
 
 
 def dataset_animation(fx, job):
