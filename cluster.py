@@ -47,6 +47,10 @@ def render_jobs(args, plan, todo):
 def import_ray(address):
     """Import Ray with usage statistics off and, for an instance on this machine, loopback-only sockets."""
     os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
+    if address is not None:
+        # A Ray 2.60 cluster wants its token (~/.ray/auth_token or RAY_AUTH_TOKEN) from clients too, and a
+        # client sends it only in token mode; RAY_AUTH_MODE set by the user is kept.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     if address is None or _is_loopback(address):
         # Ray resolves 127.0.0.1 to the machine's public address unless this is 0; with it, every
         # server of the instance (GCS, raylet, workers) binds to 127.0.0.1 only.

@@ -414,6 +414,7 @@ def resume(args, todo, key):
                                                for path in (job.source_path, job.driving_path) if path]})
         done = None if args.overwrite else jobs.completed(job.name, job.output, job.key)
         if done is None:
+            jobs.remove_partial(job.output, utils.visualizer_path(job.output))  # a killed run's temporaries
             pending.append(job)
         else:
             resumed.append(done)

@@ -351,3 +351,19 @@ def placed_clip(frames, drift=(0.0, 0.0)):
     for index, frame in enumerate(frames):
         yield place(background(720, 1280, seed=1), frame, round(x + drift[0] * index),
                     round(y + drift[1] * index), scale)
+
+
+def make_dataset(root, fx):
+    """A dataset in the original's three layouts (train/ + test/): frame folder, strip, mp4."""
+    import imageio.v2 as imageio
+
+    frames = media.to_uint8(nchw_to_nhwc(fx.ref["driving"]))
+    (root / "train").mkdir(parents=True)
+    (root / "test" / "a_folder").mkdir(parents=True)
+    for index, frame in enumerate(frames[:4]):
+        imageio.imwrite(root / "test" / "a_folder" / f"{index:03d}.png", frame)
+    imageio.imwrite(root / "test" / "b_strip.png", np.concatenate(list(frames[1:6]), axis=1))
+    with media.FrameWriter(root / "test" / "c_video.mp4", 10) as writer:
+        for frame in frames[::-1]:
+            writer.write(frame)
+    return {"a_folder": 4, "b_strip.png": 5, "c_video.mp4": 6}

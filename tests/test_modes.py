@@ -20,7 +20,8 @@ import pytest
 import yaml
 from skimage import img_as_float32
 
-from conftest import REPO, assert_frames_match, assert_one_line_error, load_fixture, nchw_to_nhwc, readme_commands
+from conftest import (REPO, assert_frames_match, assert_one_line_error, load_fixture, make_dataset, nchw_to_nhwc,
+                      readme_commands)
 
 import animate
 import checkpoint_loader
@@ -222,20 +223,6 @@ def test_file_reconstruction_writes_video_and_l1(cached_models, tmp_path, capsys
     written = png_frames(tmp_path / "rec").astype(np.float64) / 255  # quantised: within half a level
     from_written = np.mean([np.abs(w - f).mean() for w, f in zip(written, frames)])
     assert from_written == pytest.approx(np.mean(expected), abs=1 / 255)
-
-
-def make_dataset(root, fx):
-    """A dataset in the original's three layouts (train/ + test/): frame folder, strip, mp4."""
-    frames = media.to_uint8(nchw_to_nhwc(fx.ref["driving"]))
-    (root / "train").mkdir(parents=True)
-    (root / "test" / "a_folder").mkdir(parents=True)
-    for index, frame in enumerate(frames[:4]):
-        imageio.imwrite(root / "test" / "a_folder" / f"{index:03d}.png", frame)
-    imageio.imwrite(root / "test" / "b_strip.png", np.concatenate(list(frames[1:6]), axis=1))
-    with media.FrameWriter(root / "test" / "c_video.mp4", 10) as writer:
-        for frame in frames[::-1]:
-            writer.write(frame)
-    return {"a_folder": 4, "b_strip.png": 5, "c_video.mp4": 6}
 
 
 def test_dataset_clips_read_each_layout_like_frames_dataset(tmp_path):
