@@ -23,20 +23,24 @@ import utils
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 INSTALL = "pip install -r requirements-cluster.txt"
 MAX_ATTEMPTS = 3  # a job whose worker dies is tried on a fresh worker up to this many times in all
-# A vox-256 worker's peak resident memory, measured on the direct target (benchmark.py --workers):
-# ~1.4 GB; the activations grow with the frame's pixels.
-WORKER_MEMORY_256 = 1.5 * 2 ** 30
+# A vox-256 worker's memory: run.py's peak resident memory on the direct target is ~1.8 GB
+# (tools/bench_workers.py prints it); the activations grow with the frame's pixels.
+WORKER_MEMORY_256 = 2 * 2 ** 30
 
 
 def render_jobs(args, plan, todo):
-    """jobs.Result for each of `todo` (in any order), rendered on Ray workers; cleans up on any exit."""
+    """jobs.Result for each of `todo` (in any order), rendered on Ray workers, and when every worker had
+    loaded the model; cleans up on any exit."""
+    import time
+
     address = args.ray_address or os.environ.get("RAY_ADDRESS") or None
     ray = import_ray(address)
     pool = None
     started_here = start_ray(ray, address)
     try:
         pool = WorkerPool(ray, args, plan, worker_count(ray, args, plan, len(todo)))
-        return pool.render(todo)
+        ready = time.perf_counter()
+        return pool.render(todo), ready
     finally:
         if pool is not None:
             pool.stop()

@@ -145,6 +145,8 @@ def check_batch_arguments(parser, args):
         parser.error("--threads must be at least 1")
     if args.workers is not None and args.workers < 1:
         parser.error("--workers must be at least 1")
+    if args.workers is not None and args.jobs is None and args.datamode != "dataset":
+        parser.error("--workers renders a batch: give --jobs FILE.csv or --datamode dataset")
     if args.ray_address is not None and args.workers is None:
         parser.error("--ray_address runs the jobs on Ray workers: give --workers N too")
     if args.jobs is not None and args.datamode == "dataset":
@@ -306,21 +308,33 @@ def run(args, plan):
     if is_batch(args):
         todo, resumed = resume(args, todo, batch_key(args, plan))
     timings = animate.Timings() if args.profile else None
+    ready = started
     if not todo:
         rendered = []
     elif args.workers:
         import cluster
 
-        rendered = cluster.render_jobs(args, plan, todo)
+        rendered, ready = cluster.render_jobs(args, plan, todo)
     else:
-        rendered = render_in_process(args, plan, todo, timings)
+        rendered, ready = render_in_process(args, plan, todo, timings)
     by_output = {result.output: result for result in resumed + rendered}
     in_order = [by_output[job.output] for job in plan.jobs if job.output in by_output]
-    finish(args, in_order, len(resumed), timings, time.perf_counter() - started)
+    finish(args, in_order, len(resumed), timings, Clock(started, ready, time.perf_counter()))
+
+
+@dataclass
+class Clock:
+    """When the run started, when its model (or every worker's) was loaded, and when it ended."""
+    started: float
+    ready: float
+    ended: float
 
 
 def render_in_process(args, plan, todo, timings):
-    """Load the model once and render the jobs one after another; returns their jobs.Result."""
+    """Load the model once and render the jobs one after another; returns their jobs.Result and when the
+    model was ready."""
+    import time
+
     status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
     if args.threads is not None:
         backends.set_threads(args.threads)
@@ -338,13 +352,14 @@ def render_in_process(args, plan, todo, timings):
         models = load(args, plan.config.model, plan.checkpoint_path, plan.exports)
         if timings is not None:
             models = animate.timed_models(models, timings)
+        ready = time.perf_counter()
         with TensorBoardTrace(args) as trace:
             for job in todo:
                 result = execute(args, models, job, drawer, timings, trace)
                 if not result.ok:
                     jobs.report_failure(result)
                 results.append(result)
-    return results
+    return results, ready
 
 
 def execute(args, models, job, drawer=None, timings=None, trace=None):
@@ -366,7 +381,7 @@ def execute(args, models, job, drawer=None, timings=None, trace=None):
     return result
 
 
-def finish(args, results, resumed, timings, seconds):
+def finish(args, results, resumed, timings, clock):
     """Metrics over every job, in the jobs' order (resumed ones from their records), the batch summary, and
     a UserError (exit 1) when a job failed."""
     done = [result for result in results if result.ok]
@@ -375,10 +390,12 @@ def finish(args, results, resumed, timings, seconds):
         report_reconstruction({result.name: result.losses for result in done}, metrics_path(args, done[0].output))
     frames = sum(result.frames for result in results if not result.resumed)
     if timings is not None:
-        say(timings.summary(frames, seconds))
+        say(timings.summary(frames, clock.ended - clock.started))
     if is_batch(args):
+        rendering = max(clock.ended - clock.ready, 1e-9)
         say(f"{plural(len(results) - resumed - len(failed), 'video')} rendered, {resumed} already complete, "
-            f"{len(failed)} failed: {plural(frames, 'frame')} in {seconds:.1f} s ({frames / seconds:.2f} frames/s)")
+            f"{len(failed)} failed: {plural(frames, 'frame')} in {rendering:.1f} s ({frames / rendering:.2f} frames/s) "
+            f"after {clock.ready - clock.started:.1f} s of start-up")
     if failed:
         raise utils.UserError(f"{len(failed)} of {len(results)} jobs failed ({', '.join(failed)}); "
                               f"the other outputs were written")
@@ -1056,7 +1073,8 @@ def main(argv=None):
             plan = prepare(args)  # before TensorFlow: a typo fails in well under a second
             run(args, plan)
     except KeyboardInterrupt:  # Ctrl-C while TensorFlow imports must be as clean as later
-        print("interrupted: no output written", file=sys.stderr)
+        print("interrupted: the outputs completed so far are kept, nothing half-written; run the same command "
+              "again to resume" if is_batch(args) else "interrupted: no output written", file=sys.stderr)
         return 130
     except (utils.UserError, checkpoint_loader.CheckpointError) as err:
         utils.print_error(err)

@@ -85,12 +85,13 @@ def test_a_malformed_jobs_file_is_one_line_before_any_work(tmp_path, capsys, con
 @pytest.mark.parametrize("argv, fragment", [
     (["--ray_address", "127.0.0.1:6379"], "--ray_address runs the jobs on Ray workers: give --workers N too"),
     (["--workers", "0"], "--workers must be at least 1"),
+    (["--workers", "2"], "--workers renders a batch: give --jobs FILE.csv or --datamode dataset"),
     (["--threads", "0"], "--threads must be at least 1"),
     (["--jobs", "j.csv", "--datamode", "dataset"], "--jobs lists the jobs of --datamode file"),
     (["--jobs", "j.csv", "--source_image", "a.png"], "--jobs names every source_image and driving_video"),
     (["--overwrite"], "--overwrite applies to --jobs and --datamode dataset"),
     (["--workers", "2", "--profile", "--jobs", "j.csv"], "--profile times the in-process run"),
-    (["--workers", "2", "--crop"], "--crop and the face options apply to one --source_image"),
+    (["--workers", "2", "--crop", "--jobs", "j.csv"], "--crop and the face options apply to one --source_image"),
 ])
 def test_batch_flags_out_of_place_are_usage_errors(capsys, argv, fragment):
     with pytest.raises(SystemExit) as exit_info:

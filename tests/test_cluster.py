@@ -17,7 +17,7 @@ import time
 import imageio.v2 as imageio
 import pytest
 
-from conftest import REPO, load_fixture, make_dataset, stderr_lines
+from conftest import REPO, load_fixture, make_dataset, readme_commands, stderr_lines
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed: pip install -r requirements-cluster.txt")
@@ -219,3 +219,23 @@ def test_workers_without_ray_is_one_line_naming_the_install(tmp_path):
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert lines[0] == "error: --workers runs the jobs on Ray, which is not installed: " \
                        "pip install -r requirements-cluster.txt"
+
+
+@needs_ray
+def test_readme_scale_out_command(tmp_path):
+    """README's Scale out command, as written, from the repository; run again, it skips both outputs."""
+    import shlex
+
+    [command] = readme_commands("Scale out: many videos, many machines")
+    words = shlex.split(command)
+    assert words[:2] == ["python", "run.py"]
+    outputs = [os.path.join(REPO, "output", "jobs", name) for name in ("first.mp4", "second.gif")]
+    first = subprocess.run([sys.executable, *words[1:], "--overwrite"], cwd=REPO, capture_output=True, text=True,
+                           timeout=600)
+    assert first.returncode == 0, first.stderr
+    assert all(os.path.getsize(path) > 0 for path in outputs)
+    assert "2 videos rendered, 0 already complete, 0 failed: 80 frames" in first.stdout, first.stdout
+    again = subprocess.run([sys.executable, *words[1:]], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert "0 videos rendered, 2 already complete, 0 failed" in again.stdout
+    assert "Ray" not in again.stderr  # nothing to render: no Ray instance started
