@@ -163,8 +163,10 @@ class RenderWorker:
     def render(self, job):
         import run
 
-        with run._device(self.args.device):
-            return run.execute(self.args, self.models, job, self.drawer)
+        with run._device(self.args.device), utils.collected_warnings() as said:
+            result = run.execute(self.args, self.models, job, self.drawer)
+        result.warnings = list(said)
+        return result
 
 
 class WorkerPool:
@@ -219,6 +221,9 @@ class WorkerPool:
                         continue
                 else:
                     self.idle.append(actor)
+                for message in result.warnings:
+                    bar.clear()
+                    utils.warn(f"{job.name}: {message}")
                 if not result.ok:
                     bar.clear()
                     jobs.report_failure(result)

@@ -76,6 +76,7 @@ class Result:
     losses: list = field(default_factory=list)
     error: str = None
     log: str = None  # the failure's traceback file
+    warnings: list = field(default_factory=list)  # said while a Ray worker rendered it, for the driver to print
     resumed: bool = False  # complete from an earlier run, not rendered again
 
     @property

@@ -6,6 +6,7 @@ Nothing here imports TensorFlow, imageio or scikit-image: run.py checks a user's
 before anything heavy loads. Media, datasets, exports and the visualizer have modules of their own.
 """
 import argparse
+import contextlib
 import os
 import shutil
 import sys
@@ -44,9 +45,25 @@ def print_error(error):
     print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
 
 
+_warnings_sink = None  # a list while collected_warnings() runs
+
+
 def warn(message):
-    if backends.verbosity() != "quiet":
+    if _warnings_sink is not None:
+        _warnings_sink.append(message)
+    elif backends.verbosity() != "quiet":
         print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def collected_warnings():
+    """Collect warn() messages instead of printing them: a Ray worker hands its job's to the driver."""
+    global _warnings_sink
+    outer, _warnings_sink = _warnings_sink, []
+    try:
+        yield _warnings_sink
+    finally:
+        _warnings_sink = outer
 
 
 def note(message):

@@ -85,8 +85,10 @@ def test_workers_write_the_same_files_and_metrics_as_in_process(tmp_path, mode):
 def test_a_bad_job_fails_alone_on_workers(tmp_path):
     listed = jobs_csv(tmp_path, [("source.png", "driving.mp4", "out/a.mp4"), ("source.png", "broken.mp4", "out/b.mp4"),
                                  ("source.png", "driving.mp4", "out/c.gif")])
-    result = run_py("--jobs", str(listed), "--workers", "2")
+    result = run_py("--jobs", str(listed), "--workers", "2", "--audio")
     errors = [line for line in stderr_lines(result.stderr) if line.startswith("error: ")]
+    # what a worker warns about reaches the driver's terminal, naming the job
+    assert "warning: c.gif: --audio: " in result.stderr and "cannot hold sound" in result.stderr, result.stderr
     assert result.returncode == 1, result.stderr
     assert len(errors) == 2 and errors[0].startswith("error: b.mp4: ") and "not a readable video" in errors[0], errors
     assert errors[1] == "error: 1 of 3 jobs failed (b.mp4); the other outputs were written"
