@@ -50,7 +50,8 @@ def checkpoint_models(checkpoint, config):
 
 @pytest.fixture
 def cached_models(monkeypatch):
-    """run.load_models, remembered per (target, checkpoint, export folder) across tests."""
+    """run.load_models, remembered per (target, checkpoint, export folder) across tests (and no model cache
+    entry written: run() loads through load_models_and_cache_writer)."""
     load = run.load_models
 
     def remembered(args, config, checkpoint_path, exports=None):
@@ -62,6 +63,7 @@ def cached_models(monkeypatch):
         return _MODELS[key]
 
     monkeypatch.setattr(run, "load_models", remembered)
+    monkeypatch.setattr(run, "load_models_and_cache_writer", lambda *args: (remembered(*args), lambda: None))
 
 
 def model_args(fx):
