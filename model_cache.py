@@ -299,8 +299,8 @@ def is_entry_name(name):
 
 def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None):
     """(animate.Models for the direct target, write_entry): the models from the cache when it holds them,
-    else built (animate.direct_modules); then `write_entry()` stores them for the next run (it does nothing
-    after a hit). The caller writes the entry once its outputs are written, so a cold run's first frame
+    else built (animate.direct_modules) with `write_entry()` to store them for the next run (None after
+    a hit). The caller writes the entry once its outputs are written, so a cold run's first frame
     does not wait for the SavedModel to be saved."""
     import animate
 
@@ -308,7 +308,7 @@ def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=N
     key = cache_key(config, checkpoint_path, state_dicts, prescale, device)
     calls = cache.load(key)
     if calls is not None:
-        return animate.models_from_calls(calls, config.estimate_jacobian, prescale), lambda: None
+        return animate.models_from_calls(calls, config.estimate_jacobian, prescale), None
     tf_modules = animate.direct_modules(config, state_dicts, checkpoint_path, prescale)
     models = animate.models_from_calls(animate.numpy_calls(tf_modules), config.estimate_jacobian, prescale)
     return models, lambda: cache.store(key, tf_modules)

@@ -308,7 +308,8 @@ def run(args, plan):
                     continue
                 frames += written
                 outputs.append(job.output)
-        _timed(timings, "model cache write", write_model_cache)(write_entry)
+        if write_entry is not None:
+            _timed(timings, "model cache write", write_model_cache)(write_entry)
     if not outputs and not failed:
         raise utils.UserError("nothing to render: the dataset's test split gives no videos or pairs")
     if args.mode == "reconstruction" and outputs:
@@ -833,13 +834,13 @@ def load_models(args, config, checkpoint_path, exports=None):
 
 
 def load_models_and_cache_writer(args, config, checkpoint_path, exports=None):
-    """(load_models' Models, a callable that writes the direct target's model cache entry after a miss;
-    it does nothing otherwise)."""
+    """(load_models' Models, a callable that writes the direct target's model cache entry after a miss, or
+    None when there is nothing to write)."""
     if args.target != "direct":
-        return (exports or check_exports(args, checkpoint_path)).load(args.target), lambda: None
+        return (exports or check_exports(args, checkpoint_path)).load(args.target), None
     state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
     if args.no_cache:
-        return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale), lambda: None
+        return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale), None
     return model_cache.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale, device=args.device,
                                      cache=model_cache.ModelCache(warn=warn, status=inform))
 
