@@ -18,7 +18,6 @@ and its entry is kept.
 The folder: $FOMM_CACHE_DIR, else $XDG_CACHE_HOME/first-order-model-tf, else ~/.cache/first-order-model-tf.
 This module imports TensorFlow only when it loads or saves an entry (run.py --clear_cache stays light).
 """
-import concurrent.futures
 import dataclasses
 import hashlib
 import json
@@ -223,15 +222,9 @@ class ModelCache:
         if not os.path.isdir(path):
             return None
         try:
-            recorded = check_manifest(path, key)
-            # The files' digests are computed while TensorFlow parses the SavedModel (hashlib and the
-            # loader both release the GIL), and nothing is used until both are done.
-            with concurrent.futures.ThreadPoolExecutor(1) as pool:
-                digests = pool.submit(check_digests, path, recorded)
-                try:
-                    calls = load_calls(os.path.join(path, SAVED_MODEL))
-                finally:
-                    digests.result()
+            # Every file checked before TensorFlow parses any of it (0.4 s for vox-256's 330 MB).
+            check_digests(path, check_manifest(path, key))
+            calls = load_calls(os.path.join(path, SAVED_MODEL))
             if set(calls) != set(MODULES):
                 raise CorruptEntry(f"signatures {sorted(calls)} instead of {list(MODULES)}")
             return calls
@@ -254,7 +247,7 @@ class ModelCache:
                 json.dump(manifest, f, indent=1, sort_keys=True)
             self.put_in_place(temp, path)
         except OSError as err:
-            self.warn(f"could not write the model cache in {self.folder} ({err.strerror or err}); running uncached")
+            self.warn(f"could not write the model cache in {self.folder} ({err.strerror or err}); the next run builds the models again")
             return
         finally:
             if temp is not None and os.path.isdir(temp):

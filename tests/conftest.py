@@ -13,10 +13,14 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
-# run.py's model cache goes to a folder of this session, never the user's ~/.cache (subprocesses inherit it).
+# run.py's model cache goes to a folder of this session, never the user's ~/.cache (subprocesses inherit it);
+# it is deleted when the session ends.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
 import tempfile  # noqa: E402
 
 os.environ["FOMM_CACHE_DIR"] = tempfile.mkdtemp(prefix="fomm-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FOMM_CACHE_DIR"], ignore_errors=True)
 sys.path.insert(0, str(REPO))
 import animate  # noqa: E402  (the repository's modules, found through the path above)
 import media  # noqa: E402
