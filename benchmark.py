@@ -3,6 +3,7 @@
     python benchmark.py                                              # the full table (vox-256, 16 frames)
     python benchmark.py --targets direct,tflite --batch 4 --frames 8  # a quick look
     FOMM_ORIGINAL=/path/to/first-order-model python benchmark.py     # + the original's demo.make_animation
+    python benchmark.py --checkpoint CKPT --end_to_end 32,300 --no-steady  # fresh processes, end to end
 
 Every row animates the same source image with the same N driving frames (relative, adapt), end to
 end: decode the driving video, preprocess, animate, encode an mp4. Weights are random (speed does not
@@ -18,6 +19,10 @@ without decoding and encoding) as a fraction of a float32 2048 x 2048 matmul's, 
 TensorFlow and in NumPy's BLAS right before each row (the faster of the two; the roof is the median
 over the rows). The streaming check runs run.py on synthetic 64- and
 1,024-frame clips with the small example model and compares their peak RSS.
+
+--end_to_end N,M times what users wait for: a fresh run.py process per target (direct with an empty and
+with a filled model cache, savedmodel, tflite, onnx) and the original's demo.py path, from the command's
+start to the first frame, to the output file written, and to exit, on clips of N and M frames.
 
 Prints a markdown table and writes JSON (--json). The machine is shared and noisy: compare rows of
 one run, not numbers across runs.
