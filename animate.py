@@ -183,25 +183,60 @@ def animate(models: Models, source_image, driving_frames: Iterable[np.ndarray], 
         yield from animator.animate_batch(driving)["prediction"]
 
 
-def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Models:
-    """Models for the direct target: the Keras models wrapped in their tf.Modules, in this process.
+def direct_modules(config, state_dicts, where="checkpoint", prescale=False) -> dict:
+    """The direct target's tf.Modules, {name: modules.SignatureModule}: kp_detector, process_kp_driving,
+    generator and the source_encoder + generator_cached pair, all built and traced in this process.
 
-    One loaded generator serves the generator, source_encoder and generator_cached modules.
-    state_dicts None keeps random weights (benchmark.py).
+    One loaded generator serves the three generator modules. state_dicts None keeps random weights
+    (benchmark.py). This is the expensive step (Keras build, weight assignment, fused rewrites) that
+    model_cache saves as one SavedModel.
     """
     import modules
 
     kp_detector = modules.build_module("kp_detector", config, state_dicts, where, prescale=prescale)
     generator = modules.load_generator(config, state_dicts, where)
-    process = modules.build_module("process_kp_driving", config)
+    return {"kp_detector": kp_detector,
+            "process_kp_driving": modules.build_module("process_kp_driving", config),
+            "generator": modules.GeneratorModule(generator, prescale=prescale),
+            "source_encoder": modules.SourceEncoderModule(generator),
+            "generator_cached": modules.CachedGeneratorModule(generator)}
 
+
+def models_from_calls(calls: dict, estimate_jacobian, prescale=False) -> Models:
+    """Models over {module name: callable} as direct_modules (or a cached SavedModel's signatures) name them.
+
+    Without a 'generator' (the model cache keeps only the pair), the generator is the pair run in turn.
+    """
+    generator = calls.get("generator") or generator_from_pair(calls["source_encoder"], calls["generator_cached"])
+    return Models(calls["kp_detector"], calls["process_kp_driving"], generator, estimate_jacobian, prescale,
+                  source_encoder=calls["source_encoder"], generator_cached=calls["generator_cached"])
+
+
+def generator_from_pair(source_encoder, generator_cached):
+    """The generator's call made of the source_encoder + generator_cached pair, which give its outputs.
+
+    A prescale generator's `source_image_scaled` is not needed: the encoder downscales the source alike.
+    """
+    def generator(source_image, source_image_scaled=None, **keypoints):
+        encoded = source_encoder(source_image=source_image)
+        return generator_cached(source_image=source_image, **encoded, **keypoints)
+
+    return generator
+
+
+def numpy_calls(tf_modules: dict) -> dict:
+    """{name: module} -> {name: callable taking and returning numpy arrays}."""
     def numpy_call(module):
         return lambda **kwargs: {k: v.numpy() for k, v in module(**kwargs).items()}
 
-    return Models(numpy_call(kp_detector), numpy_call(process),
-                  numpy_call(modules.GeneratorModule(generator, prescale=prescale)), config.estimate_jacobian, prescale,
-                  source_encoder=numpy_call(modules.SourceEncoderModule(generator)),
-                  generator_cached=numpy_call(modules.CachedGeneratorModule(generator)))
+    return {name: numpy_call(module) for name, module in tf_modules.items()}
+
+
+def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Models:
+    """Models for the direct target: the Keras models wrapped in their tf.Modules, in this process
+    (run.py goes through model_cache, which builds them with direct_modules on a miss)."""
+    return models_from_calls(numpy_calls(direct_modules(config, state_dicts, where, prescale)),
+                             config.estimate_jacobian, prescale)
 
 
 # --------------------------------------------------------------------------------------------------

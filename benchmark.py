@@ -3,6 +3,7 @@
     python benchmark.py                                              # the full table (vox-256, 16 frames)
     python benchmark.py --targets direct,tflite --batch 4 --frames 8  # a quick look
     FOMM_ORIGINAL=/path/to/first-order-model python benchmark.py     # + the original's demo.make_animation
+    python benchmark.py --checkpoint CKPT --end_to_end 32,300 --no-steady  # fresh processes, end to end
 
 Every row animates the same source image with the same N driving frames (relative, adapt), end to
 end: decode the driving video, preprocess, animate, encode an mp4. Weights are random (speed does not
@@ -18,6 +19,10 @@ without decoding and encoding) as a fraction of a float32 2048 x 2048 matmul's, 
 TensorFlow and in NumPy's BLAS right before each row (the faster of the two; the roof is the median
 over the rows). The streaming check runs run.py on synthetic 64- and
 1,024-frame clips with the small example model and compares their peak RSS.
+
+--end_to_end N,M times what users wait for: a fresh run.py process per target (direct with an empty and
+with a filled model cache, savedmodel, tflite, onnx) and the original's demo.py path, from the command's
+start to the first frame, to the output file written, and to exit, on clips of N and M frames.
 
 Prints a markdown table and writes JSON (--json). The machine is shared and noisy: compare rows of
 one run, not numbers across runs.
@@ -81,6 +86,14 @@ def parse_args(argv=None):
     parser.add_argument("--driving_video", help="driving video (default: driving.mp4 of --datadir)")
     parser.add_argument("--streaming", action=argparse.BooleanOptionalAction, default=True,
                         help="peak RSS of run.py on 64 vs 1,024 driving frames (default: on)")
+    parser.add_argument("--end_to_end", metavar="FRAMES", default="",
+                        help="also time fresh run.py processes (command start -> file written, and the first frame) "
+                             "on clips of these comma-separated frame counts, e.g. 32,300; needs --checkpoint")
+    parser.add_argument("--checkpoint", help="the checkpoint the end-to-end rows load (direct and original) and "
+                                             "build their exports from; a published one, or random weights in "
+                                             "its format")
+    parser.add_argument("--steady", action=argparse.BooleanOptionalAction, default=True,
+                        help="the steady-state rows (default: on; --no-steady with --end_to_end times only those)")
     parser.add_argument("--json", default=os.path.join(REPO_DIR, "output", "benchmark.json"),
                         help="where to write the results (default: output/benchmark.json)")
     parser.add_argument("--report", metavar="JSON", help="only print the table of an earlier run's JSON")
@@ -96,6 +109,12 @@ def parse_args(argv=None):
         parser.error(f"--batch takes comma-separated integers, got {args.batch!r}")
     if args.frames < 1 or args.repeats < 1 or min(args.batch) < 1:
         parser.error("--frames, --repeats and every --batch must be at least 1")
+    try:
+        args.end_to_end = [int(n) for n in args.end_to_end.split(",") if n.strip()]
+    except ValueError:
+        parser.error(f"--end_to_end takes comma-separated frame counts, got {args.end_to_end!r}")
+    if args.end_to_end and not (args.checkpoint and os.path.isfile(args.checkpoint)):
+        parser.error("--end_to_end needs --checkpoint PATH (an existing checkpoint file)")
     args.source_image = args.source_image or os.path.join(args.datadir, "source.png")
     args.driving_video = args.driving_video or os.path.join(args.datadir, "driving.mp4")
     return args
@@ -119,7 +138,8 @@ def run_job(spec):
 def job_main(spec):
     """Entry point of a job subprocess."""
     kinds = {"build": job_build, "flops": job_flops, "matmul": job_matmul, "row": job_row,
-             "original": job_original, "stream": job_stream, "int8_quality": job_int8_quality}
+             "original": job_original, "stream": job_stream, "int8_quality": job_int8_quality,
+             "end_to_end": job_end_to_end, "end_to_end_original": job_end_to_end_original}
     result = kinds[spec["kind"]](spec)
     result["peak_rss_mb"] = peak_rss_mb()
     print(RESULT_PREFIX + json.dumps(result), flush=True)
@@ -436,6 +456,184 @@ def write_clip(source_video, path, count):
 
 
 # --------------------------------------------------------------------------------------------------
+# End to end: what a user waits for, a fresh process per run (--end_to_end)
+# --------------------------------------------------------------------------------------------------
+
+# The rows, per requested target: the direct target twice, with its model cache empty (cold: the run builds
+# the models and writes the entry after its output) and filled by that run (warm).
+END_TO_END_ROWS = {"direct": ("direct-cold", "direct-warm"), "savedmodel": ("savedmodel",), "tflite": ("tflite",),
+                   "onnx": ("onnx",), "original": ("original",)}
+FIRST_FRAME_MARK = "FIRST_FRAME"  # what the original's job prints when its first frame is computed
+# run.py's progress bar starts at the first written frame: "  1/N [" is that moment.
+_PROGRESS_FIRST = " 1/{} ["
+
+
+def end_to_end_rows(targets):
+    return [row for target in targets for row in END_TO_END_ROWS.get(target, ())]
+
+
+def run_py_command(args, row, clip, output, exportdir):
+    """The run.py command line of one end-to-end row (run.py's defaults otherwise: batch 4, mp4)."""
+    target = row.split("-")[0]
+    command = [sys.executable, os.path.join(REPO_DIR, "run.py"), "--target", target, "--config", args.config,
+               "--checkpoint", args.checkpoint, "--source_image", args.source_image, "--driving_video", clip,
+               "--relative", "--adapt", "--output", output]
+    return command + (["--exportdir", exportdir] if target != "direct" else [])
+
+
+def original_command(args, clip, output):
+    spec = {"kind": "end_to_end_original", "config": args.config, "checkpoint": args.checkpoint,
+            "source_image": args.source_image, "driving_video": clip, "output": output}
+    return [sys.executable, os.path.abspath(__file__), "--job", json.dumps(spec)]
+
+
+def timed_process(command, frames, env):
+    """Run a command; return seconds from its start to its first frame, to its output written (the
+    'wrote' result line) and to its exit, with its exit status and peak RSS.
+
+    The first frame is when run.py's progress bar shows frame 1 of `frames` (it starts there), or when the
+    original's job prints FIRST_FRAME_MARK.
+    """
+    import threading
+
+    marks = {}
+    started = time.perf_counter()
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=REPO_DIR)
+    first_frame = (_PROGRESS_FIRST.format(frames).encode(), FIRST_FRAME_MARK.encode())
+    tails = {}
+
+    def watch(stream, name):
+        seen = b""
+        while True:
+            chunk = os.read(stream.fileno(), 65536)
+            if not chunk:
+                break
+            seen = seen[-4096:] + chunk
+            now = time.perf_counter() - started
+            if "first_frame_s" not in marks and any(mark in seen for mark in first_frame):
+                marks["first_frame_s"] = now
+            if "written_s" not in marks and name == "stdout" and b"wrote " in seen:
+                marks["written_s"] = now
+        tails[name] = seen.decode(errors="replace")
+
+    watchers = [threading.Thread(target=watch, args=(process.stdout, "stdout")),
+                threading.Thread(target=watch, args=(process.stderr, "stderr"))]
+    for watcher in watchers:
+        watcher.start()
+    _, status, usage = os.wait4(process.pid, 0)
+    exit_s = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    for watcher in watchers:
+        watcher.join()
+    if process.returncode != 0:
+        lines = [line for line in tails.get("stderr", "").splitlines() if line.strip()]
+        return {"error": lines[-1] if lines else f"exit status {process.returncode}"}
+    return dict(marks, exit_s=exit_s, peak_rss_mb=usage.ru_maxrss / 1024)
+
+
+def job_end_to_end_original(spec):
+    """The original demo.py's path in a fresh process (no TensorFlow imported): read and resize the frames,
+    load_checkpoints, make_animation, mimsave. Prints FIRST_FRAME_MARK when the first frame is computed
+    (demo.py writes every frame at the end) and a 'wrote' line when the file is written."""
+    import imageio
+    from skimage import img_as_ubyte
+    from skimage.transform import resize
+
+    import model_config
+
+    original, demo = import_original()
+    shape = model_config.load(spec["config"]).frame_shape[:2]
+    source = resize(imageio.imread(spec["source_image"]), shape)[..., :3]
+    reader = imageio.get_reader(spec["driving_video"])
+    fps = reader.get_meta_data()["fps"]
+    driving = [resize(frame, shape)[..., :3] for frame in reader]
+    generator, kp_detector = demo.load_checkpoints(spec["config"], spec["checkpoint"], cpu=True)
+    forward = generator.forward
+
+    def first_timed(*args, **kwargs):
+        out = forward(*args, **kwargs)
+        if generator.forward is first_timed:
+            print(FIRST_FRAME_MARK, flush=True)
+            generator.forward = forward
+        return out
+
+    generator.forward = first_timed
+    predictions = demo.make_animation(source, driving, generator, kp_detector, relative=True,
+                                      adapt_movement_scale=True, cpu=True)
+    imageio.mimsave(spec["output"], [img_as_ubyte(frame) for frame in predictions], fps=fps)
+    print(f"wrote {len(predictions)} frames to {spec['output']}", flush=True)
+    return {}
+
+
+def build_end_to_end_exports(args, exportdir):
+    """build.py's exports of --checkpoint, for the savedmodel / tflite / onnx end-to-end rows."""
+    rows = end_to_end_rows(args.targets)
+    if not any(row in ("savedmodel", "tflite", "onnx") for row in rows):
+        return
+    command = [sys.executable, os.path.join(REPO_DIR, "build.py"), "--config", args.config, "--checkpoint",
+               args.checkpoint, "--outdir", exportdir]
+    command += ([] if "tflite" in rows else ["--nolite"]) + (["--onnx"] if "onnx" in rows else [])
+    print("building the end-to-end exports ...", flush=True)
+    subprocess.run(command, check=True, cwd=REPO_DIR, stdout=subprocess.DEVNULL)
+
+
+END_TO_END_ARGS = ("config", "checkpoint", "targets", "end_to_end", "source_image", "driving_video")
+
+
+def job_end_to_end(spec):
+    """The end-to-end rows, from a process without TensorFlow: a child's peak RSS counts the memory of the
+    process it was forked from, so they are started from a small one."""
+    import types
+
+    return {"rows": end_to_end(types.SimpleNamespace(**spec), spec["tmpdir"])}
+
+
+def end_to_end(args, tmpdir):
+    """[{target, frames, first_frame_s, written_s, exit_s, peak_rss_mb}] for every row and frame count.
+
+    The checkpoint is read once first, so every row finds it in the OS page cache, as a user's second run.
+    """
+    exportdir = os.path.join(tmpdir, "end-to-end-exports")
+    build_end_to_end_exports(args, exportdir)
+    with open(args.checkpoint, "rb") as f:
+        while f.read(1 << 24):
+            pass
+    results = []
+    for frames in args.end_to_end:
+        clip = os.path.join(tmpdir, f"end-to-end-{frames}.mp4")
+        write_clip(args.driving_video, clip, frames)
+        cache = tempfile.mkdtemp(prefix="model-cache-", dir=tmpdir)  # empty: the cold row fills it
+        env = {**os.environ, "FOMM_CACHE_DIR": cache}
+        for row in end_to_end_rows(args.targets):
+            output = os.path.join(tmpdir, f"{row}-{frames}.mp4")
+            command = (original_command(args, clip, output) if row == "original"
+                       else run_py_command(args, row, clip, output, exportdir))
+            print(f"end to end: {row}, {frames} frames ...", flush=True)
+            results.append(dict(timed_process(command, frames, env), target=row, frames=frames))
+        os.remove(clip)
+    return results
+
+
+def end_to_end_table(rows):
+    """The markdown table of the end-to-end rows, with ratios to the original's row of the same length."""
+    header = ("| target | frames | first frame s | output written s | process exit s | written vs original "
+              "| peak RSS MB |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    originals = {row["frames"]: row for row in rows if row["target"] == "original" and "error" not in row}
+    for row in rows:
+        if "error" in row:
+            lines.append(f"| {row['target']} | {row['frames']} | failed: {row['error']} |" + " |" * 4)
+            continue
+        original = originals.get(row["frames"])
+        ratio = original["written_s"] / row["written_s"] if original and row.get("written_s") else None
+        cells = [row["target"], str(row["frames"]), _number(row.get("first_frame_s"), "{:.1f}"),
+                 _number(row.get("written_s"), "{:.1f}"), f"{row['exit_s']:.1f}", _ratio(ratio),
+                 f"{row['peak_rss_mb']:.0f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
 # The run: jobs in order, then the table
 # --------------------------------------------------------------------------------------------------
 
@@ -538,13 +736,54 @@ def _number(value, fmt):
     return "-" if value is None else fmt.format(value)
 
 
+def steady_rows(args, report, tmpdir):
+    """The steady-state rows (exports built, FLOPs counted, one subprocess per row), summarized; the report
+    gets the FLOP counts, the roofs and the int8 and streaming checks."""
+    outdir = os.path.join(tmpdir, "exports")
+    exported = [t for t in args.targets if t.startswith(("savedmodel", "tflite", "onnx"))]
+    if exported:
+        print("building exports ...", flush=True)
+        built = run_job({"kind": "build", "config": args.config, "outdir": outdir,
+                         "tflite": tflite_kinds(args.targets), "onnx": "onnx" in args.targets})
+        if "error" in built:
+            sys.exit(f"error: building the exports failed: {built['error']}")
+    print("counting FLOPs ...", flush=True)
+    report["gflop_per_call"] = run_job({"kind": "flops", "config": args.config}).get("gflop")
+    rows = []
+    for spec in row_specs(args, outdir, tmpdir):
+        print(f"{spec['target']} batch {spec['batch']} ...", flush=True)
+        # The machine is shared: its roof is measured again right before each row.
+        matmul = run_job({"kind": "matmul"})
+        rows.append(dict(run_job(spec), target=spec["target"], batch=spec["batch"],
+                         matmul_gflops=matmul.get("gflops"), matmul_by_library=matmul.get("by_library")))
+    report["matmul_gflops"] = median([row["matmul_gflops"] for row in rows if row["matmul_gflops"]])
+    report["matmul_by_library"] = {library: median([row["matmul_by_library"][library] for row in rows
+                                                    if row.get("matmul_by_library")])
+                                   for library in ("tensorflow", "numpy")}
+    if "tflite-int8" in args.targets:
+        print("int8 quality on the example model ...", flush=True)
+        report["int8_quality"] = run_job({"kind": "int8_quality", "outdir": os.path.join(tmpdir, "example")})
+    if args.streaming:
+        report["streaming"] = streaming_check(args, tmpdir)
+    original = next((r for r in rows if r["target"] == "original" and "error" not in r), None)
+    original_fps = args.frames / original["seconds"] if original else None
+    for row in rows:
+        if "error" not in row:
+            # One roof for every row: the median of the per-row measurements, so a row whose matmul
+            # happened to be timed during a hiccup does not get an inflated fraction.
+            row.update(summarize(row, report["gflop_per_call"], report["matmul_gflops"], args.frames, original_fps))
+    return rows
+
+
 def main(argv=None):
     args = parse_args(argv)
     import backends
 
-    backends.tensorflow()  # first, so that TensorFlow's start-up lines stay off the terminal
-    if args.job:
-        job_main(json.loads(args.job))
+    job = json.loads(args.job) if args.job else None
+    if job is None or not job["kind"].startswith("end_to_end"):  # those processes never load TensorFlow
+        backends.tensorflow()  # first, so that TensorFlow's start-up lines stay off the terminal
+    if job is not None:
+        job_main(job)
         return 0
     if args.report:
         with open(args.report, encoding="utf-8") as f:
@@ -559,39 +798,13 @@ def main(argv=None):
               "config": os.path.relpath(args.config, REPO_DIR), "frames": args.frames,
               "source_image": args.source_image, "driving_video": args.driving_video}
     with tempfile.TemporaryDirectory(prefix="fomm-benchmark-") as tmpdir:
-        outdir = os.path.join(tmpdir, "exports")
-        exported = [t for t in args.targets if t.startswith(("savedmodel", "tflite", "onnx"))]
-        if exported:
-            print("building exports ...", flush=True)
-            built = run_job({"kind": "build", "config": args.config, "outdir": outdir,
-                             "tflite": tflite_kinds(args.targets), "onnx": "onnx" in args.targets})
-            if "error" in built:
-                sys.exit(f"error: building the exports failed: {built['error']}")
-        print("counting FLOPs ...", flush=True)
-        report["gflop_per_call"] = run_job({"kind": "flops", "config": args.config}).get("gflop")
-        rows = []
-        for spec in row_specs(args, outdir, tmpdir):
-            print(f"{spec['target']} batch {spec['batch']} ...", flush=True)
-            # The machine is shared: its roof is measured again right before each row.
-            matmul = run_job({"kind": "matmul"})
-            rows.append(dict(run_job(spec), target=spec["target"], batch=spec["batch"],
-                             matmul_gflops=matmul.get("gflops"), matmul_by_library=matmul.get("by_library")))
-        report["matmul_gflops"] = median([row["matmul_gflops"] for row in rows if row["matmul_gflops"]])
-        report["matmul_by_library"] = {library: median([row["matmul_by_library"][library] for row in rows
-                                                        if row.get("matmul_by_library")])
-                                       for library in ("tensorflow", "numpy")}
-        if "tflite-int8" in args.targets:
-            print("int8 quality on the example model ...", flush=True)
-            report["int8_quality"] = run_job({"kind": "int8_quality", "outdir": os.path.join(tmpdir, "example")})
-        if args.streaming:
-            report["streaming"] = streaming_check(args, tmpdir)
-    original = next((r for r in rows if r["target"] == "original" and "error" not in r), None)
-    original_fps = args.frames / original["seconds"] if original else None
-    for row in rows:
-        if "error" not in row:
-            # One roof for every row: the median of the per-row measurements, so a row whose matmul
-            # happened to be timed during a hiccup does not get an inflated fraction.
-            row.update(summarize(row, report["gflop_per_call"], report["matmul_gflops"], args.frames, original_fps))
+        rows = steady_rows(args, report, tmpdir) if args.steady else []
+        if args.end_to_end:
+            print(f"end to end: {len(end_to_end_rows(args.targets)) * len(args.end_to_end)} fresh processes ...",
+                  flush=True)
+            report["end_to_end"] = run_job({"kind": "end_to_end", "tmpdir": tmpdir, **{
+                name: getattr(args, name) for name in END_TO_END_ARGS}})
+            report["checkpoint"] = args.checkpoint
     report["rows"] = rows
     print_report(report)
     os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
@@ -612,8 +825,16 @@ def print_report(report):
               f"{report['matmul_gflops']:.0f} GFLOP/s (median over the rows)")
     if report.get("gflop_per_call"):
         print("GFLOP per call (batch 1): " + ", ".join(f"{k} {v:.1f}" for k, v in report["gflop_per_call"].items()))
-    print()
-    print(table(report["rows"]))
+    end_to_end_report = report.get("end_to_end")
+    if end_to_end_report and "error" in end_to_end_report:
+        print(f"\nend-to-end rows failed: {end_to_end_report['error']}")
+    elif end_to_end_report:
+        print(f"\nEnd to end, checkpoint {report['checkpoint']} (a fresh process per row: command start -> first "
+              f"frame, output written, exit):\n")
+        print(end_to_end_table(end_to_end_report["rows"]))
+    if report["rows"]:
+        print()
+        print(table(report["rows"]))
     quality = report.get("int8_quality")
     if quality and "error" not in quality:
         print(f"\nint8 quality (example model, example clip, {quality['frames']} frames, vs tflite float32): "

@@ -138,7 +138,7 @@ class RenderWorker:
         self.args = args
         self.config, self.checkpoint_path = plan_parts
         self.threads = threads
-        self.models = self.drawer = None
+        self.models = self.drawer = self.write_cache = None
 
     def load(self):
         """Import the runtime and load the model; returns the one-line error, or None when ready."""
@@ -150,7 +150,8 @@ class RenderWorker:
         backends.set_threads(self.threads)
         try:
             with run._device(self.args.device):
-                self.models = run.load_models(self.args, self.config.model, self.checkpoint_path)
+                self.models, self.write_cache = run.load_models_and_cache_writer(self.args, self.config.model,
+                                                                                 self.checkpoint_path)
         except (utils.UserError, checkpoint_loader.CheckpointError) as err:
             return str(err)
         if self.args.visualizer:
@@ -165,6 +166,9 @@ class RenderWorker:
 
         with run._device(self.args.device), utils.collected_warnings() as said:
             result = run.execute(self.args, self.models, job, self.drawer)
+            if self.write_cache is not None:  # a model cache miss: written after the first job, as in-process
+                self.write_cache()
+                self.write_cache = None
         result.warnings = list(said)
         return result
 

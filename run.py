@@ -34,6 +34,7 @@ try:
     import faces
     import jobs
     import media
+    import model_cache
     import model_config
     import utils
     import visualizer
@@ -91,6 +92,12 @@ def parse_args(argv=None):
     parser.add_argument("--best_frame", type=int, default=None,
                         help="measure relative motion from this driving frame (0-based)")
     parser.add_argument("--audio", action="store_true", help="copy the driving video's audio track")
+    parser.add_argument("--no_cache", action="store_true",
+                        help="direct target: build the models from the checkpoint without reading or writing the "
+                             "model cache")
+    parser.add_argument("--clear_cache", action="store_true",
+                        help=f"empty the model cache (${model_cache.ENV_VAR}, default "
+                             f"~/.cache/{model_cache.FOLDER_NAME}) and exit")
     parser.add_argument("--root_dir", help="dataset folder for --datamode dataset (default: the config's "
                                            "dataset_params.root_dir)")
     parser.add_argument("--threads", type=int, default=None,
@@ -249,6 +256,8 @@ def warn_about_flags(args):
         warn("--source_image is not used: --mode reconstruction rebuilds the driving video from its own first frame")
     if args.datamode == "dataset" and (args.source_image is not None or args.driving_video is not None):
         warn("--source_image and --driving_video are not used with --datamode dataset")
+    if args.no_cache and args.target != "direct":
+        warn(f"--no_cache applies to the direct target; --target {args.target} runs build.py's exports")
     if args.device is not None and args.target in ("tflite", "onnx"):
         warn(f"--device applies to the direct and savedmodel targets; --target {args.target} runs on the CPU")
 
@@ -308,7 +317,7 @@ def run(args, plan):
     if is_batch(args):
         todo, resumed = resume(args, todo, batch_key(args, plan))
     timings = animate.Timings() if args.profile else None
-    ready = started
+    ready, write_entry = started, None
     if not todo:
         rendered = []
     elif args.workers:
@@ -316,10 +325,13 @@ def run(args, plan):
 
         rendered, ready = cluster.render_jobs(args, plan, todo)
     else:
-        rendered, ready = render_in_process(args, plan, todo, timings)
+        rendered, ready, write_entry = render_in_process(args, plan, todo, timings)
+    clock = Clock(started, ready, time.perf_counter())
+    if write_entry is not None:  # after the outputs, so that a cold run's frames do not wait for it
+        _timed(timings, "model cache write", write_model_cache)(write_entry)
     by_output = {result.output: result for result in resumed + rendered}
     in_order = [by_output[job.output] for job in plan.jobs if job.output in by_output]
-    finish(args, in_order, len(resumed), timings, Clock(started, ready, time.perf_counter()))
+    finish(args, in_order, len(resumed), timings, clock)
 
 
 @dataclass
@@ -348,8 +360,9 @@ def render_in_process(args, plan, todo, timings):
     results = []
     with _device(args.device):
         status(f"loading the model ({describe_model(args, plan)})")
-        load = load_models if timings is None else timings.timed("load models", load_models)
-        models = load(args, plan.config.model, plan.checkpoint_path, plan.exports)
+        load = (load_models_and_cache_writer if timings is None
+                else timings.timed("load models", load_models_and_cache_writer))
+        models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports)
         if timings is not None:
             models = animate.timed_models(models, timings)
         ready = time.perf_counter()
@@ -359,7 +372,7 @@ def render_in_process(args, plan, todo, timings):
                 if not result.ok:
                     jobs.report_failure(result)
                 results.append(result)
-    return results, ready
+    return results, ready, write_entry
 
 
 def execute(args, models, job, drawer=None, timings=None, trace=None):
@@ -621,7 +634,7 @@ def audio_source(args, job, clip):
     return clip.media_path
 
 
-warn, note, status, say = utils.warn, utils.note, utils.status, utils.say  # one voice for every module
+warn, note, status, inform, say = utils.warn, utils.note, utils.status, utils.inform, utils.say  # one voice
 
 
 def metrics_path(args, output):
@@ -937,10 +950,28 @@ def _device(name):
 def load_models(args, config, checkpoint_path, exports=None):
     """animate.Models for --target: built from the checkpoint (direct) or loaded from build.py's exports
     (`exports`, the CheckedExports prepare() found; looked up again when not given)."""
+    return load_models_and_cache_writer(args, config, checkpoint_path, exports)[0]
+
+
+def load_models_and_cache_writer(args, config, checkpoint_path, exports=None):
+    """(load_models' Models, a callable that writes the direct target's model cache entry after a miss, or
+    None when there is nothing to write)."""
     if args.target != "direct":
-        return (exports or check_exports(args, checkpoint_path)).load(args.target)
+        return (exports or check_exports(args, checkpoint_path)).load(args.target), None
     state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
-    return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale)
+    if args.no_cache:
+        return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale), None
+    return model_cache.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale, device=args.device,
+                                     cache=model_cache.ModelCache(warn=warn, status=inform))
+
+
+def write_model_cache(write_entry):
+    """After the outputs are written: write the model cache entry (a miss's). Ctrl-C now loses only the entry."""
+    try:
+        write_entry()
+    except KeyboardInterrupt:
+        print("interrupted: the outputs are complete; the model cache entry was not written", file=sys.stderr)
+        sys.exit(130)
 
 
 @dataclass
@@ -1059,6 +1090,18 @@ def without_flag_inputs(process):
     return call
 
 
+def clear_cache():
+    """--clear_cache: empty the model cache folder and say how much that freed."""
+    cache = model_cache.ModelCache()
+    try:
+        freed = cache.clear()
+    except OSError as err:
+        utils.print_error(f"{cache.folder}: cannot clear the model cache ({utils.os_reason(err)})")
+        return 1
+    say(f"cleared the model cache {cache.folder}: freed {model_cache.megabytes(freed)}")
+    return 0
+
+
 def _one_line_warning(message, category, filename, lineno, file=None, line=None):
     warn(str(message))
 
@@ -1066,6 +1109,8 @@ def _one_line_warning(message, category, filename, lineno, file=None, line=None)
 def main(argv=None):
     args = parse_args(argv)
     backends.set_verbosity("quiet" if args.quiet else "verbose" if args.verbose else "normal")
+    if args.clear_cache:
+        return clear_cache()
     try:
         with warnings.catch_warnings():
             # Library warnings (a broken video tail, an audio track that does not fit) as one line each.

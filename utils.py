@@ -78,6 +78,12 @@ def status(message):
         print(f"{message}...", file=sys.stderr, flush=True)
 
 
+def inform(message):
+    """A status line that is not a step in progress (what the model cache wrote)."""
+    if backends.verbosity() != "quiet":
+        print(message, file=sys.stderr, flush=True)
+
+
 def say(message):
     """A result line (what was written, metrics), on stdout."""
     if backends.verbosity() != "quiet":

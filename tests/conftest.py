@@ -13,6 +13,14 @@ from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
+# run.py's model cache goes to a folder of this session, never the user's ~/.cache (subprocesses inherit it);
+# it is deleted when the session ends.
+import atexit  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
+
+os.environ["FOMM_CACHE_DIR"] = tempfile.mkdtemp(prefix="fomm-test-cache-")
+atexit.register(shutil.rmtree, os.environ["FOMM_CACHE_DIR"], ignore_errors=True)
 sys.path.insert(0, str(REPO))
 import animate  # noqa: E402  (the repository's modules, found through the path above)
 import media  # noqa: E402
@@ -68,8 +76,10 @@ class Fixture:
 
 # tqdm's progress updates, e.g. "clip.mp4:  45%|####5     | 9/20 [00:01<00:01,  8.10frame/s]"
 PROGRESS_BAR = re.compile(r"\[(\d+:)?\d\d:\d\d[<,]")
-# run.py's status lines: what it is doing before the progress bar can say it (run.status)
-STATUS_LINE = re.compile(r"^(loading .+|looking for faces|cropping|\S.*: building the graph on the first batch)\.\.\.$")
+# run.py's status lines: what it is doing before the progress bar can say it (run.status), and what the
+# model cache wrote (run.inform)
+STATUS_LINE = re.compile(r"^(loading .+|looking for faces|cropping|\S.*: building the graph on the first batch)\.\.\.$"
+                         r"|^model cache: wrote .+$")
 
 
 def stderr_lines(text):

@@ -75,3 +75,32 @@ def test_profile_parts_prints_every_stage_for_both_graphs():
     total = next((float(a), float(b)) for name, a, b, _ in stages if name == "per-frame sum")
     rounding = 0.05 * (len(per_frame) + 1)  # every number is printed to 0.1 ms
     assert total == pytest.approx((sum(a for a, _ in per_frame), sum(b for _, b in per_frame)), abs=rounding)
+
+
+# The end-to-end rows' clock (benchmark.timed_process), on stand-in commands: a real run is minutes long.
+
+def test_end_to_end_clock_marks_first_frame_output_and_exit_in_order():
+    import benchmark
+
+    script = ("import sys, time; print('x:  1/3 [00:00<?', file=sys.stderr, flush=True); time.sleep(0.3); "
+              "print('wrote 3 frames to out.mp4', flush=True); time.sleep(0.3)")
+    result = benchmark.timed_process([sys.executable, "-c", script], 3, None)
+    assert result["first_frame_s"] < result["written_s"] < result["exit_s"]
+    assert result["written_s"] - result["first_frame_s"] >= 0.25 and result["exit_s"] - result["written_s"] >= 0.25
+    assert result["peak_rss_mb"] > 0  # no upper bound: a child forked from this process counts its memory too
+
+
+def test_end_to_end_clock_reports_a_failed_run_by_its_last_line():
+    import benchmark
+
+    script = "import sys; print('error: no such file', file=sys.stderr); sys.exit(1)"
+    assert benchmark.timed_process([sys.executable, "-c", script], 3, None) == {"error": "error: no such file"}
+
+
+def test_end_to_end_table_compares_each_row_with_the_original_of_its_length():
+    import benchmark
+
+    rows = [{"target": target, "frames": 32, "first_frame_s": 1.0, "written_s": written, "exit_s": written + 1,
+             "peak_rss_mb": 100.0} for target, written in (("original", 20.0), ("tflite", 10.0))]
+    table = benchmark.end_to_end_table(rows)
+    assert "| tflite | 32 | 1.0 | 10.0 | 11.0 | 2.00x | 100 |" in table.splitlines()

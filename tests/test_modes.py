@@ -51,18 +51,20 @@ def checkpoint_models(checkpoint, config):
 
 @pytest.fixture
 def cached_models(monkeypatch):
-    """run.load_models, remembered per (target, checkpoint, export folder) across tests."""
-    load = run.load_models
+    """run.load_models, remembered per (target, checkpoint, export folder) across tests (and no model cache
+    entry written: run() loads through load_models_and_cache_writer)."""
+    load = run.load_models_and_cache_writer
 
     def remembered(args, config, checkpoint_path, exports=None):
         if args.target == "direct" and not args.prescale:
             return checkpoint_models(str(checkpoint_path), config)
         key = (args.target, str(checkpoint_path), args.exportdir, args.prescale)
         if key not in _MODELS:
-            _MODELS[key] = load(args, config, checkpoint_path, exports)
+            _MODELS[key] = load(args, config, checkpoint_path, exports)[0]
         return _MODELS[key]
 
     monkeypatch.setattr(run, "load_models", remembered)
+    monkeypatch.setattr(run, "load_models_and_cache_writer", lambda *args: (remembered(*args), None))
 
 
 def model_args(fx):

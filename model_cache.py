@@ -1,0 +1,307 @@
+"""The direct target's model cache: build the Keras models once, then load them traced from disk.
+
+Building the direct target's models (Keras build, weight assignment, the fused inference rewrites, the
+first trace) takes seconds at full size; loading the same functions as one SavedModel takes a fraction
+of that. A cache entry is that SavedModel (a protobuf and a variables checkpoint: nothing in it is
+unpickled) plus `manifest.json`, which holds the entry's key and the size and sha256 of every file.
+
+The key is everything the traced graph depends on: the checkpoint's size, mtime and inode plus a digest
+of the tensors actually read from it (the reader reads only the kp_detector and generator storages, so
+this hashes a third of a published checkpoint, not all of it), the parsed model config, a digest of the
+model code, the options that change the graph (--prescale, --device) and the TensorFlow version.
+
+An entry whose manifest does not match its files is rebuilt with a one-line warning. Writers build into
+a temporary folder inside the cache folder and rename it into place, so readers never see half an entry
+and concurrent writers are safe: when the rename finds the entry already there, another process won,
+and its entry is kept.
+
+The folder: $FOMM_CACHE_DIR, else $XDG_CACHE_HOME/first-order-model-tf, else ~/.cache/first-order-model-tf.
+This module imports TensorFlow only when it loads or saves an entry (run.py --clear_cache stays light).
+"""
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+
+ENV_VAR = "FOMM_CACHE_DIR"
+FOLDER_NAME = "first-order-model-tf"
+FORMAT = 1  # bump when the entry layout changes
+MANIFEST = "manifest.json"
+SAVED_MODEL = "model"
+TEMP_PREFIX = ".tmp-"  # entries being written (or left by a killed writer); --clear_cache removes them
+TRASH_PREFIX = ".trash-"  # a corrupt entry moved aside before it is deleted
+# The files whose code the traced graph comes from: any change to them invalidates every entry.
+CODE_FILES = ("modules.py", "animate.py", "checkpoint_loader.py", "torch_file.py", "model_config.py",
+              "model_cache.py")
+# The signatures of an entry: animate.direct_modules' modules but the plain generator, whose outputs the
+# source_encoder + generator_cached pair gives (animate.generator_from_pair); tracing it would add seconds.
+MODULES = ("kp_detector", "process_kp_driving", "source_encoder", "generator_cached")
+_HERE = os.path.dirname(os.path.abspath(__file__))
+_CHUNK = 1 << 22
+
+
+def cache_folder():
+    """Where entries live: $FOMM_CACHE_DIR, else the user's cache directory's first-order-model-tf/."""
+    if os.environ.get(ENV_VAR):
+        return os.path.abspath(os.environ[ENV_VAR])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, FOLDER_NAME)
+
+
+# --------------------------------------------------------------------------------------------------
+# The key
+# --------------------------------------------------------------------------------------------------
+
+def checkpoint_identity(path):
+    """What says the checkpoint file is the one the entry was built from, without reading it again."""
+    stat = os.stat(path)
+    return {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns, "inode": stat.st_ino}
+
+
+def tensors_digest(state_dicts):
+    """sha256 of the tensors read from the checkpoint ({entry: {key: array}}), names and shapes included."""
+    digest = hashlib.sha256()
+    for entry in sorted(state_dicts):
+        for key in sorted(state_dicts[entry]):
+            array = state_dicts[entry][key]
+            digest.update(f"{entry}/{key}:{array.dtype.str}:{array.shape};".encode())
+            digest.update(memoryview(array).cast("B") if array.flags.c_contiguous else array.tobytes())
+    return digest.hexdigest()
+
+
+def code_digest():
+    """sha256 of the model code (CODE_FILES): another version of the code may trace another graph."""
+    digest = hashlib.sha256()
+    for name in CODE_FILES:
+        with open(os.path.join(_HERE, name), "rb") as f:
+            digest.update(name.encode() + b"\0" + f.read() + b"\0")
+    return digest.hexdigest()
+
+
+def cache_key(config, checkpoint_path, state_dicts, prescale=False, device=None):
+    """The entry's key: a JSON-able dict of everything the traced models depend on."""
+    import backends
+
+    key = {"format": FORMAT,
+           "checkpoint": {**checkpoint_identity(checkpoint_path), "tensors_sha256": tensors_digest(state_dicts)},
+           "config": dataclasses.asdict(config),
+           "code_sha256": code_digest(),
+           "options": {"prescale": bool(prescale), "device": device},
+           "tensorflow": backends.tensorflow().__version__}
+    return json.loads(json.dumps(key))  # as the manifest will read back (tuples become lists)
+
+
+def entry_name(key):
+    """The entry's folder name: a digest of its key, so each key has one place."""
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:32]
+
+
+# --------------------------------------------------------------------------------------------------
+# Files of an entry: their digests, the folder's size
+# --------------------------------------------------------------------------------------------------
+
+def file_sha256(path):
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def entry_files(folder):
+    """Relative paths of the files of an entry's SavedModel, sorted."""
+    root = os.path.join(folder, SAVED_MODEL)
+    return sorted(os.path.relpath(os.path.join(parent, name), folder)
+                  for parent, _, names in os.walk(root) for name in names)
+
+
+def describe_files(folder):
+    """{relative path: {'size', 'sha256'}} of an entry's SavedModel files: what the manifest records."""
+    return {path: {"size": os.path.getsize(os.path.join(folder, path)),
+                   "sha256": file_sha256(os.path.join(folder, path))} for path in entry_files(folder)}
+
+
+def folder_size(path):
+    """Bytes of the files under `path` (0 when it does not exist)."""
+    return sum(os.path.getsize(os.path.join(parent, name))
+               for parent, _, names in os.walk(path) for name in names
+               if not os.path.islink(os.path.join(parent, name)))
+
+
+def megabytes(size):
+    return f"{size / 1e6:.0f} MB" if size >= 1e6 else f"{size / 1e3:.0f} kB"
+
+
+class CorruptEntry(Exception):
+    """An entry that cannot be trusted: its manifest, key or files do not match."""
+
+
+def check_manifest(folder, key):
+    """The entry's recorded files, after checking its manifest is ours, for this key, and lists every file
+    there with the right size. Raises CorruptEntry saying what is wrong."""
+    try:
+        with open(os.path.join(folder, MANIFEST), "rb") as f:
+            manifest = json.loads(f.read())
+    except (OSError, ValueError) as err:
+        raise CorruptEntry(f"unreadable manifest ({err.__class__.__name__})") from None
+    if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("files"), dict):
+        raise CorruptEntry("its manifest is for another key")
+    recorded = manifest["files"]
+    if sorted(recorded) != entry_files(folder):
+        raise CorruptEntry("files missing or added")
+    for path, described in recorded.items():
+        if os.path.getsize(os.path.join(folder, path)) != described.get("size"):
+            raise CorruptEntry(f"{path} has the wrong size")
+    return recorded
+
+
+def check_digests(folder, recorded):
+    """Raise CorruptEntry unless every file's sha256 is the recorded one."""
+    for path, described in recorded.items():
+        if file_sha256(os.path.join(folder, path)) != described.get("sha256"):
+            raise CorruptEntry(f"{path} does not match its digest")
+
+
+# --------------------------------------------------------------------------------------------------
+# Saving and loading the models
+# --------------------------------------------------------------------------------------------------
+
+def save_modules(tf_modules, path):
+    """One SavedModel holding each of MODULES' function as a signature named after it, and each variable
+    once (the generator's modules share theirs)."""
+    import backends
+
+    tf = backends.tensorflow()
+    root = tf.Module()
+    variables = {}
+    for name in MODULES:
+        for variable in tf_modules[name].export_root()._vars:
+            variables.setdefault(id(variable), variable)
+    root._vars = list(variables.values())
+    tf.saved_model.save(root, path, signatures={name: tf_modules[name].concrete_function() for name in MODULES})
+
+
+def load_calls(path):
+    """{module name: callable over numpy keyword inputs} of a SavedModel save_modules wrote."""
+    import backends
+
+    tf = backends.tensorflow()
+    loaded = tf.saved_model.load(path)
+
+    def numpy_call(function):
+        def call(**inputs):
+            outputs = function(**{name: tf.constant(value, tf.float32) for name, value in inputs.items()})
+            return {name: value.numpy() for name, value in outputs.items()}
+
+        call.saved_model = loaded  # signatures hold the loaded variables only weakly: keep them alive
+        return call
+
+    return {name: numpy_call(function) for name, function in loaded.signatures.items()}
+
+
+class ModelCache:
+    """The cache folder: `load` an entry for a key, `store` built modules under it, `clear` it all.
+
+    `warn` and `status` print one line each (run.py's warning: and status lines).
+    """
+
+    def __init__(self, folder=None, warn=print, status=print):
+        self.folder = folder or cache_folder()
+        self.warn = warn
+        self.status = status
+
+    def entry_path(self, key):
+        return os.path.join(self.folder, entry_name(key))
+
+    def load(self, key):
+        """{module name: numpy callable} from the entry for `key`, or None when there is none (or it was
+        corrupt: then it is removed, with a warning, for the caller to rebuild)."""
+        path = self.entry_path(key)
+        if not os.path.isdir(path):
+            return None
+        try:
+            # Every file checked before TensorFlow parses any of it (0.4 s for vox-256's 330 MB).
+            check_digests(path, check_manifest(path, key))
+            calls = load_calls(os.path.join(path, SAVED_MODEL))
+            if set(calls) != set(MODULES):
+                raise CorruptEntry(f"signatures {sorted(calls)} instead of {list(MODULES)}")
+            return calls
+        except Exception as err:  # noqa: BLE001 (any failure to load an entry means: rebuild it, never trust it)
+            reason = err if isinstance(err, CorruptEntry) else f"{err.__class__.__name__} while loading"
+            self.warn(f"model cache entry {path} is corrupt ({reason}); rebuilding it")
+            self.remove(path)
+            return None
+
+    def store(self, key, tf_modules):
+        """Save built modules as the entry for `key`; a failure to write is a warning, never the run's end."""
+        path = self.entry_path(key)
+        temp = None
+        try:
+            os.makedirs(self.folder, exist_ok=True)
+            temp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.folder)
+            save_modules(tf_modules, os.path.join(temp, SAVED_MODEL))
+            manifest = {"key": key, "files": describe_files(temp)}
+            with open(os.path.join(temp, MANIFEST), "w") as f:
+                json.dump(manifest, f, indent=1, sort_keys=True)
+            self.put_in_place(temp, path)
+        except OSError as err:
+            self.warn(f"could not write the model cache in {self.folder} ({err.strerror or err}); the next run builds the models again")
+            return
+        finally:
+            if temp is not None and os.path.isdir(temp):
+                shutil.rmtree(temp, ignore_errors=True)
+        self.status(f"model cache: wrote {megabytes(folder_size(path))} to {path}; the cache folder holds "
+                    f"{megabytes(folder_size(self.folder))} (python run.py --clear_cache empties it)")
+
+    @staticmethod
+    def put_in_place(temp, path):
+        """Rename the finished entry into place; when another process got there first, keep theirs."""
+        try:
+            os.rename(temp, path)
+        except OSError:
+            if not os.path.isdir(path):
+                raise
+
+    def remove(self, path):
+        """Delete an entry: renamed aside first, so no reader ever sees half of it."""
+        trash = os.path.join(self.folder, TRASH_PREFIX + os.path.basename(path) + f"-{os.getpid()}")
+        try:
+            os.rename(path, trash)
+        except OSError:
+            return  # already gone (another process removed or replaced it)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def clear(self):
+        """Delete every entry (and leftovers of interrupted writers); returns the bytes freed."""
+        if not os.path.isdir(self.folder):
+            return 0
+        freed = 0
+        for name in os.listdir(self.folder):
+            path = os.path.join(self.folder, name)
+            if os.path.isdir(path) and (is_entry_name(name) or name.startswith((TEMP_PREFIX, TRASH_PREFIX))):
+                freed += folder_size(path)
+                shutil.rmtree(path, ignore_errors=True)
+        return freed
+
+
+def is_entry_name(name):
+    return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
+
+
+def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None):
+    """(animate.Models for the direct target, write_entry): the models from the cache when it holds them,
+    else built (animate.direct_modules) with `write_entry()` to store them for the next run (None after
+    a hit). The caller writes the entry once its outputs are written, so a cold run's first frame
+    does not wait for the SavedModel to be saved."""
+    import animate
+
+    cache = cache or ModelCache()
+    key = cache_key(config, checkpoint_path, state_dicts, prescale, device)
+    calls = cache.load(key)
+    if calls is not None:
+        return animate.models_from_calls(calls, config.estimate_jacobian, prescale), None
+    tf_modules = animate.direct_modules(config, state_dicts, checkpoint_path, prescale)
+    models = animate.models_from_calls(animate.numpy_calls(tf_modules), config.estimate_jacobian, prescale)
+    return models, lambda: cache.store(key, tf_modules)
