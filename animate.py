@@ -183,16 +183,19 @@ def animate(models: Models, source_image, driving_frames: Iterable[np.ndarray], 
         yield from animator.animate_batch(driving)["prediction"]
 
 
-def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Models:
+def direct_models(config, state_dicts, where="checkpoint", prescale=False, precision="float32") -> Models:
     """Models for the direct target: the Keras models wrapped in their tf.Modules, in this process.
 
     One loaded generator serves the generator, source_encoder and generator_cached modules.
-    state_dicts None keeps random weights (benchmark.py).
+    state_dicts None keeps random weights (benchmark.py). precision 'bfloat16' runs the generator's
+    heavy convolutions in bfloat16 (modules.Bfloat16Generator); keypoints stay float32.
     """
     import modules
 
     kp_detector = modules.build_module("kp_detector", config, state_dicts, where, prescale=prescale)
     generator = modules.load_generator(config, state_dicts, where)
+    if precision == "bfloat16":
+        generator = modules.bfloat16_generator(generator)
     process = modules.build_module("process_kp_driving", config)
 
     def numpy_call(module):
