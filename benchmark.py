@@ -41,7 +41,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "tflite-int8", "onnx", "original",
-           "direct-nocache", "direct-plain")
+           "direct-nocache", "direct-plain", "direct-bfloat16", "savedmodel-bfloat16")
 DEFAULT_TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "original")
 # The source / driving pair every row animates (--datadir): by default the shared data folder beside
 # this checkout (../shared/data) when it holds a driving.mp4, else the bundled example.
@@ -157,15 +157,20 @@ def job_build(spec):
 
     import build
     import model_config
+    import precision
 
     config = model_config.load(spec["config"]).model
     flags = [f"--{kind}" for kind in spec["tflite"] if kind != "float32"] if spec["tflite"] else ["--nolite"]
     flags += ["--onnx"] if spec.get("onnx") else []
-    args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *flags])
-    for name in build.MODULES:
-        keras.utils.set_random_seed(0)  # the same weights in every module that holds the generator
-        module = build.make_module(name, config, None, "random weights", args)  # None: random weights
-        build.export_module(module, EXPORT_NAME, name, args, time.perf_counter())
+    builds = [(build.MODULES, flags)]
+    if spec.get("bfloat16"):  # the generator modules again, as <module>-bfloat16 SavedModels
+        builds.append((precision.BFLOAT16_MODULES, ["--precision", "bfloat16", "--nolite"]))
+    for module_names, build_flags in builds:
+        args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *build_flags])
+        for name in module_names:
+            keras.utils.set_random_seed(0)  # the same weights in every module that holds the generator
+            module = build.make_module(name, config, None, "random weights", args)  # None: random weights
+            build.export_module(module, EXPORT_NAME, name, args, time.perf_counter())
     return {}
 
 
@@ -281,13 +286,11 @@ def best_seconds(function, repeats):
 
 
 def cpu_flags():
-    """The CPU's instruction-set flags that decide each dtype's roof (from /proc/cpuinfo; [] elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            line = next((line for line in f if line.startswith("flags")), "")
-    except OSError:
-        return []
-    return [flag for flag in line.split(":", 1)[-1].split() if flag in ROOF_FLAGS]
+    """The CPU's instruction-set flags that decide each dtype's roof, in ROOF_FLAGS' order."""
+    import precision
+
+    flags = precision.cpu_flags()
+    return [flag for flag in ROOF_FLAGS if flag in flags]
 
 
 def timed(function):
@@ -365,7 +368,7 @@ def load_row_models(spec):
     target, _, kind = spec["target"].partition("-")
     argv = ["--target", target, "--model", EXPORT_NAME, "--exportdir", spec["outdir"],
             "--batchsize", str(spec["batch"])]
-    argv += {"float16": ["--float16"], "int8": ["--int8"]}.get(kind, [])
+    argv += {"float16": ["--float16"], "int8": ["--int8"], "bfloat16": ["--precision", "bfloat16"]}.get(kind, [])
     return config, run.load_models(run.parse_args(argv), config, None)
 
 
@@ -384,7 +387,8 @@ def direct_variant(config, target):
                               numpy_call(modules.build_module("process_kp_driving", config)),
                               numpy_call(modules.GeneratorModule(modules.create_generator(config))),
                               config.estimate_jacobian)
-    models = animate.direct_models(config, None)  # None: random weights
+    precision = "bfloat16" if target == "direct-bfloat16" else "float32"
+    models = animate.direct_models(config, None, precision=precision)  # None: random weights
     if target == "direct-nocache":
         return dataclasses.replace(models, source_encoder=None, generator_cached=None)
     return models
@@ -669,7 +673,8 @@ def main(argv=None):
         if exported:
             print("building exports ...", flush=True)
             built = run_job({"kind": "build", "config": args.config, "outdir": outdir,
-                             "tflite": tflite_kinds(args.targets), "onnx": "onnx" in args.targets})
+                             "tflite": tflite_kinds(args.targets), "onnx": "onnx" in args.targets,
+                             "bfloat16": "savedmodel-bfloat16" in args.targets})
             if "error" in built:
                 sys.exit(f"error: building the exports failed: {built['error']}")
         print("counting FLOPs ...", flush=True)
