@@ -8,6 +8,7 @@ Reads top-down, like the paper:
   5. inference rewrites: fused replacements for the blocks of sections 2-3 (BatchNorm folded into its
      conv, nearest-up + conv as one sub-pixel conv, the generator's final conv split by rows), built
      from a faithful model's weights, and the source cache (source_encoder + generator_cached)
+  6. reduced precision: the fused generator with its heavy convolutions in bfloat16 (--precision bfloat16)
 
 Sections 1-3 are the original's computation and nothing else; what run.py runs is section 5's fused
 models, equal to it up to float32 rounding (tests/test_parity.py runs both).
@@ -978,14 +979,16 @@ class FusedKPDetector(KPDetector):
 
 
 class FusedDenseMotionNetwork(DenseMotionNetwork):
-    def __init__(self, faithful: DenseMotionNetwork):
+    """make_hourglass turns the network's hourglass into the one it runs (section 6 passes a bfloat16 one)."""
+
+    def __init__(self, faithful: DenseMotionNetwork, make_hourglass=None):
         keras.layers.Layer.__init__(self, name=faithful.name)
         self.num_kp = faithful.num_kp
         self.kp_variance = faithful.kp_variance
         self.scale_factor = faithful.scale_factor
         if self.scale_factor != 1:
             self.down = faithful.down
-        self.hourglass = FusedHourglass(faithful.hourglass)
+        self.hourglass = (make_hourglass or FusedHourglass)(faithful.hourglass)
         self.mask = faithful.mask
         self.occlusion = faithful.occlusion
 
@@ -1168,22 +1171,6 @@ class Bfloat16Hourglass(Hourglass):
         self.out_filters = hourglass.out_filters
 
 
-class Bfloat16DenseMotionNetwork(DenseMotionNetwork):
-    """A fused dense motion network with a bfloat16 hourglass; heatmaps, sparse motions, the source warp,
-    the mask softmax and the occlusion map stay float32."""
-
-    def __init__(self, fused: FusedDenseMotionNetwork):
-        keras.layers.Layer.__init__(self, name=fused.name)
-        self.num_kp = fused.num_kp
-        self.kp_variance = fused.kp_variance
-        self.scale_factor = fused.scale_factor
-        if self.scale_factor != 1:
-            self.down = fused.down
-        self.hourglass = Bfloat16Hourglass(fused.hourglass)
-        self.mask = fused.mask
-        self.occlusion = fused.occlusion
-
-
 class Bfloat16Generator(OcclusionAwareGenerator):
     """A fused generator with the `parts` (of BFLOAT16_PARTS) in bfloat16; everything else is shared with it.
 
@@ -1198,8 +1185,9 @@ class Bfloat16Generator(OcclusionAwareGenerator):
             raise ValueError(f"unknown bfloat16 parts {sorted(unknown)}; choose from {', '.join(BFLOAT16_PARTS)}")
         keras.Model.__init__(self, name=fused.name)
         self.config = fused.config
-        self.dense_motion_network = (Bfloat16DenseMotionNetwork(fused.dense_motion_network) if "dense_motion" in parts
-                                     else fused.dense_motion_network)
+        self.dense_motion_network = fused.dense_motion_network
+        if "dense_motion" in parts:  # heatmaps, sparse motions, the warp, mask and occlusion stay float32
+            self.dense_motion_network = FusedDenseMotionNetwork(fused.dense_motion_network, Bfloat16Hourglass)
         self.first = fused.first
         self.down_blocks = ([Bfloat16DownBlock(block) for block in fused.down_blocks] if "encoder" in parts
                             else fused.down_blocks)

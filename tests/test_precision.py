@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import (KP_TOL, PREDICTION_TOL, assert_one_line_error, generator_inputs, load_fixture, max_abs,
-                      nchw_to_nhwc, run_args)
+                      nchw_to_nhwc, run_args, run_readme_cli_commands)
 
 BFLOAT16_PREDICTION_MEAN_ABS = 0.005
 BFLOAT16_KP_MAX_ABS = 0.01
@@ -60,23 +60,26 @@ def test_bfloat16_savedmodel_export_runs_apart_from_float32(tmp_path):
     assert not (tmp_path / "saved_models" / "config" / "generator").exists()  # float32's name is left alone
 
 
+def usage_error_line(capsys, parse, argv):
+    """The one 'error:' line of a usage error (exit 2) that parse(argv) ends with."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    return line
+
+
 def test_run_refuses_a_target_precision_pair_that_does_not_exist(capsys):
     import run
 
-    with pytest.raises(SystemExit) as exit_info:
-        run.parse_args(["--target", "tflite", "--precision", "bfloat16"])
-    assert exit_info.value.code == 2
-    [line] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    line = usage_error_line(capsys, run.parse_args, ["--target", "tflite", "--precision", "bfloat16"])
     assert "--precision bfloat16 does not exist for --target tflite" in line and "direct: float32, bfloat16" in line
 
 
 def test_build_refuses_bfloat16_tflite(capsys):
     import build
 
-    with pytest.raises(SystemExit) as exit_info:
-        build.parse_args(["--model", "vox", "--precision", "bfloat16"])
-    assert exit_info.value.code == 2
-    [line] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    line = usage_error_line(capsys, build.parse_args, ["--model", "vox", "--precision", "bfloat16"])
     assert "does not exist for tflite exports" in line and "savedmodel: float32, bfloat16" in line
 
 
@@ -115,3 +118,9 @@ def test_savedmodel_bfloat16_missing_export_names_the_build_command(tmp_path, ca
     code = run.main(run_args(fx, tmp_path / "out", "--target", "savedmodel", "--exportdir", str(tmp_path),
                              "--precision", "bfloat16"))
     assert_one_line_error(capsys, code, "no such export", "--precision bfloat16 --nolite")
+
+
+def test_readme_precision_commands_run(tmp_path, monkeypatch):
+    assert run_readme_cli_commands("Precision", tmp_path, monkeypatch) == ["run.py", "build.py", "run.py"]
+    assert (tmp_path / "output" / "bfloat16.mp4").stat().st_size > 0
+    assert (tmp_path / "output" / "bfloat16-savedmodel.mp4").stat().st_size > 0
