@@ -964,22 +964,24 @@ class RowSplitConv(keras.layers.Layer):
 # network's settings and layers with the blocks above swapped in.
 
 class FusedEncoder(Encoder):
-    def __init__(self, encoder: Encoder):
+    def __init__(self, encoder: Encoder, make_block=FoldedDownBlock):
         keras.layers.Layer.__init__(self, name=encoder.name)
-        self.down_blocks = [FoldedDownBlock(block) for block in encoder.down_blocks]
+        self.down_blocks = [make_block(block) for block in encoder.down_blocks]
 
 
 class FusedDecoder(Decoder):
-    def __init__(self, decoder: Decoder):
+    def __init__(self, decoder: Decoder, make_block=SubPixelUpBlock):
         keras.layers.Layer.__init__(self, name=decoder.name)
-        self.up_blocks = [SubPixelUpBlock(block) for block in decoder.up_blocks]
+        self.up_blocks = [make_block(block) for block in decoder.up_blocks]
 
 
 class FusedHourglass(Hourglass):
-    def __init__(self, hourglass: Hourglass):
+    """make_down / make_up build each block it runs from the given one (section 6 passes bfloat16 blocks)."""
+
+    def __init__(self, hourglass: Hourglass, make_down=FoldedDownBlock, make_up=SubPixelUpBlock):
         keras.layers.Layer.__init__(self, name=hourglass.name)
-        self.encoder = FusedEncoder(hourglass.encoder)
-        self.decoder = FusedDecoder(hourglass.decoder)
+        self.encoder = FusedEncoder(hourglass.encoder, make_down)
+        self.decoder = FusedDecoder(hourglass.decoder, make_up)
         self.out_filters = hourglass.out_filters
 
 
@@ -1167,28 +1169,9 @@ class Bfloat16DownBlock(keras.layers.Layer):
         return tf.cast(tf.nn.avg_pool2d(out, 2, 2, "VALID"), tf.float32)
 
 
-# As in section 5, the bfloat16 networks run the faithful classes' own call() with blocks swapped in.
-
-class Bfloat16Encoder(Encoder):
-    def __init__(self, encoder: FusedEncoder):
-        keras.layers.Layer.__init__(self, name=encoder.name)
-        self.down_blocks = [Bfloat16DownBlock(block) for block in encoder.down_blocks]
-
-
-class Bfloat16Decoder(Decoder):
-    def __init__(self, decoder: FusedDecoder):
-        keras.layers.Layer.__init__(self, name=decoder.name)
-        self.up_blocks = [Bfloat16SubPixelUpBlock(block) for block in decoder.up_blocks]
-
-
-class Bfloat16Hourglass(Hourglass):
+def bfloat16_hourglass(hourglass: FusedHourglass) -> FusedHourglass:
     """A fused hourglass with its down and up blocks in bfloat16 (the skips between them stay float32)."""
-
-    def __init__(self, hourglass: FusedHourglass):
-        keras.layers.Layer.__init__(self, name=hourglass.name)
-        self.encoder = Bfloat16Encoder(hourglass.encoder)
-        self.decoder = Bfloat16Decoder(hourglass.decoder)
-        self.out_filters = hourglass.out_filters
+    return FusedHourglass(hourglass, Bfloat16DownBlock, Bfloat16SubPixelUpBlock)
 
 
 class Bfloat16Generator(OcclusionAwareGenerator):
@@ -1207,7 +1190,7 @@ class Bfloat16Generator(OcclusionAwareGenerator):
         self.config = fused.config
         self.dense_motion_network = fused.dense_motion_network
         if "dense_motion" in parts:  # heatmaps, sparse motions, the warp, mask and occlusion stay float32
-            self.dense_motion_network = FusedDenseMotionNetwork(fused.dense_motion_network, Bfloat16Hourglass)
+            self.dense_motion_network = FusedDenseMotionNetwork(fused.dense_motion_network, bfloat16_hourglass)
         self.first = fused.first
         self.down_blocks = ([Bfloat16DownBlock(block) for block in fused.down_blocks] if "encoder" in parts
                             else fused.down_blocks)
