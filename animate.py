@@ -199,8 +199,7 @@ def direct_models(config, state_dicts, where="checkpoint", prescale=False, preci
     process = modules.build_module("process_kp_driving", config)
 
     def numpy_call(module):
-        call = module.frozen_call()  # weights as constants: oneDNN caches their reordered layout
-        return lambda **kwargs: {k: v.numpy() for k, v in call(**kwargs).items()}
+        return lambda **kwargs: {k: v.numpy() for k, v in module(**kwargs).items()}
 
     return Models(numpy_call(kp_detector), numpy_call(process),
                   numpy_call(modules.GeneratorModule(generator, prescale=prescale)), config.estimate_jacobian, prescale,

@@ -86,18 +86,11 @@ def savedmodel_function(path):
 
     tf = backends.tensorflow()
 
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
     loaded = tf.saved_model.load(path)
     function = loaded.signatures[SIGNATURE_KEY]
-    # Frozen as the direct target's (modules.SignatureModule.frozen_call): constant weights, which oneDNN
-    # reorders once instead of at every call; the same numbers.
-    frozen = convert_variables_to_constants_v2(function)
-    specs = tf.nest.flatten(function.structured_input_signature)  # the frozen function's positional order
 
     def call(**inputs):
-        flat = frozen(*[tf.constant(inputs[spec.name], spec.dtype) for spec in specs])
-        outputs = tf.nest.pack_sequence_as(function.structured_outputs, flat)
+        outputs = function(**{name: tf.constant(value, tf.float32) for name, value in inputs.items()})
         return {name: value.numpy() for name, value in outputs.items()}
 
     call.saved_model = loaded  # the signature holds the loaded variables only weakly: keep them alive

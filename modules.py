@@ -611,26 +611,6 @@ class SignatureModule(tf.Module):
         """The traced signature function: what SavedModel serves as `serving_default`."""
         return self.signature_function.get_concrete_function()
 
-    def frozen_call(self):
-        """A callable like __call__ (numpy or tensor inputs by name -> {name: tensor}) over the signature
-        graph with the variables inlined as constants.
-
-        oneDNN reorders a conv's weights into its blocked layout at every call when they come from a
-        variable, and once (then cached) when they are a constant: the same kernels and the same numbers,
-        but the dense motion hourglass's 4x4 / 2x2 convs (weight-bound: up to 16M weights for 16 pixels)
-        run ~4x faster and the bottleneck's ~1.3x.
-        """
-        from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
-
-        concrete = self.concrete_function()
-        frozen = convert_variables_to_constants_v2(concrete)
-
-        def call(**inputs):
-            flat = frozen(*[tf.convert_to_tensor(inputs[spec.name], spec.dtype) for spec in self.input_specs])
-            return tf.nest.pack_sequence_as(concrete.structured_outputs, flat)
-
-        return call
-
     def export_root(self):
         """The object to hand to tf.saved_model.save: only the raw variables the function captures.
 
