@@ -183,18 +183,21 @@ def animate(models: Models, source_image, driving_frames: Iterable[np.ndarray], 
         yield from animator.animate_batch(driving)["prediction"]
 
 
-def direct_modules(config, state_dicts, where="checkpoint", prescale=False) -> dict:
+def direct_modules(config, state_dicts, where="checkpoint", prescale=False, precision="float32") -> dict:
     """The direct target's tf.Modules, {name: modules.SignatureModule}: kp_detector, process_kp_driving,
     generator and the source_encoder + generator_cached pair, all built and traced in this process.
 
     One loaded generator serves the three generator modules. state_dicts None keeps random weights
-    (benchmark.py). This is the expensive step (Keras build, weight assignment, fused rewrites) that
-    model_cache saves as one SavedModel.
+    (benchmark.py). precision 'bfloat16' runs the generator's heavy convolutions in bfloat16
+    (modules.Bfloat16Generator); keypoints stay float32. This is the expensive step (Keras build, weight
+    assignment, fused rewrites) that model_cache saves as one SavedModel.
     """
     import modules
 
     kp_detector = modules.build_module("kp_detector", config, state_dicts, where, prescale=prescale)
     generator = modules.load_generator(config, state_dicts, where)
+    if precision == "bfloat16":
+        generator = modules.bfloat16_generator(generator)
     return {"kp_detector": kp_detector,
             "process_kp_driving": modules.build_module("process_kp_driving", config),
             "generator": modules.GeneratorModule(generator, prescale=prescale),
@@ -232,10 +235,10 @@ def numpy_calls(tf_modules: dict) -> dict:
     return {name: numpy_call(module) for name, module in tf_modules.items()}
 
 
-def direct_models(config, state_dicts, where="checkpoint", prescale=False) -> Models:
+def direct_models(config, state_dicts, where="checkpoint", prescale=False, precision="float32") -> Models:
     """Models for the direct target: the Keras models wrapped in their tf.Modules, in this process
     (run.py goes through model_cache, which builds them with direct_modules on a miss)."""
-    return models_from_calls(numpy_calls(direct_modules(config, state_dicts, where, prescale)),
+    return models_from_calls(numpy_calls(direct_modules(config, state_dicts, where, prescale, precision)),
                              config.estimate_jacobian, prescale)
 
 

@@ -14,10 +14,13 @@ batch (tracing, interpreter allocation). The original row needs torch and FOMM_O
 run time like tests/make_fixtures.py; none of its code lives here).
 
 FLOPs per frame are TensorFlow's profiler count (tf.compat.v1.profiler float_operation) of each
-module's graph at batch 1; "% roof" is the FLOP rate of a row's model time (its modules' calls,
-without decoding and encoding) as a fraction of a float32 2048 x 2048 matmul's, timed in
-TensorFlow and in NumPy's BLAS right before each row (the faster of the two; the roof is the median
-over the rows). The streaming check runs run.py on synthetic 64- and
+module's graph at batch 1 (the GFLOP/frame column: per-frame modules plus per-video work shared by
+the frames). "% roof" is the FLOP rate of a row's model time (its modules' calls, without decoding and
+encoding) as a fraction of the roof of the row's own dtype (float32, bfloat16, int8), measured right
+before each row: the faster of TensorFlow's 4096^2 matmul and a conv at the generator's bottleneck
+shape (3x3, 256 -> 256, 64x64, batch 4), and for int8 that conv as a full-integer TF Lite model run by
+XNNPACK; the roof is the fastest measurement of the run. NumPy is no roof: these machines pin OpenBLAS
+to its AVX2 kernels. The streaming check runs run.py on synthetic 64- and
 1,024-frame clips with the small example model and compares their peak RSS.
 
 --end_to_end N,M times what users wait for: a fresh run.py process per target (direct with an empty and
@@ -43,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
 TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "tflite-int8", "onnx", "original",
-           "direct-nocache", "direct-plain")
+           "direct-nocache", "direct-plain", "direct-bfloat16", "savedmodel-bfloat16")
 DEFAULT_TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "original")
 # The source / driving pair every row animates (--datadir): by default the shared data folder beside
 # this checkout (../shared/data) when it holds a driving.mp4, else the bundled example.
@@ -54,7 +57,13 @@ RESULT_PREFIX = "BENCHMARK_RESULT "  # how a job's one JSON line is told apart f
 # The table times every module apart (source_encoder and generator_cached too), under its own name.
 MODULE_STAGES = {name: name for name in ("kp_detector", "process_kp_driving", "generator", "source_encoder",
                                          "generator_cached")}
-MATMUL_SIZE = 2048
+# The roof's two kernels: a square matmul, and the generator's bottleneck conv (batch, size, channels, kernel):
+# twelve 3x3 256 -> 256 convolutions at 64 x 64 are most of a vox-256 frame's FLOPs.
+ROOF_MATMUL = 4096
+ROOF_CONV = (4, 64, 256, 3)
+ROOF_DTYPES = ("float32", "bfloat16", "int8")
+# /proc/cpuinfo flags that say which dtype runs natively (printed beside the roofs).
+ROOF_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "avx512_fp16", "amx_bf16", "amx_int8")
 STREAM_LENGTHS = (64, 1024)
 # int8's quality cost is measured on a trained model (random weights would say nothing): the example's.
 EXAMPLE = {name: os.path.join(REPO_DIR, "example", file) for name, file in (
@@ -137,7 +146,7 @@ def run_job(spec):
 
 def job_main(spec):
     """Entry point of a job subprocess."""
-    kinds = {"build": job_build, "flops": job_flops, "matmul": job_matmul, "row": job_row,
+    kinds = {"build": job_build, "flops": job_flops, "roof": job_roof, "row": job_row,
              "original": job_original, "stream": job_stream, "int8_quality": job_int8_quality,
              "end_to_end": job_end_to_end, "end_to_end_original": job_end_to_end_original}
     result = kinds[spec["kind"]](spec)
@@ -168,15 +177,20 @@ def job_build(spec):
 
     import build
     import model_config
+    import precision
 
     config = model_config.load(spec["config"]).model
     flags = [f"--{kind}" for kind in spec["tflite"] if kind != "float32"] if spec["tflite"] else ["--nolite"]
     flags += ["--onnx"] if spec.get("onnx") else []
-    args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *flags])
-    for name in build.MODULES:
-        keras.utils.set_random_seed(0)  # the same weights in every module that holds the generator
-        module = build.make_module(name, config, None, "random weights", args)  # None: random weights
-        build.export_module(module, EXPORT_NAME, name, args, time.perf_counter())
+    builds = [(build.MODULES, flags)]
+    if spec.get("bfloat16"):  # the generator modules again, as <module>-bfloat16 SavedModels
+        builds.append((precision.BFLOAT16_MODULES, ["--precision", "bfloat16", "--nolite"]))
+    for module_names, build_flags in builds:
+        args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *build_flags])
+        for name in module_names:
+            keras.utils.set_random_seed(0)  # the same weights in every module that holds the generator
+            module = build.make_module(name, config, None, "random weights", args)  # None: random weights
+            build.export_module(module, EXPORT_NAME, name, args, time.perf_counter())
     return {}
 
 
@@ -207,31 +221,96 @@ def graph_gflop(module):
     return tf.compat.v1.profiler.profile(graph=graph, options=options).total_float_ops / 1e9
 
 
-def job_matmul(spec):
-    """GFLOP/s of a float32 MATMUL_SIZE^2 matmul in TensorFlow and in NumPy's BLAS.
+def job_roof(spec):
+    """The roof per dtype: GFLOP/s of the faster of a 4096^2 matmul and a bottleneck-shaped conv.
 
-    The faster of the two is the machine's practical roof: on the 2-core reference machine
-    OpenBLAS reaches ~185 GFLOP/s (near the AVX2-FMA peak) where TensorFlow's matmul reaches ~130,
-    and a roof below what a model's convolutions reach would overstate every row's fraction.
+    float32 and bfloat16 are timed in TensorFlow (oneDNN), int8 as a full-integer TF Lite conv through
+    the interpreter the tflite rows use (XNNPACK). NumPy is left out on purpose: these machines pin
+    OpenBLAS to its AVX2 kernels (OPENBLAS_CORETYPE=Haswell), so its matmul is no roof on AVX-512 CPUs.
     """
+    repeats = spec.get("repeats", 5)
+    kernels = {}
+    for dtype in ("float32", "bfloat16"):
+        kernels[dtype] = {"matmul": tensorflow_matmul_gflops(dtype, repeats), "conv": tensorflow_conv_gflops(dtype, repeats)}
+    kernels["int8"] = {"conv": tflite_int8_conv_gflops(spec["tmpdir"], repeats)}
+    return {"roof_gflops": {dtype: max(rates.values()) for dtype, rates in kernels.items()}, "kernels": kernels}
+
+
+def tensorflow_matmul_gflops(dtype, repeats):
+    """GFLOP/s of a ROOF_MATMUL^2 matmul in TensorFlow at `dtype`."""
+    import tensorflow as tf
+
+    a = tf.cast(tf.random.normal([ROOF_MATMUL, ROOF_MATMUL]), dtype)
+    # Only a corner comes back to Python, so the copy of the result is not timed.
+    matmul = tf.function(lambda: tf.matmul(a, a)[:1, :1], autograph=False)
+    return 2 * ROOF_MATMUL ** 3 / best_seconds(lambda: matmul().numpy(), repeats) / 1e9
+
+
+def tensorflow_conv_gflops(dtype, repeats):
+    """GFLOP/s of the generator's bottleneck conv (ROOF_CONV) in TensorFlow at `dtype`."""
+    import tensorflow as tf
+
+    batch, size, channels, kernel = ROOF_CONV
+    x = tf.cast(tf.random.normal([batch, size, size, channels]), dtype)
+    w = tf.cast(tf.random.normal([kernel, kernel, channels, channels], stddev=0.02), dtype)
+    conv = tf.function(lambda: tf.nn.conv2d(x, w, 1, "SAME")[:1, :1, :1, :1], autograph=False)
+    return conv_flop() / best_seconds(lambda: conv().numpy(), repeats) / 1e9
+
+
+def conv_flop():
+    batch, size, channels, kernel = ROOF_CONV
+    return 2 * batch * size * size * channels * channels * kernel * kernel
+
+
+def tflite_int8_conv_gflops(tmpdir, repeats):
+    """GFLOP/s of ROOF_CONV as a full-integer (int8 activations and weights) TF Lite model, run by the
+    interpreter the tflite rows use on all cores (XNNPACK's int8 kernels, VNNI where the CPU has it)."""
+    import numpy as np
+
+    import export_files
+
+    batch, size, channels, _ = ROOF_CONV
+    interpreter = export_files.tflite_interpreter(model_content=int8_conv_flatbuffer())
+    interpreter.allocate_tensors()
+    [inp] = interpreter.get_input_details()
+    [out] = interpreter.get_output_details()
+    interpreter.set_tensor(inp["index"], np.random.default_rng(0).integers(
+        -128, 127, [batch, size, size, channels], dtype=np.int8))
+    seconds = best_seconds(lambda: (interpreter.invoke(), interpreter.get_tensor(out["index"])), repeats)
+    return conv_flop() / seconds / 1e9
+
+
+def int8_conv_flatbuffer():
+    """ROOF_CONV as a .tflite with int8 input, output, weights and activations (TF Lite builtins only)."""
     import numpy as np
     import tensorflow as tf
 
-    a = tf.random.normal([MATMUL_SIZE, MATMUL_SIZE])
-    matmul = tf.function(lambda: tf.matmul(a, a), autograph=False)
-    matmul().numpy()
-    a_numpy = a.numpy()
-    np.matmul(a_numpy, a_numpy)
-    repeats = spec.get("repeats", 10)
-    seconds = {"tensorflow": min(timed(lambda: matmul().numpy()) for _ in range(repeats)),
-               "numpy": min(timed(lambda: np.matmul(a_numpy, a_numpy)) for _ in range(repeats))}
-    rates = {name: 2 * MATMUL_SIZE ** 3 / best / 1e9 for name, best in seconds.items()}
-    return {"gflops": max(rates.values()), "by_library": rates}
+    batch, size, channels, kernel = ROOF_CONV
+    weights = tf.constant(np.random.default_rng(0).normal(0, 0.02, [kernel, kernel, channels, channels]), tf.float32)
+    conv = tf.function(lambda x: tf.nn.conv2d(x, weights, 1, "SAME"),
+                       input_signature=[tf.TensorSpec([batch, size, size, channels], tf.float32)])
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([conv.get_concrete_function()], conv)
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    rng = np.random.default_rng(1)
+    converter.representative_dataset = lambda: (
+        [rng.normal(size=[batch, size, size, channels]).astype(np.float32)] for _ in range(2))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = converter.inference_output_type = tf.int8
+    return converter.convert()
 
 
-def median(values):
-    values = sorted(values)
-    return values[len(values) // 2] if values else None
+def best_seconds(function, repeats):
+    """The fastest of `repeats` timed calls after one warm-up call (others' work only slows a call down)."""
+    function()
+    return min(timed(function) for _ in range(repeats))
+
+
+def cpu_flags():
+    """The CPU's instruction-set flags that decide each dtype's roof, in ROOF_FLAGS' order."""
+    import precision
+
+    flags = precision.cpu_flags()
+    return [flag for flag in ROOF_FLAGS if flag in flags]
 
 
 def timed(function):
@@ -309,7 +388,7 @@ def load_row_models(spec):
     target, _, kind = spec["target"].partition("-")
     argv = ["--target", target, "--model", EXPORT_NAME, "--exportdir", spec["outdir"],
             "--batchsize", str(spec["batch"])]
-    argv += {"float16": ["--float16"], "int8": ["--int8"]}.get(kind, [])
+    argv += {"float16": ["--float16"], "int8": ["--int8"], "bfloat16": ["--precision", "bfloat16"]}.get(kind, [])
     return config, run.load_models(run.parse_args(argv), config, None)
 
 
@@ -328,7 +407,8 @@ def direct_variant(config, target):
                               numpy_call(modules.build_module("process_kp_driving", config)),
                               numpy_call(modules.GeneratorModule(modules.create_generator(config))),
                               config.estimate_jacobian)
-    models = animate.direct_models(config, None)  # None: random weights
+    precision = "bfloat16" if target == "direct-bfloat16" else "float32"
+    models = animate.direct_models(config, None, precision=precision)  # None: random weights
     if target == "direct-nocache":
         return dataclasses.replace(models, source_encoder=None, generator_cached=None)
     return models
@@ -691,17 +771,45 @@ def gflop_per_frame(row, gflop, frames):
     return gflop["kp_detector (fused)"] + gflop["generator (fused)"] + gflop["kp_detector (fused)"] / frames
 
 
+def roofs(rows):
+    """{'roof_gflops': {dtype: GFLOP/s}, 'roof_kernels': {dtype: {kernel: GFLOP/s}}} over the rows' measurements.
+
+    Each is the fastest of its measurements (one before each row): work of others on a shared machine
+    only slows a kernel down, so the fastest is the closest to what the hardware does, and a row's
+    fraction of it is never inflated by a roof timed during a hiccup.
+    """
+    measured = [row["roof"] for row in rows if row.get("roof") and "error" not in row["roof"]]
+    kernels = {dtype: {kernel: max(m["kernels"][dtype][kernel] for m in measured)
+                       for kernel in measured[0]["kernels"][dtype]} for dtype in ROOF_DTYPES} if measured else {}
+    return {"roof_gflops": {dtype: max(rates.values()) for dtype, rates in kernels.items()}, "roof_kernels": kernels}
+
+
+def row_dtype(target):
+    """The arithmetic a row's convolutions run in, which picks its roof.
+
+    tflite-float16 stores float16 weights but XNNPACK computes in float32; tflite-int8 (dynamic range)
+    runs its convolutions as int8 x int8 with activations quantized on the fly.
+    """
+    if target.endswith("-bfloat16"):
+        return "bfloat16"
+    if target.endswith("-int8"):
+        return "int8"
+    return "float32"
+
+
 def summarize(row, gflop, roof, frames, original_fps):
-    """Derived numbers of one finished row: frames/s end to end and per module, % of the matmul roof."""
+    """Derived numbers of one finished row: frames/s end to end and per module, % of its dtype's roof."""
     module_seconds = row["module_seconds"]
     model_seconds = sum(module_seconds.values())
     summary = {"fps": frames / row["seconds"],
                "module_ms_per_frame": {k: 1000 * v / frames for k, v in module_seconds.items()},
                "module_fps": {k: frames / v for k, v in module_seconds.items() if v > 0}}
+    summary["dtype"] = row_dtype(row["target"])
     if gflop and roof:
         per_frame = gflop_per_frame(row, gflop, frames)
         summary["gflop_per_frame"] = per_frame
-        summary["roof_fraction"] = per_frame * frames / model_seconds / roof
+        summary["gflops"] = per_frame * frames / model_seconds
+        summary["roof_fraction"] = summary["gflops"] / roof[summary["dtype"]]
     if original_fps:
         summary["vs_original"] = summary["fps"] / original_fps
     return summary
@@ -710,11 +818,11 @@ def summarize(row, gflop, roof, frames, original_fps):
 def table(rows):
     """The markdown table of the finished rows."""
     header = ("| target | batch | frames/s | vs original | kp_detector ms/frame | process_kp_driving ms/frame "
-              "| generator ms/frame | source_encoder ms/video | GFLOP/frame | % matmul roof | peak RSS MB |")
+              "| generator ms/frame | source_encoder ms/video | GFLOP/frame | GFLOP/s | dtype | % roof | peak RSS MB |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['target']} | {row['batch']} | failed: {row['error']} |" + " |" * 8)
+            lines.append(f"| {row['target']} | {row['batch']} | failed: {row['error']} |" + " |" * 10)
             continue
         ms = row["module_ms_per_frame"]
         generator_ms = ms.get("generator_cached", ms.get("generator", 0.0))
@@ -722,7 +830,8 @@ def table(rows):
         cells = [row["target"], str(row["batch"]), f"{row['fps']:.3f}", _ratio(row.get("vs_original")),
                  f"{ms.get('kp_detector', 0):.0f}", f"{ms.get('process_kp_driving', 0):.1f}", f"{generator_ms:.0f}",
                  "-" if encoder is None else f"{1000 * encoder:.0f}",
-                 _number(row.get("gflop_per_frame"), "{:.1f}"), _number(row.get("roof_fraction"), "{:.0%}"),
+                 _number(row.get("gflop_per_frame"), "{:.1f}"), _number(row.get("gflops"), "{:.0f}"),
+                 row.get("dtype", "-"), _number(row.get("roof_fraction"), "{:.0%}"),
                  f"{row['peak_rss_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -744,7 +853,8 @@ def steady_rows(args, report, tmpdir):
     if exported:
         print("building exports ...", flush=True)
         built = run_job({"kind": "build", "config": args.config, "outdir": outdir,
-                         "tflite": tflite_kinds(args.targets), "onnx": "onnx" in args.targets})
+                         "tflite": tflite_kinds(args.targets), "onnx": "onnx" in args.targets,
+                         "bfloat16": "savedmodel-bfloat16" in args.targets})
         if "error" in built:
             sys.exit(f"error: building the exports failed: {built['error']}")
     print("counting FLOPs ...", flush=True)
@@ -752,14 +862,11 @@ def steady_rows(args, report, tmpdir):
     rows = []
     for spec in row_specs(args, outdir, tmpdir):
         print(f"{spec['target']} batch {spec['batch']} ...", flush=True)
-        # The machine is shared: its roof is measured again right before each row.
-        matmul = run_job({"kind": "matmul"})
-        rows.append(dict(run_job(spec), target=spec["target"], batch=spec["batch"],
-                         matmul_gflops=matmul.get("gflops"), matmul_by_library=matmul.get("by_library")))
-    report["matmul_gflops"] = median([row["matmul_gflops"] for row in rows if row["matmul_gflops"]])
-    report["matmul_by_library"] = {library: median([row["matmul_by_library"][library] for row in rows
-                                                    if row.get("matmul_by_library")])
-                                   for library in ("tensorflow", "numpy")}
+        # The machine is shared: the roofs are measured again right before each row.
+        roof = run_job({"kind": "roof", "tmpdir": tmpdir})
+        rows.append(dict(run_job(spec), target=spec["target"], batch=spec["batch"], roof=roof))
+    report.update(roofs(rows))
+    report["cpu_flags"] = cpu_flags()
     if "tflite-int8" in args.targets:
         print("int8 quality on the example model ...", flush=True)
         report["int8_quality"] = run_job({"kind": "int8_quality", "outdir": os.path.join(tmpdir, "example")})
@@ -769,9 +876,7 @@ def steady_rows(args, report, tmpdir):
     original_fps = args.frames / original["seconds"] if original else None
     for row in rows:
         if "error" not in row:
-            # One roof for every row: the median of the per-row measurements, so a row whose matmul
-            # happened to be timed during a hiccup does not get an inflated fraction.
-            row.update(summarize(row, report["gflop_per_call"], report["matmul_gflops"], args.frames, original_fps))
+            row.update(summarize(row, report["gflop_per_call"], report["roof_gflops"], args.frames, original_fps))
     return rows
 
 
@@ -814,15 +919,24 @@ def main(argv=None):
     return 0
 
 
+def roof_lines(report):
+    """The roof per dtype with the kernels it was the faster of, and the CPU flags that explain it."""
+    batch, size, channels, kernel = ROOF_CONV
+    lines = [f"CPU flags: {' '.join(report.get('cpu_flags') or ['(unknown)'])}",
+             f"roof per dtype (fastest of the per-row measurements; {ROOF_MATMUL}^2 matmul, {kernel}x{kernel} conv "
+             f"{channels}->{channels} at {size}x{size} batch {batch}; int8: full-integer TF Lite conv, XNNPACK):"]
+    for dtype, rate in report["roof_gflops"].items():
+        kernels = ", ".join(f"{name} {value:.0f}" for name, value in report["roof_kernels"][dtype].items())
+        lines.append(f"  {dtype}: {rate:.0f} GFLOP/s ({kernels})")
+    return "\n".join(lines)
+
+
 def print_report(report):
     print()
     print(f"{report['machine']['cpu']}, {report['machine']['cores']} cores, {report['date']}; "
           f"{report['config']}, {report['frames']} driving frames, random weights")
-    if report.get("matmul_gflops"):
-        by_library = report.get("matmul_by_library") or {}
-        print(f"float32 {MATMUL_SIZE}x{MATMUL_SIZE} matmul: TensorFlow {by_library.get('tensorflow', 0):.0f}, "
-              f"NumPy {by_library.get('numpy', 0):.0f} GFLOP/s; the roof is the faster, "
-              f"{report['matmul_gflops']:.0f} GFLOP/s (median over the rows)")
+    if report.get("roof_gflops"):
+        print(roof_lines(report))
     if report.get("gflop_per_call"):
         print("GFLOP per call (batch 1): " + ", ".join(f"{k} {v:.1f}" for k, v in report["gflop_per_call"].items()))
     end_to_end_report = report.get("end_to_end")

@@ -39,6 +39,7 @@ import backends
 import checkpoint_loader
 import export_files
 import model_config
+import precision
 import utils
 
 MODULES = export_files.EXPORT_MODULES + export_files.CACHED_EXPORT_MODULES
@@ -62,6 +63,9 @@ def parse_args(argv=None):
     parser.add_argument("--int8", action="store_true",
                         help="also write dynamic-range int8 TF Lite files (<module>-int8.tflite): int8 weights, "
                              "float32 activations; faster and smaller, with a measured quality cost (README)")
+    parser.add_argument("--precision", choices=precision.PRECISIONS, default=precision.DEFAULT,
+                        help="arithmetic of the generator exports: float32 (default) or bfloat16 (SavedModel only, "
+                             "written as <module>-bfloat16 beside the float32 ones; add --nolite)")
     parser.add_argument("--tfjs", action="store_true",
                         help="also write TF.js graph models (needs tools/make_tfjs_venv.sh)")
     parser.add_argument("--onnx", action="store_true",
@@ -85,7 +89,17 @@ def parse_args(argv=None):
         parser.error("give --model NAME, --config and --checkpoint, or -a")
     if args.staticbatchsize is not None and args.staticbatchsize < 1:
         parser.error("--staticbatchsize must be at least 1")
+    pair_error = precision.build_pair_error(export_formats(args), args.precision)
+    if pair_error:
+        parser.error(pair_error)
     return args
+
+
+def export_formats(args):
+    """The export formats this build writes (each must exist at --precision)."""
+    formats = ["savedmodel"]
+    formats += [] if args.nolite else ["tflite"]
+    return formats + [name for name, on in (("tfjs", args.tfjs), ("onnx", args.onnx)) if on]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -130,7 +144,13 @@ def make_module(module, config, state_dicts, where, args):
     """The modules.SignatureModule to export for `module` with the requested options."""
     import modules
 
-    return modules.build_module(module, config, state_dicts, where, **build_options(module, args))
+    return modules.build_module(module, config, state_dicts, where, **build_options(module, args),
+                                precision=module_precision(module, args))
+
+
+def module_precision(module, args):
+    """--precision for the modules a reduced-precision build writes apart; float32 for the others."""
+    return args.precision if module in precision.BFLOAT16_MODULES else precision.DEFAULT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -509,10 +529,12 @@ def build_model(name, config_path, checkpoint_path, args):
 def export_module(module, name, module_name, args, started):
     """The SavedModel of one modules.SignatureModule, then the TF Lite, TF.js and ONNX files made from it."""
     import modules
-    info = {"model": name, "module": module_name, "build": build_options(module_name, args)}
+    info = {"model": name, "module": module_name, "build": build_options(module_name, args),
+            "precision": module_precision(module_name, args)}
     if hasattr(module, "model"):
         info["weights"] = modules.weights_digest(module.model)
-    saved_model = export_files.savedmodel_path(args.outdir, name, module_name)
+    saved_model = export_files.savedmodel_path(args.outdir, name,
+                                               export_files.precision_module(module_name, args.precision))
     export_savedmodel(module, saved_model, info)
     report(saved_model, started, args.outdir)
     if not args.nolite and module_name not in export_files.NO_TFLITE_MODULES:

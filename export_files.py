@@ -10,6 +10,7 @@ import numpy as np
 
 import backends
 import utils
+from precision import BFLOAT16_MODULES
 
 
 EXPORT_MODULES = ("kp_detector", "process_kp_driving", "generator")
@@ -157,25 +158,32 @@ class ExportMissing(utils.UserError):
         self.path = path
 
 
-def find_exports(target, root, model, float16=False, int8=False):
+def find_exports(target, root, model, float16=False, int8=False, precision="float32"):
     """{module: (path, signature description)} of the exports of `model` under `root`.
 
     `target` is 'savedmodel', 'tflite' (float16 / int8 pick those files) or 'onnx'. Nothing is
     loaded yet, so a caller can check the build options first. Raises ExportMissing for the first
     absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present, except for TF Lite:
     LiteRT's XNNPACK delegate gives wrong generator_cached frames (see NO_TFLITE_MODULES),
-    so stale .tflite files of the pair from older builds are never used.
+    so stale .tflite files of the pair from older builds are never used. precision 'bfloat16' (SavedModel)
+    takes the generator modules from their -bfloat16 folders.
     """
     exports = {}
     cached_modules = tuple(m for m in CACHED_EXPORT_MODULES if target != "tflite" or m not in NO_TFLITE_MODULES)
     for module in EXPORT_MODULES + cached_modules:
-        path = _export_file(target, root, model, module, float16, int8)
+        path = _export_file(target, root, model, precision_module(module, precision), float16, int8)
         present = os.path.isfile(os.path.join(path, "saved_model.pb") if target == "savedmodel" else path)
         if present:
             exports[module] = (path, read_signature_json(target, path))
         elif module in EXPORT_MODULES:
             raise ExportMissing(path)
     return exports
+
+
+def precision_module(module, precision):
+    """The export name of `module` at `precision`: <module>-bfloat16 for the modules a bfloat16 build
+    writes apart (BFLOAT16_MODULES), else <module> (keypoints stay float32)."""
+    return f"{module}-bfloat16" if precision == "bfloat16" and module in BFLOAT16_MODULES else module
 
 
 def _export_file(target, root, model, module, float16, int8):

@@ -8,6 +8,7 @@ Reads top-down, like the paper:
   5. inference rewrites: fused replacements for the blocks of sections 2-3 (BatchNorm folded into its
      conv, nearest-up + conv as one sub-pixel conv, the generator's final conv split by rows), built
      from a faithful model's weights, and the source cache (source_encoder + generator_cached)
+  6. reduced precision: the fused generator with its heavy convolutions in bfloat16 (--precision bfloat16)
 
 Sections 1-3 are the original's computation and nothing else; what run.py runs is section 5's fused
 models, equal to it up to float32 rounding (tests/test_parity.py runs both).
@@ -752,9 +753,10 @@ def load_generator(config: ModelConfig, state_dicts=None, where="checkpoint") ->
 
 
 def build_module(name, config: ModelConfig, state_dicts=None, where="checkpoint", static_batch_size=None,
-                 hardcode=None, prescale=False, prediction_only=False) -> SignatureModule:
+                 hardcode=None, prescale=False, prediction_only=False, precision="float32") -> SignatureModule:
     """The one build step: config + load_state_dicts(path) (None: random weights) -> the SignatureModule
-    `name` (one of build.MODULES) with fused weights; the options are build.build_options'."""
+    `name` (one of build.MODULES) with fused weights; the options are build.build_options'. precision
+    'bfloat16' gives the generator modules section 6's bfloat16 convolutions (others stay float32)."""
     if name == "process_kp_driving":
         return ProcessKpDrivingModule(config, static_batch_size, hardcode)
     if prescale:
@@ -762,6 +764,8 @@ def build_module(name, config: ModelConfig, state_dicts=None, where="checkpoint"
     if name == "kp_detector":
         return KPDetectorModule(load_kp_detector(config, state_dicts, where), static_batch_size, prescale)
     generator = load_generator(config, state_dicts, where)
+    if precision == "bfloat16":
+        generator = bfloat16_generator(generator)
     if name == "generator":
         return GeneratorModule(generator, static_batch_size, prediction_only, prescale)
     if name == "source_encoder":
@@ -940,22 +944,24 @@ class RowSplitConv(keras.layers.Layer):
 # network's settings and layers with the blocks above swapped in.
 
 class FusedEncoder(Encoder):
-    def __init__(self, encoder: Encoder):
+    def __init__(self, encoder: Encoder, make_block=FoldedDownBlock):
         keras.layers.Layer.__init__(self, name=encoder.name)
-        self.down_blocks = [FoldedDownBlock(block) for block in encoder.down_blocks]
+        self.down_blocks = [make_block(block) for block in encoder.down_blocks]
 
 
 class FusedDecoder(Decoder):
-    def __init__(self, decoder: Decoder):
+    def __init__(self, decoder: Decoder, make_block=SubPixelUpBlock):
         keras.layers.Layer.__init__(self, name=decoder.name)
-        self.up_blocks = [SubPixelUpBlock(block) for block in decoder.up_blocks]
+        self.up_blocks = [make_block(block) for block in decoder.up_blocks]
 
 
 class FusedHourglass(Hourglass):
-    def __init__(self, hourglass: Hourglass):
+    """make_down / make_up build each block it runs from the given one (section 6 passes bfloat16 blocks)."""
+
+    def __init__(self, hourglass: Hourglass, make_down=FoldedDownBlock, make_up=SubPixelUpBlock):
         keras.layers.Layer.__init__(self, name=hourglass.name)
-        self.encoder = FusedEncoder(hourglass.encoder)
-        self.decoder = FusedDecoder(hourglass.decoder)
+        self.encoder = FusedEncoder(hourglass.encoder, make_down)
+        self.decoder = FusedDecoder(hourglass.decoder, make_up)
         self.out_filters = hourglass.out_filters
 
 
@@ -975,14 +981,16 @@ class FusedKPDetector(KPDetector):
 
 
 class FusedDenseMotionNetwork(DenseMotionNetwork):
-    def __init__(self, faithful: DenseMotionNetwork):
+    """make_hourglass turns the network's hourglass into the one it runs (section 6 passes a bfloat16 one)."""
+
+    def __init__(self, faithful: DenseMotionNetwork, make_hourglass=None):
         keras.layers.Layer.__init__(self, name=faithful.name)
         self.num_kp = faithful.num_kp
         self.kp_variance = faithful.kp_variance
         self.scale_factor = faithful.scale_factor
         if self.scale_factor != 1:
             self.down = faithful.down
-        self.hourglass = FusedHourglass(faithful.hourglass)
+        self.hourglass = (make_hourglass or FusedHourglass)(faithful.hourglass)
         self.mask = faithful.mask
         self.occlusion = faithful.occlusion
 
@@ -1061,3 +1069,118 @@ class CachedGeneratorModule(SignatureModule):
             animate.kp_from_arguments(inputs, "kp_source"))
         result = self.model.transform_and_decode(inputs["source_image"], inputs["source_features"], dense_motion)
         return _generator_outputs(result, self.prediction_only)
+
+
+# --------------------------------------------------------------------------------------------------
+# 6. Reduced precision: the fused generator with its heavy convolutions in bfloat16 (--precision bfloat16)
+# --------------------------------------------------------------------------------------------------
+# Only convolutions that sit between float32 tensors drop to bfloat16: each block casts its input
+# down and its output back up, so keypoints, process_kp_driving, the coordinate grids, the heatmaps,
+# grid sampling, the softmax masks and the final image conv stay float32, and the bottleneck's
+# residual sum stays float32 so that rounding does not accumulate along its twelve blocks.
+# BFLOAT16_PARTS names the regions; the measured cost of each is in the README (Precision).
+
+BFLOAT16_PARTS = ("bottleneck", "decoder", "dense_motion", "encoder")
+
+
+def bfloat16_weight(layer, name, value):
+    """A non-trainable bfloat16 weight of `layer` holding `value` (rounded from float32)."""
+    value = np.asarray(value, np.float32)
+    weight = layer.add_weight(name=name, shape=value.shape, initializer="zeros", trainable=False, dtype="bfloat16")
+    weight.assign(tf.cast(value, tf.bfloat16))
+    return weight
+
+
+def batch_norm_affine(norm):
+    """(scale, shift) float32 of an eval-mode BatchNorm: norm(x) = x * scale + shift."""
+    gamma, beta, mean, var = (np.asarray(w, np.float64)
+                              for w in (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
+    scale = gamma / np.sqrt(var + norm.epsilon)
+    return scale.astype(np.float32), (beta - mean * scale).astype(np.float32)
+
+
+def same_conv_weights(conv):
+    """(kernel, bias) of a conv2d() result whose padding keeps the size ('same'); others are refused."""
+    if isinstance(conv, keras.Sequential):
+        raise ValueError(f"{conv.name}: the bfloat16 rewrite needs 'same' padding")
+    return conv.kernel, conv.bias
+
+
+class Bfloat16ResBlock(keras.layers.Layer):
+    """FoldedResBlock with both convs in bfloat16; the residual stream (input and sum) stays float32."""
+
+    def __init__(self, block: FoldedResBlock):
+        super().__init__(name=block.name)
+        scale, shift = batch_norm_affine(block.norm1)
+        self.scale, self.shift = new_weight(self, "scale", scale), new_weight(self, "shift", shift)
+        (kernel1, bias1), (kernel2, bias2) = same_conv_weights(block.conv1), same_conv_weights(block.conv2)
+        self.kernel1, self.bias1 = bfloat16_weight(self, "kernel1", kernel1), bfloat16_weight(self, "bias1", bias1)
+        self.kernel2, self.bias2 = bfloat16_weight(self, "kernel2", kernel2), bfloat16_weight(self, "bias2", bias2)
+
+    def call(self, x):
+        out = tf.cast(tf.nn.relu(x * self.scale + self.shift), tf.bfloat16)
+        out = tf.nn.relu(tf.nn.conv2d(out, self.kernel1, 1, "SAME") + self.bias1)
+        out = tf.nn.conv2d(out, self.kernel2, 1, "SAME") + self.bias2
+        return x + tf.cast(out, tf.float32)
+
+
+class Bfloat16SubPixelUpBlock(keras.layers.Layer):
+    """SubPixelUpBlock in bfloat16, float32 in and out."""
+
+    def __init__(self, block: SubPixelUpBlock):
+        super().__init__(name=block.name)
+        self.kernel = bfloat16_weight(self, "kernel", block.kernel)
+        self.bias = bfloat16_weight(self, "bias", block.bias)
+
+    def call(self, x):
+        return tf.cast(upsampled_conv_relu(tf.cast(x, tf.bfloat16), self.kernel, self.bias), tf.float32)
+
+
+class Bfloat16DownBlock(keras.layers.Layer):
+    """FoldedDownBlock (conv -> ReLU -> 2x2 average pool) in bfloat16, float32 in and out."""
+
+    def __init__(self, block: FoldedDownBlock):
+        super().__init__(name=block.name)
+        kernel, bias = same_conv_weights(block.conv)
+        self.kernel, self.bias = bfloat16_weight(self, "kernel", kernel), bfloat16_weight(self, "bias", bias)
+
+    def call(self, x):
+        out = tf.nn.relu(tf.nn.conv2d(tf.cast(x, tf.bfloat16), self.kernel, 1, "SAME") + self.bias)
+        return tf.cast(tf.nn.avg_pool2d(out, 2, 2, "VALID"), tf.float32)
+
+
+def bfloat16_hourglass(hourglass: FusedHourglass) -> FusedHourglass:
+    """A fused hourglass with its down and up blocks in bfloat16 (the skips between them stay float32)."""
+    return FusedHourglass(hourglass, Bfloat16DownBlock, Bfloat16SubPixelUpBlock)
+
+
+class Bfloat16Generator(OcclusionAwareGenerator):
+    """A fused generator with the `parts` (of BFLOAT16_PARTS) in bfloat16; everything else is shared with it.
+
+    bottleneck: the residual blocks at the lowest resolution (most of the FLOPs); decoder: the
+    generator's up blocks; dense_motion: the dense motion hourglass; encoder: the generator's own
+    down blocks (the source encoder, run once per video).
+    """
+
+    def __init__(self, fused: FusedGenerator, parts=BFLOAT16_PARTS):
+        unknown = set(parts) - set(BFLOAT16_PARTS)
+        if unknown:
+            raise ValueError(f"unknown bfloat16 parts {sorted(unknown)}; choose from {', '.join(BFLOAT16_PARTS)}")
+        keras.Model.__init__(self, name=fused.name)
+        self.config = fused.config
+        self.dense_motion_network = fused.dense_motion_network
+        if "dense_motion" in parts:  # heatmaps, sparse motions, the warp, mask and occlusion stay float32
+            self.dense_motion_network = FusedDenseMotionNetwork(fused.dense_motion_network, bfloat16_hourglass)
+        self.first = fused.first
+        self.down_blocks = ([Bfloat16DownBlock(block) for block in fused.down_blocks] if "encoder" in parts
+                            else fused.down_blocks)
+        self.up_blocks = ([Bfloat16SubPixelUpBlock(block) for block in fused.up_blocks] if "decoder" in parts
+                          else fused.up_blocks)
+        self.bottleneck = ([Bfloat16ResBlock(block) for block in fused.bottleneck] if "bottleneck" in parts
+                           else fused.bottleneck)
+        self.final = fused.final
+
+
+def bfloat16_generator(fused: FusedGenerator, parts=BFLOAT16_PARTS) -> Bfloat16Generator:
+    """The generator --precision bfloat16 runs (see Bfloat16Generator)."""
+    return Bfloat16Generator(fused, parts)

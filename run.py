@@ -22,7 +22,6 @@ import shlex
 import sys
 import warnings
 from dataclasses import dataclass
-from typing import Callable
 
 try:
     # TensorFlow-free: everything a user can get wrong is checked with these before TensorFlow loads.
@@ -36,6 +35,7 @@ try:
     import media
     import model_cache
     import model_config
+    import precision
     import utils
     import visualizer
 except KeyboardInterrupt:  # Ctrl-C while scikit-image and imageio load: as clean as later
@@ -82,6 +82,9 @@ def parse_args(argv=None):
     parser.add_argument("--float16", action="store_true", help="use the float16 TF Lite files (--target tflite)")
     parser.add_argument("--int8", action="store_true",
                         help="use the dynamic-range int8 TF Lite files (--target tflite; faster, not exact)")
+    parser.add_argument("--precision", choices=precision.PRECISIONS, default=precision.DEFAULT,
+                        help="arithmetic of the model: float32 (exact, default) or bfloat16 (direct and savedmodel; "
+                             "faster on CPUs with AVX512_BF16 / AMX, quality in the README)")
     parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /CPU:0 or /GPU:0")
     parser.add_argument("--profile", action="store_true", help="TensorBoard profiling under ./log")
     parser.add_argument("--visualizer", action="store_true", help="write the original's visualisation")
@@ -204,6 +207,9 @@ def check_combinations(parser, args):
         parser.error("--float16 applies to --target tflite only")
     if args.int8 and (args.target != "tflite" or args.float16):
         parser.error("--int8 applies to --target tflite only, without --float16")
+    pair_error = precision.run_pair_error(args.target, args.precision)
+    if pair_error:
+        parser.error(pair_error)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -230,6 +236,7 @@ def prepare(args):
     second instead of after TensorFlow and the model have loaded.
     """
     warn_about_flags(args)
+    args.precision = precision.effective(args.precision, warn)  # float32 where the CPU would emulate it
     config_path, checkpoint_path = resolve_model(args)
     config = model_config.load(config_path)
     exports = check_exports(args, checkpoint_path) if args.target != "direct" else None
@@ -420,7 +427,7 @@ def is_batch(args):
 
 
 # Flags that change a batch output's pixels (or its files); the batch size and thread count do not.
-PIXEL_FLAGS = ("mode", "target", "frames", "relative", "adapt", "prescale", "float16", "int8", "best_frame",
+PIXEL_FLAGS = ("mode", "target", "precision", "frames", "relative", "adapt", "prescale", "float16", "int8", "best_frame",
                "find_best_frame", "audio", "visualizer", "dontappend")
 
 
@@ -959,8 +966,9 @@ def load_models_and_cache_writer(args, config, checkpoint_path, exports=None):
     if args.target != "direct":
         return (exports or check_exports(args, checkpoint_path)).load(args.target), None
     state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
-    if args.no_cache:
-        return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale), None
+    if args.no_cache or args.precision != "float32":  # the cache holds float32 models only
+        return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale,
+                                     precision=args.precision), None
     return model_cache.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale, device=args.device,
                                      cache=model_cache.ModelCache(warn=warn, status=inform))
 
@@ -998,7 +1006,8 @@ def check_exports(args, checkpoint_path):
     command = build_command(args, checkpoint_path)
     name = export_files.export_model_name(args.model or DEFAULT_MODEL, args.config)
     try:
-        exports = export_files.find_exports(args.target, args.exportdir, name, args.float16, args.int8)
+        exports = export_files.find_exports(args.target, args.exportdir, name, args.float16, args.int8,
+                                            args.precision)
     except export_files.ExportMissing as missing:
         raise utils.UserError(f"{missing.path}: no such export; make it with: {command}") from None
     exports = without_stale_cache(exports, command)
@@ -1041,6 +1050,8 @@ def build_command(args, checkpoint_path):
         words += ["--model", args.model or DEFAULT_MODEL]
     words += [flag for flag, on in (("--prescale", args.prescale), ("--float16", args.float16), ("--int8", args.int8),
                                     ("--onnx", args.target == "onnx")) if on]
+    if args.precision != precision.DEFAULT:
+        words += ["--precision", args.precision, "--nolite"]
     if os.path.abspath(args.exportdir) != REPO_DIR:
         words += ["--outdir", args.exportdir]
     return shlex.join(words)

@@ -234,6 +234,31 @@ def process_inputs(fx, relative_jacobian=1.0, adapt=1.0):
             "use_relative_jacobian": np.float32(relative_jacobian), "adapt_movement_scale": np.float32(adapt)}
 
 
+def run_readme_cli_commands(section, tmp_path, monkeypatch):
+    """Run the build.py / run.py commands of a README section as written, on the bundled example, from
+    tmp_path with their exports in tmp_path/exports; any other command (an install) must be one .ci/run
+    runs. Returns the scripts run, in order."""
+    import shlex
+
+    import build
+    import run
+
+    ci = (REPO / ".ci" / "run").read_text().splitlines()
+    clis = {"build.py": (build.main, "--outdir"), "run.py": (run.main, "--exportdir")}
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "example").symlink_to(REPO / "example")
+    ran = []
+    for command in readme_commands(section):
+        words = shlex.split(command)
+        if words[0] != "python":
+            assert command in ci, f"README command not run by .ci/run: {command}"
+            continue
+        main, export_flag = clis[words[1]]
+        assert main([*words[2:], export_flag, str(tmp_path / "exports")]) == 0, command
+        ran.append(words[1])
+    return ran
+
+
 def tfjs_available():
     """None when TF.js can be built and run here, else why not (for the skip message)."""
     import shutil

@@ -57,12 +57,23 @@ def test_quick_benchmark_flops_and_roof_follow_the_counts(quick_report):
     # the fused generator (BatchNorm folded) and the cached split do less work than the original graph
     assert gflop["generator (fused)"] <= gflop["generator (original)"]
     assert gflop["source_encoder"] + gflop["generator_cached"] == pytest.approx(gflop["generator (fused)"], rel=0.02)
-    assert report["matmul_gflops"] == max(report["matmul_by_library"].values())
+    # the roof of each dtype is the faster of its kernels, and the fastest of the per-row measurements
+    assert set(report["roof_gflops"]) == {"float32", "bfloat16", "int8"}
+    for dtype, rate in report["roof_gflops"].items():
+        assert rate == max(report["roof_kernels"][dtype].values())
+        assert rate == max(max(row["roof"]["kernels"][dtype].values()) for row in report["rows"])
     for row in report["rows"]:
         per_frame = row["gflop_per_frame"]
         model_seconds = sum(row["module_seconds"].values())
         assert row["roof_fraction"] == pytest.approx(
-            per_frame * report["frames"] / model_seconds / report["matmul_gflops"], rel=1e-9)
+            per_frame * report["frames"] / model_seconds / report["roof_gflops"][row["dtype"]], rel=1e-9)
+
+
+def test_quick_benchmark_prints_the_roofs_with_the_cpu_flags(quick_report):
+    _, stdout, report = quick_report
+    assert stdout.count("CPU flags:") == 1
+    for dtype, rate in report["roof_gflops"].items():
+        assert f"  {dtype}: {rate:.0f} GFLOP/s" in stdout, stdout
 
 
 def test_profile_parts_prints_every_stage_for_both_graphs():

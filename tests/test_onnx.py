@@ -8,7 +8,6 @@ onnxruntime are optional (requirements-onnx.txt): without them every test skips 
 one-line errors that need neither (a missing export, build.py --onnx without tf2onnx).
 """
 import importlib.util
-import shlex
 import shutil
 import sys
 from pathlib import Path
@@ -18,8 +17,8 @@ import pytest
 
 from conftest import (FIXTURE_NAMES, INTERMEDIATE_TOL, KP_TOL, MODEL, PREDICTION_TOL, REPO, VARIANT_FIXTURE, Builds,
                       assert_frames_match, assert_kp_close, assert_one_line_error, direct_frames, generator_inputs,
-                      load_fixture, max_abs, nchw_to_nhwc, process_inputs, read_png_frames, readme_commands,
-                      run_args)
+                      load_fixture, max_abs, nchw_to_nhwc, process_inputs, read_png_frames, run_args,
+                      run_readme_cli_commands)
 
 import animate
 import build
@@ -315,19 +314,5 @@ def test_failed_onnx_conversion_leaves_previous_export_intact(tmp_path, capsys, 
 @requires_onnx
 def test_readme_onnx_commands_run(tmp_path, monkeypatch):
     # The install command is CI's; build.py and run.py run as written, with their exports in tmp_path.
-    commands = readme_commands("ONNX")
-    ci = (REPO / ".ci" / "run").read_text().splitlines()
-    clis = {"build.py": (build.main, "--outdir"), "run.py": (run.main, "--exportdir")}
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "example").symlink_to(REPO / "example")
-    ran = []
-    for command in commands:
-        words = shlex.split(command)
-        if words[0] != "python":
-            assert command in ci, f"README command not run by .ci/run: {command}"
-            continue
-        main, export_flag = clis[words[1]]
-        assert main([*words[2:], export_flag, str(tmp_path / "exports")]) == 0, command
-        ran.append(words[1])
-    assert ran == ["build.py", "run.py"], commands
+    assert run_readme_cli_commands("ONNX", tmp_path, monkeypatch) == ["build.py", "run.py"]
     assert [p for p in (tmp_path / "output").iterdir() if p.stat().st_size > 0]

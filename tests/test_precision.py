@@ -1,0 +1,126 @@
+"""--precision bfloat16 against the original's float32 references, and the precision checks of run.py / build.py.
+
+The references are the original PyTorch code's float32 outputs on each fixture (tests/make_fixtures.py);
+our float32 path matches them within the SPEC bounds (tests/test_parity.py). bfloat16 is not exact, so
+it gets the bounds of issue 16: prediction mean abs <= 0.005 and keypoints max abs <= 0.01 against
+those same references (on the bundled trained demo model and a real driving video, bfloat16 measures
+0.0004 mean abs from float32: README, Precision).
+"""
+import numpy as np
+import pytest
+
+from conftest import (KP_TOL, PREDICTION_TOL, assert_one_line_error, generator_inputs, load_fixture, max_abs,
+                      nchw_to_nhwc, run_args, run_readme_cli_commands)
+
+BFLOAT16_PREDICTION_MEAN_ABS = 0.005
+BFLOAT16_KP_MAX_ABS = 0.01
+
+
+def direct(fx, precision):
+    import animate
+    import checkpoint_loader
+
+    state_dicts = checkpoint_loader.load_state_dicts(fx.checkpoint())
+    return animate.direct_models(fx.config(), state_dicts, precision=precision)
+
+
+def mean_abs(a, b):
+    return float(np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)).mean())
+
+
+def test_bfloat16_direct_prediction_stays_near_the_original(fixture):
+    reference = nchw_to_nhwc(fixture.ref["prediction"])
+    exact = direct(fixture, "float32").generator(**generator_inputs(fixture))["prediction"]
+    assert max_abs(exact, reference) <= PREDICTION_TOL  # the float32 it is measured beside is the original's
+    reduced = direct(fixture, "bfloat16").generator(**generator_inputs(fixture))["prediction"]
+    assert mean_abs(reduced, reference) <= BFLOAT16_PREDICTION_MEAN_ABS
+    assert reduced.dtype == np.float32
+
+
+def test_bfloat16_direct_keypoints_stay_near_the_original(fixture):
+    models = direct(fixture, "bfloat16")
+    ours = models.kp_detector(img=nchw_to_nhwc(fixture.ref["driving"]))
+    reference = fixture.kp("kp_driving")
+    for key in reference:
+        # keypoints run in float32 at every precision, so they keep the exact bound too
+        assert max_abs(ours[key], reference[key]) <= min(KP_TOL, BFLOAT16_KP_MAX_ABS), key
+
+
+def test_bfloat16_savedmodel_export_runs_apart_from_float32(tmp_path):
+    import build
+    import export_files
+
+    fx = load_fixture("vox")
+    code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), "--outdir",
+                       str(tmp_path), "--precision", "bfloat16", "--nolite", "--module", "generator"])
+    assert code == 0
+    path = export_files.savedmodel_path(tmp_path, "config", "generator-bfloat16")
+    prediction = export_files.load_export("savedmodel", path)(**generator_inputs(fx))["prediction"]
+    assert mean_abs(prediction, nchw_to_nhwc(fx.ref["prediction"])) <= BFLOAT16_PREDICTION_MEAN_ABS
+    assert not (tmp_path / "saved_models" / "config" / "generator").exists()  # float32's name is left alone
+
+
+def usage_error_line(capsys, parse, argv):
+    """The one 'error:' line of a usage error (exit 2) that parse(argv) ends with."""
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    [line] = [line for line in capsys.readouterr().err.splitlines() if "error:" in line]
+    return line
+
+
+def test_run_refuses_a_target_precision_pair_that_does_not_exist(capsys):
+    import run
+
+    line = usage_error_line(capsys, run.parse_args, ["--target", "tflite", "--precision", "bfloat16"])
+    assert "--precision bfloat16 does not exist for --target tflite" in line and "direct: float32, bfloat16" in line
+
+
+def test_build_refuses_bfloat16_tflite(capsys):
+    import build
+
+    line = usage_error_line(capsys, build.parse_args, ["--model", "vox", "--precision", "bfloat16"])
+    assert "does not exist for tflite exports" in line and "savedmodel: float32, bfloat16" in line
+
+
+def test_bfloat16_falls_back_to_float32_with_a_warning_without_the_instructions(monkeypatch, capsys, tmp_path):
+    import precision
+    import run
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda path="/proc/cpuinfo": {"avx2", "fma", "avx512f"})
+    args = run.parse_args(run_args(load_fixture("vox"), tmp_path / "out", "--precision", "bfloat16"))
+    run.prepare(args)  # before TensorFlow: where the precision is decided
+    assert args.precision == "float32"
+    warnings = [line for line in capsys.readouterr().err.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "AVX512_BF16" in warnings[0] and "running float32" in warnings[0]
+
+
+def test_bfloat16_runs_where_the_cpu_has_it(monkeypatch):
+    import precision
+
+    assert precision.effective("bfloat16", pytest.fail, {"avx512f", "avx512_bf16"}) == "bfloat16"
+    assert precision.effective("bfloat16", pytest.fail, {"amx_bf16"}) == "bfloat16"
+
+
+def test_run_exits_2_on_a_bad_pair_from_the_command_line(capsys):
+    import run
+
+    with pytest.raises(SystemExit) as exit_info:
+        run.main(["--target", "onnx", "--precision", "int8"])
+    assert exit_info.value.code == 2
+    assert "Traceback" not in capsys.readouterr().err
+
+
+def test_savedmodel_bfloat16_missing_export_names_the_build_command(tmp_path, capsys):
+    import run
+
+    fx = load_fixture("vox")
+    code = run.main(run_args(fx, tmp_path / "out", "--target", "savedmodel", "--exportdir", str(tmp_path),
+                             "--precision", "bfloat16"))
+    assert_one_line_error(capsys, code, "no such export", "--precision bfloat16 --nolite")
+
+
+def test_readme_precision_commands_run(tmp_path, monkeypatch):
+    assert run_readme_cli_commands("Precision", tmp_path, monkeypatch) == ["run.py", "build.py", "run.py"]
+    assert (tmp_path / "output" / "bfloat16.mp4").stat().st_size > 0
+    assert (tmp_path / "output" / "bfloat16-savedmodel.mp4").stat().st_size > 0
