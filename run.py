@@ -35,6 +35,7 @@ try:
     import media
     import model_cache
     import model_config
+    import options
     import precision
     import utils
     import visualizer
@@ -50,6 +51,7 @@ ASPECT_TOLERANCE = 0.05  # a frame whose aspect differs more from frame_shape's 
 
 
 def parse_args(argv=None):
+    """The command line, every combination checked (a usage error exits 2), as an options.RunOptions."""
     parser = utils.ArgumentParser(description="Run inference")
     parser.add_argument("--target", choices=["direct", "savedmodel", "tflite", "onnx"], default="direct",
                         help="run the model directly, or its SavedModel, TF Lite or ONNX (onnxruntime) export")
@@ -115,7 +117,7 @@ def parse_args(argv=None):
     check_combinations(parser, args)
     check_face_arguments(parser, args)
     check_batch_arguments(parser, args)
-    return args
+    return options.RunOptions.from_namespace(args)
 
 
 def add_face_arguments(parser):
@@ -427,8 +429,8 @@ def is_batch(args):
 
 
 # Flags that change a batch output's pixels (or its files); the batch size and thread count do not.
-PIXEL_FLAGS = ("mode", "target", "precision", "frames", "relative", "adapt", "prescale", "float16", "int8", "best_frame",
-               "find_best_frame", "audio", "visualizer", "dontappend")
+PIXEL_FLAGS = ("mode", "target", "precision", "frames", "relative", "adapt", "prescale", "float16", "int8",
+               "best_frame", "find_best_frame", "audio", "visualizer", "dontappend")
 
 
 def batch_key(args, plan):
@@ -734,8 +736,9 @@ def file_jobs(args, config):
     open_driving = functools.partial(media.open_driving_clip, driving_path, frame_shape)
     with open_driving() as clip:  # a bad video fails now, before the model loads
         check_driving_clip(clip, args.frames, frame_shape, stretched_warning=not crops_driving(args))
-    return [jobs.Job(os.path.basename(driving_path), open_driving, source, output, animate.Motion(args.relative, args.adapt),
-                driving_path=driving_path, source_path=source_path, photo=photo)]
+    return [jobs.Job(os.path.basename(driving_path), open_driving, source, output,
+                     animate.Motion(args.relative, args.adapt), driving_path=driving_path, source_path=source_path,
+                     photo=photo)]
 
 
 def csv_jobs(args, config):

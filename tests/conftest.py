@@ -402,3 +402,22 @@ def make_dataset(root, fx):
         for frame in frames[::-1]:
             writer.write(frame)
     return {"a_folder": 4, "b_strip.png": 5, "c_video.mp4": 6}
+
+
+def write_jobs_csv(folder, rows, frames=None):
+    """A run.py --jobs CSV in `folder` beside copies of the smallest fixture's source.png and driving.mp4
+    (looped to `frames` frames when given, for a longer job) and a broken.mp4; rows name them relatively."""
+    import imageio.v2 as imageio
+
+    fx = load_fixture("zero_order")
+    (folder / "source.png").write_bytes((fx.dir / "source.png").read_bytes())
+    if frames is None:
+        (folder / "driving.mp4").write_bytes((fx.dir / "driving.mp4").read_bytes())
+    else:
+        clip = imageio.mimread(fx.dir / "driving.mp4")
+        imageio.mimwrite(folder / "driving.mp4", [clip[i % len(clip)] for i in range(frames)], fps=25,
+                         macro_block_size=1)
+    (folder / "broken.mp4").write_bytes(b"not a video")
+    path = folder / "jobs.csv"
+    path.write_text("source_image,driving_video,output\n" + "".join(",".join(row) + "\n" for row in rows))
+    return path

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from conftest import REPO, load_fixture, make_dataset, read_png_frames, stderr_lines
+from conftest import REPO, load_fixture, make_dataset, read_png_frames, stderr_lines, write_jobs_csv
 
 import jobs
 import run
@@ -22,17 +22,6 @@ def model_args(fx):
     return ["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint())]
 
 
-def write_jobs(folder, rows):
-    """A --jobs CSV in `folder`, beside the fixture's inputs copied there (relative paths in the rows)."""
-    fx = load_fixture(ZERO_ORDER)
-    for name in ("source.png", "driving.mp4"):
-        (folder / name).write_bytes((fx.dir / name).read_bytes())
-    (folder / "broken.mp4").write_bytes(b"not a video")
-    path = folder / "jobs.csv"
-    path.write_text("source_image,driving_video,output\n" + "".join(",".join(row) + "\n" for row in rows))
-    return path
-
-
 def files_in(folder):
     """Every file under `folder` (relative names), hidden completion records and all."""
     return sorted(os.path.relpath(os.path.join(root, name), folder)
@@ -41,7 +30,7 @@ def files_in(folder):
 
 def test_jobs_csv_renders_each_row_and_fails_the_bad_ones_alone(tmp_path, capsys):
     fx = load_fixture(ZERO_ORDER)
-    listed = write_jobs(tmp_path, [("source.png", "driving.mp4", "out/a.mp4"),
+    listed = write_jobs_csv(tmp_path, [("source.png", "driving.mp4", "out/a.mp4"),
                                    ("source.png", "broken.mp4", "out/b.mp4"),
                                    ("missing.png", "driving.mp4", "out/c.gif"),
                                    ("source.png", "driving.mp4", "out/frames/")])
@@ -143,7 +132,7 @@ def test_a_killed_run_resumes_where_it_stopped(tmp_path):
     sources = tmp_path / "in"
     sources.mkdir()
     rows = [("source.png", "driving.mp4", f"../out/{index}.mp4") for index in range(6)]
-    listed = write_jobs(sources, rows)
+    listed = write_jobs_csv(sources, rows)
     command = [sys.executable, os.path.join(REPO, "run.py"), *model_args(fx), "--jobs", str(listed), "--quiet"]
     process = subprocess.Popen(command, cwd=tmp_path)
     first = tmp_path / "out" / "0.mp4"

@@ -17,7 +17,7 @@ import time
 import imageio.v2 as imageio
 import pytest
 
-from conftest import REPO, load_fixture, make_dataset, readme_commands, stderr_lines
+from conftest import REPO, load_fixture, make_dataset, readme_commands, stderr_lines, write_jobs_csv
 
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None,
                                reason="Ray is not installed: pip install -r requirements-cluster.txt")
@@ -29,22 +29,6 @@ def run_py(*argv, cwd=None, env=None, **popen):
     fx = load_fixture(ZERO_ORDER)
     command = [sys.executable, RUN, "--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), *argv]
     return subprocess.run(command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, **popen)
-
-
-def jobs_csv(folder, rows, frames=None):
-    """A --jobs file beside copies of the fixture's inputs; `frames` makes a longer driving video."""
-    fx = load_fixture(ZERO_ORDER)
-    shutil.copy(fx.dir / "source.png", folder / "source.png")
-    if frames is None:
-        shutil.copy(fx.dir / "driving.mp4", folder / "driving.mp4")
-    else:
-        clip = [frame for frame in imageio.mimread(fx.dir / "driving.mp4")]
-        imageio.mimwrite(folder / "driving.mp4", [clip[i % len(clip)] for i in range(frames)], fps=25,
-                         macro_block_size=1)
-    (folder / "broken.mp4").write_bytes(b"not a video")
-    path = folder / "jobs.csv"
-    path.write_text("source_image,driving_video,output\n" + "".join(",".join(row) + "\n" for row in rows))
-    return path
 
 
 def visible_files(folder):
@@ -83,8 +67,9 @@ def test_workers_write_the_same_files_and_metrics_as_in_process(tmp_path, mode):
 
 @needs_ray
 def test_a_bad_job_fails_alone_on_workers(tmp_path):
-    listed = jobs_csv(tmp_path, [("source.png", "driving.mp4", "out/a.mp4"), ("source.png", "broken.mp4", "out/b.mp4"),
-                                 ("source.png", "driving.mp4", "out/c.gif")])
+    listed = write_jobs_csv(tmp_path, [("source.png", "driving.mp4", "out/a.mp4"),
+                                       ("source.png", "broken.mp4", "out/b.mp4"),
+                                       ("source.png", "driving.mp4", "out/c.gif")])
     result = run_py("--jobs", str(listed), "--workers", "2", "--audio")
     errors = [line for line in stderr_lines(result.stderr) if line.startswith("error: ")]
     # what a worker warns about reaches the driver's terminal, naming the job
@@ -132,7 +117,7 @@ def ray_processes():
 @needs_ray
 def test_a_killed_worker_has_its_job_retried_and_nothing_half_written(tmp_path):
     rows = [("source.png", "driving.mp4", f"out/{index}.mp4") for index in range(4)]
-    listed = jobs_csv(tmp_path, rows, frames=1200)
+    listed = write_jobs_csv(tmp_path, rows, frames=1200)
     fx = load_fixture(ZERO_ORDER)
     command = [sys.executable, RUN, "--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()),
                "--jobs", str(listed), "--workers", "2"]
@@ -180,14 +165,14 @@ def test_an_existing_cluster_by_address_and_ctrl_c(tmp_path):
         assert start.returncode == 0, start.stderr
         print(start.stdout[-600:], start.stderr[-600:])
         assert port_open(port)
-        listed = jobs_csv(tmp_path, [("source.png", "driving.mp4", f"out/{index}.mp4") for index in range(2)])
+        listed = write_jobs_csv(tmp_path, [("source.png", "driving.mp4", f"out/{index}.mp4") for index in range(2)])
         joined = run_py("--jobs", str(listed), "--workers", "2", "--ray_address", f"127.0.0.1:{port}", env=env)
         assert joined.returncode == 0, joined.stderr
         assert f"joined the Ray cluster at 127.0.0.1:{port}" in joined.stderr
         assert visible_files(tmp_path / "out") == ["0.mp4", "1.mp4"]
 
-        long_jobs = jobs_csv(tmp_path, [("source.png", "driving.mp4", f"long/{index}.mp4") for index in range(2)],
-                             frames=1200)
+        long_jobs = write_jobs_csv(tmp_path, [("source.png", "driving.mp4", f"long/{index}.mp4")
+                                              for index in range(2)], frames=1200)
         fx = load_fixture(ZERO_ORDER)
         process = subprocess.Popen([sys.executable, RUN, "--config", str(fx.config_path), "--checkpoint",
                                     str(fx.checkpoint()), "--jobs", str(long_jobs), "--workers", "2", "--ray_address",
@@ -214,7 +199,7 @@ def test_an_existing_cluster_by_address_and_ctrl_c(tmp_path):
 
 def test_workers_without_ray_is_one_line_naming_the_install(tmp_path):
     (tmp_path / "ray.py").write_text("raise ImportError('No module named ray')\n")
-    listed = jobs_csv(tmp_path, [("source.png", "driving.mp4", "out/a.mp4")])
+    listed = write_jobs_csv(tmp_path, [("source.png", "driving.mp4", "out/a.mp4")])
     env = {**os.environ, "PYTHONPATH": str(tmp_path)}
     result = run_py("--jobs", str(listed), "--workers", "2", env=env)
     lines = stderr_lines(result.stderr)
