@@ -12,6 +12,9 @@ Under --outdir (default: this repository):
   tflite/<model>/<module>.json            signature input/output names, shapes, dtypes, tensor indices
   tflite/<model>/<module>-float16.tflite  (+ .json) with --float16, beside the float32 file
   tflite/<model>/<module>-int8.tflite     (+ .json) with --int8: dynamic-range quantized, not exact
+  tflite/<model>/<module>-int8full.tflite (+ .json) with --precision int8 --calibration VIDEO: full-integer
+                                          (int8 weights and activations, float32 at the signature) for
+                                          kp_detector and generator; process_kp_driving stays float32
 <module> is kp_detector, process_kp_driving and generator (the SPEC signatures), plus source_encoder and
 generator_cached: the generator split into its source-only work, which run.py runs once per video,
 and the rest, per batch (SavedModel, TF.js and ONNX, not TF Lite: see export_files.NO_TFLITE_MODULES). Each JSON records a
@@ -33,6 +36,7 @@ import shutil
 import subprocess
 import sys
 import time
+import warnings
 
 # TensorFlow-free; modules (and TensorFlow, quietly) load once the arguments are parsed
 import backends
@@ -64,8 +68,12 @@ def parse_args(argv=None):
                         help="also write dynamic-range int8 TF Lite files (<module>-int8.tflite): int8 weights, "
                              "float32 activations; faster and smaller, with a measured quality cost (README)")
     parser.add_argument("--precision", choices=precision.PRECISIONS, default=precision.DEFAULT,
-                        help="arithmetic of the generator exports: float32 (default) or bfloat16 (SavedModel only, "
-                             "written as <module>-bfloat16 beside the float32 ones; add --nolite)")
+                        help="arithmetic of the exports: float32 (default), bfloat16 (SavedModel only, the generator "
+                             "written as <module>-bfloat16 beside the float32 ones; add --nolite) or int8 (TF Lite "
+                             "full-integer <module>-int8full.tflite of kp_detector and generator; needs --calibration)")
+    parser.add_argument("--calibration", metavar="VIDEO",
+                        help="with --precision int8: the video whose frames calibrate the int8 activation ranges "
+                             "(first frame = source, the others = driving), e.g. example/driving.mp4")
     parser.add_argument("--tfjs", action="store_true",
                         help="also write TF.js graph models (needs tools/make_tfjs_venv.sh)")
     parser.add_argument("--onnx", action="store_true",
@@ -92,12 +100,29 @@ def parse_args(argv=None):
     pair_error = precision.build_pair_error(export_formats(args), args.precision)
     if pair_error:
         parser.error(pair_error)
+    calibration_error = check_calibration(args)
+    if calibration_error:
+        parser.error(calibration_error)
     return args
 
 
+def check_calibration(args):
+    """None when --calibration fits --precision, else the one-line usage error."""
+    if args.precision == "int8" and args.calibration is None:
+        return "--precision int8 needs --calibration VIDEO: the frames that calibrate its activation ranges"
+    if args.precision != "int8" and args.calibration is not None:
+        return "--calibration applies to --precision int8 only"
+    if args.calibration is not None and not os.path.isfile(args.calibration):
+        return f"--calibration {args.calibration}: no such file"
+    return None
+
+
 def export_formats(args):
-    """The export formats this build writes (each must exist at --precision)."""
-    formats = ["savedmodel"]
+    """The export formats this build writes (each must exist at --precision).
+
+    An int8 build's SavedModels are float32: the source of its TF Lite files, not an int8 export.
+    """
+    formats = [] if args.precision == "int8" and not args.nolite else ["savedmodel"]
     formats += [] if args.nolite else ["tflite"]
     return formats + [name for name, on in (("tfjs", args.tfjs), ("onnx", args.onnx)) if on]
 
@@ -149,8 +174,15 @@ def make_module(module, config, state_dicts, where, args):
 
 
 def module_precision(module, args):
-    """--precision for the modules a reduced-precision build writes apart; float32 for the others."""
-    return args.precision if module in precision.BFLOAT16_MODULES else precision.DEFAULT
+    """The precision of `module`'s SavedModel: bfloat16 for the modules a bfloat16 build writes apart,
+    float32 for the others (an int8 build quantizes only when converting to TF Lite)."""
+    bfloat16 = args.precision == "bfloat16" and module in precision.BFLOAT16_MODULES
+    return args.precision if bfloat16 else precision.DEFAULT
+
+
+def tflite_precision(module, args):
+    """int8 for the modules an int8 build converts full-integer (precision.INT8_MODULES), else float32."""
+    return "int8" if args.precision == "int8" and module in precision.INT8_MODULES else precision.DEFAULT
 
 
 # --------------------------------------------------------------------------------------------------
@@ -228,7 +260,7 @@ def export_savedmodel(module, path, info):
 # TF Lite
 # --------------------------------------------------------------------------------------------------
 
-def convert_to_tflite(saved_model_path, float16=False, int8=False):
+def convert_to_tflite(saved_model_path, float16=False, int8=False, calibration=None):
     """The SavedModel's serving_default as a .tflite flatbuffer with TF Lite builtin ops only.
 
     The function is frozen and its GraphDef converted, rather than the SavedModel re-imported:
@@ -239,6 +271,9 @@ def convert_to_tflite(saved_model_path, float16=False, int8=False):
 
     int8 is TF Lite's dynamic-range quantization: weights stored as int8, activations quantized on
     the fly where a kernel supports it (conv, fully connected), float32 everywhere else.
+    `calibration` (a list of {input name: array}) makes it full-integer instead: every op runs on int8
+    tensors whose ranges the converter measured on those samples, with float32 kept at the signature
+    (quantize / dequantize inside), so callers feed and read float32 as from the float32 file.
     """
     import tensorflow as tf
 
@@ -247,15 +282,62 @@ def convert_to_tflite(saved_model_path, float16=False, int8=False):
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
     converter.experimental_lower_to_saved_model = False
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
-    if float16 or int8:
+    if float16 or int8 or calibration:
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
     if float16:
         converter.target_spec.supported_types = [tf.float16]
     try:
-        flatbuffer = converter.convert()
+        flatbuffer = quantize_full_integer(converter, function, calibration) if calibration else converter.convert()
     except Exception as err:  # ConverterError and friends: report one line, the export stays as it was
         raise ExportError(f"{saved_model_path}: TF Lite conversion failed ({_first_line(err)})") from err
     return add_signature_def(flatbuffer, function)
+
+
+# The op types an int8 build runs on int8 tensors: the convolution stacks (convs with their folded
+# BatchNorm and ReLU, pooling, upsampling, padding, concatenation, residual adds). Everything else, the
+# keypoint algebra, heatmaps, softmax and grid sampling, stays float32: quantized, the jacobian inverse's
+# DIV fails at run time (divisor at the zero point) and grid sampling's quantized LESS_EQUAL aborts the
+# process (QuantizeMultiplierGreaterThanOne), both measured with TFLITE_BUILTINS_INT8 alone.
+INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "DEPTH_TO_SPACE", "PAD", "CONCATENATION", "ADD",
+            "RESHAPE", "QUANTIZE", "DEQUANTIZE")
+
+
+def float_op_types():
+    """Every TF Lite builtin op type outside INT8_OPS: the converter keeps these float32."""
+    from tensorflow.lite.python import schema_py_generated as schema
+
+    return sorted(name for name in vars(schema.BuiltinOperator) if not name.startswith("_") and name not in INT8_OPS)
+
+
+def quantize_full_integer(converter, function, calibration):
+    """The converter's model with INT8_OPS on int8 tensors, ranges calibrated on `calibration`.
+
+    TF Lite's quantization debugger is the public way to keep op types float (denylisted_ops); those need
+    the float builtins beside the int8 ones. Its debug dataset only builds the debug model, so one sample does.
+    """
+    import tensorflow as tf
+
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8, tf.lite.OpsSet.TFLITE_BUILTINS]
+    converter.representative_dataset = representative_dataset(function, calibration)
+    options = tf.lite.experimental.QuantizationDebugOptions(denylisted_ops=float_op_types())
+    # The quantizer prints its settings natively and warns of its own tf.lite.Interpreter's deprecation.
+    with backends.native_output_hidden(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        debugger = tf.lite.experimental.QuantizationDebugger(
+            converter=converter, debug_dataset=representative_dataset(function, calibration[:1]), debug_options=options)
+        return debugger.get_nondebug_quantized_model()
+
+
+def representative_dataset(function, calibration):
+    """The converter's representative dataset: each sample's arrays in the frozen function's input order."""
+    names = list(function.structured_input_signature[1])
+    order = sorted(names)  # a signature function takes its keyword inputs flattened, i.e. sorted by name
+
+    def samples():
+        for sample in calibration:
+            yield [sample[name] for name in order]
+
+    return samples
 
 
 def add_signature_def(flatbuffer, function):
@@ -303,9 +385,10 @@ def tflite_signature(flatbuffer, info):
                 inputs=[describe(t) for t in signature.inputs], outputs=[describe(t) for t in signature.outputs])
 
 
-def export_tflite(saved_model_path, path, info, float16, int8=False):
-    """tflite/<model>/<module>[-float16|-int8].tflite and its JSON, converted from the SavedModel."""
-    flatbuffer = convert_to_tflite(saved_model_path, float16, int8)
+def export_tflite(saved_model_path, path, info, float16, int8=False, calibration=None):
+    """tflite/<model>/<module>[-float16|-int8|-int8full].tflite and its JSON, converted from the SavedModel
+    (full-integer int8 when `calibration` samples are given)."""
+    flatbuffer = convert_to_tflite(saved_model_path, float16, int8, calibration)
     description = tflite_signature(flatbuffer, dict(info, float16=float16, int8=int8))
     write_files_atomically({path: flatbuffer, export_files.signature_json_path("tflite", path): json_bytes(description)})
 
@@ -520,13 +603,75 @@ def build_model(name, config_path, checkpoint_path, args):
     state_dicts = (checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
                    if needs_checkpoint(args) else None)
     print(f"{name}:", flush=True)
+    calibration = calibration_samples(config, state_dicts, checkpoint_path, args) if args.precision == "int8" else {}
     for module_name in selected_modules(args):
         started = time.perf_counter()
         module = make_module(module_name, config, state_dicts, checkpoint_path, args)
-        export_module(module, name, module_name, args, started)
+        export_module(module, name, module_name, args, started, calibration.get(module_name))
 
 
-def export_module(module, name, module_name, args, started):
+# --------------------------------------------------------------------------------------------------
+# int8 calibration: the representative dataset of each full-integer module
+# --------------------------------------------------------------------------------------------------
+
+CALIBRATION_FRAMES = 32  # frames read from --calibration: the first is the source, the rest drive
+
+
+def calibration_frames(path, frame_shape):
+    """The first CALIBRATION_FRAMES frames of `path`, preprocessed as run.py preprocesses driving frames."""
+    import media
+
+    with media.open_driving_clip(path, frame_shape) as clip:
+        frames = [frame for _, frame in zip(range(CALIBRATION_FRAMES), clip)]
+    if len(frames) < 2:
+        raise utils.UserError(f"--calibration {path}: needs at least 2 frames (a source and a driving one), "
+                              f"has {len(frames)}")
+    return frames
+
+
+def driving_batches(frames, batch_size):
+    """[B, H, W, C] batches of `frames` (B = --staticbatchsize, else 1), the incomplete tail dropped."""
+    import numpy as np
+
+    return [np.stack(frames[start:start + batch_size]) for start in range(0, len(frames) - batch_size + 1, batch_size)]
+
+
+def calibration_samples(config, state_dicts, checkpoint_path, args):
+    """{module: [{input name: array}]} for the int8 modules, drawn from the --calibration video's frames.
+
+    kp_detector sees every frame; the generator takes the first frame as its source and each batch of
+    the others as driving, with the keypoints the float32 kp_detector finds on them, so calibration
+    measures the ranges real keypoints produce (raw driving keypoints: relative motion stays near them).
+    """
+    import animate
+
+    frames = calibration_frames(args.calibration, config.frame_shape)
+    batch_size = args.staticbatchsize or 1
+    kp_detector = make_module("kp_detector", config, state_dicts, checkpoint_path, args)
+
+    def keypoints(images):
+        return {key: value.numpy() for key, value in kp_detector(img=images).items()}
+
+    source = frames[0][None]
+    kp_source = keypoints(source)
+    source_inputs = {"source_image": source, **animate.kp_arguments(kp_source, "kp_source")}
+    if "source_image_scaled" in kp_source:
+        source_inputs["source_image_scaled"] = kp_source["source_image_scaled"]
+    kp_batches = driving_batches(frames, batch_size)
+    generator = [dict(source_inputs, **animate.kp_arguments(keypoints(images), "kp_driving"))
+                 for images in driving_batches(frames[1:], batch_size)]
+    return {"kp_detector": [{"img": images} for images in kp_batches], "generator": generator}
+
+
+def tflite_file(outdir, name, module_name, args, float16, int8):
+    """(path, precision) of one TF Lite variant: the float32 variant of an int8 build's INT8_MODULES is
+    their full-integer <module>-int8full file."""
+    file_precision = precision.DEFAULT if float16 or int8 else tflite_precision(module_name, args)
+    module_file = export_files.precision_module(module_name, file_precision)
+    return export_files.tflite_path(outdir, name, module_file, float16, int8), file_precision
+
+
+def export_module(module, name, module_name, args, started, calibration=None):
     """The SavedModel of one modules.SignatureModule, then the TF Lite, TF.js and ONNX files made from it."""
     import modules
     info = {"model": name, "module": module_name, "build": build_options(module_name, args),
@@ -534,14 +679,17 @@ def export_module(module, name, module_name, args, started):
     if hasattr(module, "model"):
         info["weights"] = modules.weights_digest(module.model)
     saved_model = export_files.savedmodel_path(args.outdir, name,
-                                               export_files.precision_module(module_name, args.precision))
+                                               export_files.precision_module(module_name, info["precision"]))
     export_savedmodel(module, saved_model, info)
     report(saved_model, started, args.outdir)
     if not args.nolite and module_name not in export_files.NO_TFLITE_MODULES:
         for float16, int8 in tflite_variants(args):
             started = time.perf_counter()
-            path = export_files.tflite_path(args.outdir, name, module_name, float16, int8)
-            export_tflite(saved_model, path, info, float16, int8)
+            path, file_precision = tflite_file(args.outdir, name, module_name, args, float16, int8)
+            full_int8 = file_precision == "int8"
+            file_info = dict(info, precision=file_precision,
+                             **({"calibration": os.path.basename(args.calibration)} if full_int8 else {}))
+            export_tflite(saved_model, path, file_info, float16, int8, calibration if full_int8 else None)
             report(path, started, args.outdir)
     if args.tfjs:
         started = time.perf_counter()

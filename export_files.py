@@ -10,7 +10,7 @@ import numpy as np
 
 import backends
 import utils
-from precision import BFLOAT16_MODULES
+from precision import BFLOAT16_MODULES, INT8_MODULES
 
 
 EXPORT_MODULES = ("kp_detector", "process_kp_driving", "generator")
@@ -166,7 +166,8 @@ def find_exports(target, root, model, float16=False, int8=False, precision="floa
     absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present, except for TF Lite:
     LiteRT's XNNPACK delegate gives wrong generator_cached frames (see NO_TFLITE_MODULES),
     so stale .tflite files of the pair from older builds are never used. precision 'bfloat16' (SavedModel)
-    takes the generator modules from their -bfloat16 folders.
+    takes the generator modules from their -bfloat16 folders, 'int8' (TF Lite) kp_detector and generator
+    from their -int8full files.
     """
     exports = {}
     cached_modules = tuple(m for m in CACHED_EXPORT_MODULES if target != "tflite" or m not in NO_TFLITE_MODULES)
@@ -182,8 +183,13 @@ def find_exports(target, root, model, float16=False, int8=False, precision="floa
 
 def precision_module(module, precision):
     """The export name of `module` at `precision`: <module>-bfloat16 for the modules a bfloat16 build
-    writes apart (BFLOAT16_MODULES), else <module> (keypoints stay float32)."""
-    return f"{module}-bfloat16" if precision == "bfloat16" and module in BFLOAT16_MODULES else module
+    writes apart (BFLOAT16_MODULES), <module>-int8full for the full-integer TF Lite files of an int8
+    build (INT8_MODULES), else <module> (keypoint algebra stays float32)."""
+    if precision == "bfloat16" and module in BFLOAT16_MODULES:
+        return f"{module}-bfloat16"
+    if precision == "int8" and module in INT8_MODULES:
+        return f"{module}-int8full"
+    return module
 
 
 def _export_file(target, root, model, module, float16, int8):

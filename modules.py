@@ -362,10 +362,11 @@ class DenseMotionNetwork(keras.layers.Layer):
         coordinates = identity - kp_driving["value"][:, :, None, None, :]  # [B, K, h, w, 2]
         if "jacobian" in kp_driving:
             jacobian = matmul_2x2(kp_source["jacobian"], invert_2x2(kp_driving["jacobian"]))  # [B, K, 2, 2]
-            jacobian = jacobian[:, :, None, None]  # [B, K, 1, 1, 2, 2]
+            # Each entry is sliced at rank 4, then broadcast over [h, w]: slicing a [B, K, 1, 1, 2, 2]
+            # tensor is a 6-D STRIDED_SLICE, which TF Lite's int8 calibration kernels refuse (1-D to 5-D).
+            j = [[jacobian[:, :, row, col][:, :, None, None] for col in range(2)] for row in range(2)]  # [B, K, 1, 1]
             cx, cy = coordinates[..., 0], coordinates[..., 1]
-            coordinates = tf.stack([jacobian[..., 0, 0] * cx + jacobian[..., 0, 1] * cy,
-                                    jacobian[..., 1, 0] * cx + jacobian[..., 1, 1] * cy], axis=-1)
+            coordinates = tf.stack([j[0][0] * cx + j[0][1] * cy, j[1][0] * cx + j[1][1] * cy], axis=-1)
         driving_to_source = coordinates + kp_source["value"][:, :, None, None, :]
         batch = tf.shape(driving_to_source)[0]
         identity = tf.tile(identity, [batch, 1, 1, 1, 1])

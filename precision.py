@@ -4,19 +4,25 @@ Imports nothing heavy: run.py and build.py check a precision before TensorFlow l
 
 float32 is the exact default. bfloat16 runs the generator's heavy convolutions in bfloat16
 (modules.Bfloat16Generator: the bottleneck, its up blocks, the dense motion hourglass and the source
-encoder), keypoints and everything geometric in float32. int8 has no export yet; `--int8` (TF Lite
-dynamic range) stays the int8 option of the tflite target.
+encoder), keypoints and everything geometric in float32. int8 is full-integer TF Lite (int8 weights and
+activations, float32 at the signature), calibrated on a video's frames (build.py --calibration) and
+written as <module>-int8full.tflite for INT8_MODULES; `--int8` (TF Lite dynamic range: int8 weights,
+float32 activations) keeps its own <module>-int8.tflite files.
 """
 PRECISIONS = ("float32", "bfloat16", "int8")
 DEFAULT = "float32"
 # run.py: the precisions each --target runs.
-RUN_PAIRS = {"direct": ("float32", "bfloat16"), "savedmodel": ("float32", "bfloat16"), "tflite": ("float32",),
+RUN_PAIRS = {"direct": ("float32", "bfloat16"), "savedmodel": ("float32", "bfloat16"), "tflite": ("float32", "int8"),
              "onnx": ("float32",)}
-# build.py: the precisions each export format is written in (bfloat16 exists as a SavedModel only).
-BUILD_PAIRS = {"savedmodel": ("float32", "bfloat16"), "tflite": ("float32",), "tfjs": ("float32",),
+# build.py: the precisions each export format is written in (bfloat16 exists as a SavedModel only, int8 as
+# TF Lite only: an int8 build's SavedModels are the float32 ones its TF Lite files are converted from).
+BUILD_PAIRS = {"savedmodel": ("float32", "bfloat16"), "tflite": ("float32", "int8"), "tfjs": ("float32",),
                "onnx": ("float32",)}
 # The exports a bfloat16 build writes under a name of their own (<module>-bfloat16); the others are float32.
 BFLOAT16_MODULES = ("generator", "source_encoder", "generator_cached")
+# The TF Lite files an int8 build writes full-integer under a name of their own (<module>-int8full);
+# process_kp_driving stays float32: a few hundred flops of keypoint algebra, where int8 would only move keypoints.
+INT8_MODULES = ("kp_detector", "generator")
 # /proc/cpuinfo flags with bfloat16 dot products in hardware (oneDNN uses them; without, it emulates).
 BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
 

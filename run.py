@@ -209,6 +209,8 @@ def check_combinations(parser, args):
         parser.error("--float16 applies to --target tflite only")
     if args.int8 and (args.target != "tflite" or args.float16):
         parser.error("--int8 applies to --target tflite only, without --float16")
+    if args.precision == "int8" and (args.int8 or args.float16):
+        parser.error("--precision int8 runs the full-integer TF Lite files; drop --int8 / --float16")
     pair_error = precision.run_pair_error(args.target, args.precision)
     if pair_error:
         parser.error(pair_error)
@@ -1053,7 +1055,9 @@ def build_command(args, checkpoint_path):
         words += ["--model", args.model or DEFAULT_MODEL]
     words += [flag for flag, on in (("--prescale", args.prescale), ("--float16", args.float16), ("--int8", args.int8),
                                     ("--onnx", args.target == "onnx")) if on]
-    if args.precision != precision.DEFAULT:
+    if args.precision == "int8":  # full-integer TF Lite, calibrated on the bundled example's driving frames
+        words += ["--precision", "int8", "--calibration", EXAMPLE_DRIVING]
+    elif args.precision != precision.DEFAULT:
         words += ["--precision", args.precision, "--nolite"]
     if os.path.abspath(args.exportdir) != REPO_DIR:
         words += ["--outdir", args.exportdir]
