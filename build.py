@@ -12,9 +12,9 @@ Under --outdir (default: this repository):
   tflite/<model>/<module>.json            signature input/output names, shapes, dtypes, tensor indices
   tflite/<model>/<module>-float16.tflite  (+ .json) with --float16, beside the float32 file
   tflite/<model>/<module>-int8.tflite     (+ .json) with --int8: dynamic-range quantized, not exact
-  tflite/<model>/<module>-int8full.tflite (+ .json) with --precision int8 --calibration VIDEO: full-integer
-                                          (int8 weights and activations, float32 at the signature) for
-                                          kp_detector and generator; process_kp_driving stays float32
+  tflite/<model>/generator-int8full.tflite (+ .json) with --precision int8 --calibration VIDEO: its
+                                          convolutions full-integer (int8 weights and activations, float32
+                                          at the signature); kp_detector and process_kp_driving stay float32
 <module> is kp_detector, process_kp_driving and generator (the SPEC signatures), plus source_encoder and
 generator_cached: the generator split into its source-only work, which run.py runs once per video,
 and the rest, per batch (SavedModel, TF.js and ONNX, not TF Lite: see export_files.NO_TFLITE_MODULES). Each JSON records a
@@ -70,7 +70,7 @@ def parse_args(argv=None):
     parser.add_argument("--precision", choices=precision.PRECISIONS, default=precision.DEFAULT,
                         help="arithmetic of the exports: float32 (default), bfloat16 (SavedModel only, the generator "
                              "written as <module>-bfloat16 beside the float32 ones; add --nolite) or int8 (TF Lite "
-                             "full-integer <module>-int8full.tflite of kp_detector and generator; needs --calibration)")
+                             "full-integer generator-int8full.tflite, keypoints float32; needs --calibration)")
     parser.add_argument("--calibration", metavar="VIDEO",
                         help="with --precision int8: the video whose frames calibrate the int8 activation ranges "
                              "(first frame = source, the others = driving), e.g. example/driving.mp4")
@@ -637,9 +637,9 @@ def driving_batches(frames, batch_size):
 
 
 def calibration_samples(config, state_dicts, checkpoint_path, args):
-    """{module: [{input name: array}]} for the int8 modules, drawn from the --calibration video's frames.
+    """{module: [{input name: array}]} for precision.INT8_MODULES, drawn from the --calibration video's frames.
 
-    kp_detector sees every frame; the generator takes the first frame as its source and each batch of
+    The generator takes the first frame as its source and each batch of
     the others as driving, with the keypoints the float32 kp_detector finds on them, so calibration
     measures the ranges real keypoints produce (raw driving keypoints: relative motion stays near them).
     """
@@ -657,10 +657,9 @@ def calibration_samples(config, state_dicts, checkpoint_path, args):
     source_inputs = {"source_image": source, **animate.kp_arguments(kp_source, "kp_source")}
     if "source_image_scaled" in kp_source:
         source_inputs["source_image_scaled"] = kp_source["source_image_scaled"]
-    kp_batches = driving_batches(frames, batch_size)
     generator = [dict(source_inputs, **animate.kp_arguments(keypoints(images), "kp_driving"))
                  for images in driving_batches(frames[1:], batch_size)]
-    return {"kp_detector": [{"img": images} for images in kp_batches], "generator": generator}
+    return {"generator": generator}
 
 
 def tflite_file(outdir, name, module_name, args, float16, int8):

@@ -9,8 +9,8 @@ those same references (on the bundled trained demo model and a real driving vide
 import numpy as np
 import pytest
 
-from conftest import (KP_TOL, PREDICTION_TOL, assert_one_line_error, generator_inputs, load_fixture, max_abs,
-                      nchw_to_nhwc, run_args, run_readme_cli_commands)
+from conftest import (KP_TOL, MODEL, PREDICTION_TOL, assert_one_line_error, generator_inputs, load_fixture,
+                      max_abs, nchw_to_nhwc, run_args, run_readme_cli_commands)
 
 BFLOAT16_PREDICTION_MEAN_ABS = 0.005
 BFLOAT16_KP_MAX_ABS = 0.01
@@ -124,3 +124,99 @@ def test_readme_precision_commands_run(tmp_path, monkeypatch):
     assert run_readme_cli_commands("Precision", tmp_path, monkeypatch) == ["run.py", "build.py", "run.py"]
     assert (tmp_path / "output" / "bfloat16.mp4").stat().st_size > 0
     assert (tmp_path / "output" / "bfloat16-savedmodel.mp4").stat().st_size > 0
+
+
+# --------------------------------------------------------------------------------------------------
+# int8: full-integer TF Lite (build.py --precision int8 --calibration VIDEO)
+# --------------------------------------------------------------------------------------------------
+
+BUILT_MODULES = ("kp_detector", "process_kp_driving", "generator")
+INT8_PREDICTION_MEAN_ABS = 0.01  # issue 16's bound for int8
+INT8_PREDICTION_MEAN_ABS_MEASURED = 0.15  # about twice what full-integer int8 measures on the vox fixture
+
+
+@pytest.fixture(scope="module")
+def int8_root(tmp_path_factory):
+    """The vox fixture's float32 TF Lite files and, beside them, its int8 ones calibrated on its own clip."""
+    import build
+
+    fx = load_fixture("vox")
+    root = tmp_path_factory.mktemp("exports-int8")
+    for flags in ((), ("--precision", "int8", "--calibration", str(fx.dir / "driving.mp4"))):
+        for module in BUILT_MODULES:
+            code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), "--outdir",
+                               str(root), "--module", module, *flags])
+            assert code == 0, (module, flags)
+    return root
+
+
+def int8_models(root, precision):
+    import export_files
+
+    found = export_files.find_exports("tflite", root, MODEL, precision=precision)
+    return {module: export_files.load_export("tflite", path) for module, (path, _) in found.items()}
+
+
+def test_int8_build_needs_calibration(capsys):
+    import build
+
+    line = usage_error_line(capsys, build.parse_args, ["--model", "vox", "--precision", "int8"])
+    assert "--calibration" in line
+
+
+def test_int8_tflite_files_have_names_of_their_own(int8_root):
+    folder = int8_root / "tflite" / MODEL
+    assert (folder / "generator-int8full.tflite").is_file()
+    assert (folder / "generator.tflite").is_file()  # the float32 file is left alone
+    assert not (folder / "generator-int8.tflite").exists()  # dynamic range (--int8) is another file
+    for module in ("kp_detector", "process_kp_driving"):  # keypoints stay float32
+        assert not (folder / f"{module}-int8full.tflite").exists()
+
+
+def test_int8_tflite_runs_its_convolutions_on_int8_tensors(int8_root):
+    import export_files
+
+    interpreter = export_files.tflite_interpreter(str(int8_root / "tflite" / MODEL / "generator-int8full.tflite"))
+    dtypes = {detail["dtype"] for detail in interpreter.get_tensor_details()}
+    assert np.int8 in dtypes
+    assert {detail["dtype"] for detail in interpreter.get_signature_runner().get_input_details().values()} == {
+        np.float32}  # float32 at the signature: run.py feeds it as the float32 file
+
+
+def int8_generator_error(root):
+    """Mean abs difference of the int8 generator's prediction from the float32 TF Lite file's, on the fixture."""
+    fx = load_fixture("vox")
+    exact = int8_models(root, "float32")["generator"](**generator_inputs(fx))["prediction"]
+    reduced = int8_models(root, "int8")["generator"](**generator_inputs(fx))["prediction"]
+    return mean_abs(reduced, exact)
+
+
+def test_int8_tflite_generator_stays_within_its_measured_bar(int8_root):
+    # Measured 0.073 on the vox fixture (README, Precision: int8 is far from near-lossless); the bar
+    # catches a regression such as wrongly ordered calibration inputs or quantized grid sampling.
+    assert int8_generator_error(int8_root) <= INT8_PREDICTION_MEAN_ABS_MEASURED
+
+
+@pytest.mark.xfail(strict=True, reason="full-integer int8 misses issue 16's bound (README, Precision)")
+def test_int8_tflite_generator_meets_the_issue_bound(int8_root):
+    assert int8_generator_error(int8_root) <= INT8_PREDICTION_MEAN_ABS
+
+
+def test_run_tflite_int8_writes_the_video(int8_root, tmp_path):
+    import run
+
+    fx = load_fixture("vox")
+    code = run.main(run_args(fx, tmp_path / "out", "--target", "tflite", "--exportdir", str(int8_root),
+                             "--precision", "int8"))
+    assert code == 0
+    frames = list((tmp_path / "out").iterdir())
+    assert frames and all(path.stat().st_size > 0 for path in frames)
+
+
+def test_tflite_int8_missing_export_names_the_build_command(tmp_path, capsys):
+    import run
+
+    fx = load_fixture("vox")
+    code = run.main(run_args(fx, tmp_path / "out", "--target", "tflite", "--exportdir", str(tmp_path),
+                             "--precision", "int8"))
+    assert_one_line_error(capsys, code, "no such export", "--precision int8 --calibration")
