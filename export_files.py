@@ -166,8 +166,8 @@ def find_exports(target, root, model, float16=False, int8=False, precision="floa
     absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present, except for TF Lite:
     LiteRT's XNNPACK delegate gives wrong generator_cached frames (see NO_TFLITE_MODULES),
     so stale .tflite files of the pair from older builds are never used. precision 'bfloat16' (SavedModel)
-    takes the generator modules from their -bfloat16 folders, 'int8' (TF Lite) kp_detector and generator
-    from their -int8full files.
+    takes the generator modules from their -bfloat16 folders, 'int8' (TF Lite) the generator from its
+    -int8full file (precision.INT8_MODULES).
     """
     exports = {}
     cached_modules = tuple(m for m in CACHED_EXPORT_MODULES if target != "tflite" or m not in NO_TFLITE_MODULES)

@@ -4,10 +4,10 @@ Imports nothing heavy: run.py and build.py check a precision before TensorFlow l
 
 float32 is the exact default. bfloat16 runs the generator's heavy convolutions in bfloat16
 (modules.Bfloat16Generator: the bottleneck, its up blocks, the dense motion hourglass and the source
-encoder), keypoints and everything geometric in float32. int8 is full-integer TF Lite (int8 weights and
-activations, float32 at the signature), calibrated on a video's frames (build.py --calibration) and
-written as generator-int8full.tflite (INT8_MODULES: keypoints stay float32); `--int8` (TF Lite dynamic range: int8 weights,
-float32 activations) keeps its own <module>-int8.tflite files.
+encoder), keypoints and everything geometric in float32. int8 is full-integer TF Lite for the generator's
+convolutions (int8 weights and activations, float32 at the signature), calibrated on a video's frames
+(build.py --calibration) and written as generator-int8full.tflite; keypoints stay float32. `--int8` (TF
+Lite dynamic range: int8 weights, float32 activations) keeps its own <module>-int8.tflite files.
 """
 PRECISIONS = ("float32", "bfloat16", "int8")
 DEFAULT = "float32"
