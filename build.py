@@ -293,13 +293,13 @@ def convert_to_tflite(saved_model_path, float16=False, int8=False, calibration=N
     return add_signature_def(flatbuffer, function)
 
 
-# The op types an int8 build runs on int8 tensors: the convolution stacks (convs with their folded
-# BatchNorm and ReLU, pooling, upsampling, padding, concatenation, residual adds). Everything else, the
-# keypoint algebra, heatmaps, softmax and grid sampling, stays float32: quantized, the jacobian inverse's
-# DIV fails at run time (divisor at the zero point) and grid sampling's quantized LESS_EQUAL aborts the
-# process (QuantizeMultiplierGreaterThanOne), both measured with TFLITE_BUILTINS_INT8 alone.
-INT8_OPS = ("CONV_2D", "DEPTHWISE_CONV_2D", "AVERAGE_POOL_2D", "DEPTH_TO_SPACE", "PAD", "CONCATENATION", "ADD",
-            "RESHAPE", "QUANTIZE", "DEQUANTIZE")
+# The op types an int8 build runs on int8 tensors: the convolutions (with their folded BatchNorm and ReLU).
+# Everything else stays float32. Quantized, the keypoint algebra and grid sampling break: the jacobian
+# inverse's DIV fails at run time (divisor at the zero point) and grid sampling's LESS_EQUAL aborts the
+# process (QuantizeMultiplierGreaterThanOne), measured with TFLITE_BUILTINS_INT8 alone. Pooling,
+# upsampling, padding, concatenation and residual adds in int8 too brought the demo model's PSNR against
+# float32 from 40.8 to 16.5 dB.
+INT8_OPS = ("CONV_2D", "QUANTIZE", "DEQUANTIZE")
 
 
 def float_op_types():

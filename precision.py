@@ -21,9 +21,9 @@ BUILD_PAIRS = {"savedmodel": ("float32", "bfloat16"), "tflite": ("float32", "int
 # The exports a bfloat16 build writes under a name of their own (<module>-bfloat16); the others are float32.
 BFLOAT16_MODULES = ("generator", "source_encoder", "generator_cached")
 # The TF Lite files an int8 build writes full-integer under a name of their own (<module>-int8full).
-# kp_detector stays float32: its hourglass in int8 moved the demo model's keypoints by 18 px (the heatmap
-# softmax's temperature of 0.1 amplifies every quantization step tenfold); process_kp_driving is a few
-# hundred flops of keypoint algebra.
+# kp_detector stays float32: its convolutions in int8 moved the demo model's keypoints by up to 10 px (the
+# heatmap softmax's temperature of 0.1 amplifies every quantization step tenfold); process_kp_driving is a
+# few hundred flops of keypoint algebra.
 INT8_MODULES = ("generator",)
 # /proc/cpuinfo flags with bfloat16 dot products in hardware (oneDNN uses them; without, it emulates).
 BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")

@@ -87,7 +87,7 @@ def parse_args(argv=None):
     parser.add_argument("--precision", choices=precision.PRECISIONS, default=precision.DEFAULT,
                         help="arithmetic of the model: float32 (exact, default), bfloat16 (direct and savedmodel; "
                              "faster on CPUs with AVX512_BF16 / AMX, quality in the README) or int8 (tflite: the "
-                             "experimental full-integer generator of build.py --precision int8; far from exact)")
+                             "experimental full-integer generator of build.py --precision int8; not exact)")
     parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /CPU:0 or /GPU:0")
     parser.add_argument("--profile", action="store_true", help="TensorBoard profiling under ./log")
     parser.add_argument("--visualizer", action="store_true", help="write the original's visualisation")
