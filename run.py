@@ -395,7 +395,6 @@ def execute(args, models, job, drawer=None, timings=None, trace=None):
     except Exception as err:  # noqa: BLE001 -- a batch goes on past a bad video or a bug in one job
         if job.key is None:
             raise
-        jobs.remove_partial(job.output, utils.visualizer_path(job.output))
         message = str(err) if isinstance(err, (utils.UserError, checkpoint_loader.CheckpointError)) \
             else f"{type(err).__name__}: {utils.first_line(err)}"
         return jobs.Result(job.name, job.output, error=message, log=jobs.write_failure_log(job.output, job.name, err))
