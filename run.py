@@ -18,7 +18,6 @@ import contextlib
 import functools
 import itertools
 import os
-import shlex
 import sys
 import warnings
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ try:
     import backends
     import checkpoint_loader
     import datasets
+    import export_checks
     import export_files
     import faces
     import jobs
@@ -43,10 +43,6 @@ except KeyboardInterrupt:  # Ctrl-C while scikit-image and imageio load: as clea
     print("interrupted: no output written", file=sys.stderr)
     sys.exit(130)
 
-REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-EXAMPLE_SOURCE = os.path.join("example", "source.png")  # the seed CLI's defaults, inside the repository
-EXAMPLE_DRIVING = os.path.join("example", "driving.mp4")
-DEFAULT_MODEL = "vox"
 ASPECT_TOLERANCE = 0.05  # a frame whose aspect differs more from frame_shape's is visibly stretched
 
 
@@ -55,7 +51,7 @@ def parse_args(argv=None):
     parser = utils.ArgumentParser(description="Run inference")
     parser.add_argument("--target", choices=["direct", "savedmodel", "tflite", "onnx"], default="direct",
                         help="run the model directly, or its SavedModel, TF Lite or ONNX (onnxruntime) export")
-    parser.add_argument("--exportdir", default=REPO_DIR,
+    parser.add_argument("--exportdir", default=utils.REPO_DIR,
                         help="folder holding build.py's saved_models/, tflite/ and onnx/ (default: the repository)")
     parser.add_argument("--mode", choices=["animate", "reconstruction"], default="animate", help="run mode")
     parser.add_argument("--datamode", choices=["file", "dataset"], default="file",
@@ -244,7 +240,7 @@ def prepare(args):
     args.precision = precision.effective(args.precision, warn)  # float32 where the CPU would emulate it
     config_path, checkpoint_path = resolve_model(args)
     config = model_config.load(config_path)
-    exports = check_exports(args, checkpoint_path) if args.target != "direct" else None
+    exports = export_checks.check_exports(args, checkpoint_path) if args.target != "direct" else None
     if args.jobs is not None:
         listed = csv_jobs(args, config)
     elif args.datamode == "file":
@@ -281,8 +277,8 @@ def resolve_model(args):
     """
     if args.config is None:
         if args.model is None:
-            note(f"no --model given: using {DEFAULT_MODEL} (config/{DEFAULT_MODEL}-256.yaml)")
-        config_path, published = utils.model_paths(args.model or DEFAULT_MODEL)
+            note(f"no --model given: using {utils.DEFAULT_MODEL} (config/{utils.DEFAULT_MODEL}-256.yaml)")
+        config_path, published = utils.model_paths(args.model or utils.DEFAULT_MODEL)
         checkpoint_path = args.checkpoint or published
     else:
         utils.require_file(args.config, "a config file", "--config")
@@ -304,7 +300,7 @@ def resolve_model(args):
 def example_input(path, flag):
     """The bundled example standing in for a flag the user did not give, said in one line."""
     note(f"no {flag} given: using the bundled {path}")
-    return os.path.join(REPO_DIR, path)
+    return os.path.join(utils.REPO_DIR, path)
 
 
 def run(args, plan):
@@ -473,7 +469,7 @@ def render_job(args, models, job, drawer, timings, trace):
 def describe_model(args, plan):
     if args.target == "direct":
         return f"{plan.checkpoint_path}"
-    return f"{args.target} exports of {export_files.export_model_name(args.model or DEFAULT_MODEL, args.config)}"
+    return f"{args.target} exports of {export_files.export_model_name(args.model or utils.DEFAULT_MODEL, args.config)}"
 
 
 def check_device(name):
@@ -725,13 +721,13 @@ def file_jobs(args, config):
     reconstruction = args.mode == "reconstruction"
     source_path = source = photo = None
     if not reconstruction:
-        source_path = args.source_image or example_input(EXAMPLE_SOURCE, "--source_image")
+        source_path = args.source_image or example_input(utils.EXAMPLE_SOURCE, "--source_image")
         utils.require_file(source_path, "an image", "--source_image")
         if crops_source(args) or args.list_faces:
             photo = faces.read_photo_upright(source_path)
         else:
             source = read_source(source_path, frame_shape)
-    driving_path = args.driving_video or example_input(EXAMPLE_DRIVING, "--driving_video")
+    driving_path = args.driving_video or example_input(utils.EXAMPLE_DRIVING, "--driving_video")
     utils.require_file(driving_path, "a video", "--driving_video")
     check_face_model(args, config)
     output = utils.output_path(args.output, source_path, driving_path, args.mode, args.dontappend)
@@ -813,7 +809,7 @@ def source_boxes(args, job, shape):
     if args.crop_box is not None:
         faces.warn_if_small(args.crop_box, shape, args.source_image)
         return [args.crop_box]
-    name = args.source_image or EXAMPLE_SOURCE
+    name = args.source_image or utils.EXAMPLE_SOURCE
     return [box for _, box in faces.source_crops(job.photo, shape, name, face=args.face)]
 
 
@@ -839,7 +835,7 @@ def list_faces(args, plan):
     for job in plan.jobs:
         if job.photo is not None:
             found = faces.detect_faces(job.photo)
-            say(f"{args.source_image or EXAMPLE_SOURCE}: {plural(len(found), 'face')}")
+            say(f"{args.source_image or utils.EXAMPLE_SOURCE}: {plural(len(found), 'face')}")
             for index, face in enumerate(found):
                 x, y, w, h = face.box
                 say(f"  face {index}: box {round(x)},{round(y)},{round(w)},{round(h)} "
@@ -969,7 +965,7 @@ def load_models_and_cache_writer(args, config, checkpoint_path, exports=None):
     """(load_models' Models, a callable that writes the direct target's model cache entry after a miss, or
     None when there is nothing to write)."""
     if args.target != "direct":
-        return (exports or check_exports(args, checkpoint_path)).load(args.target), None
+        return (exports or export_checks.check_exports(args, checkpoint_path)).load(args.target), None
     state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
     if args.no_cache or args.precision != "float32":  # the cache holds float32 models only
         return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale,
@@ -985,127 +981,6 @@ def write_model_cache(write_entry):
     except KeyboardInterrupt:
         print("interrupted: the outputs are complete; the model cache entry was not written", file=sys.stderr)
         sys.exit(130)
-
-
-@dataclass
-class CheckedExports:
-    """build.py's exports for this run, found and checked against its options from their JSON alone."""
-    exports: dict  # {module: (path, signature description)}
-    hardcode: object  # process_kp_driving's --hardcode XY, or None
-    first_order: bool
-    prescale: bool
-
-    def load(self, target):
-        """animate.Models over the exports (this imports the target's runtime)."""
-        calls = {module: export_files.load_export(target, path) for module, (path, _) in self.exports.items()}
-        process = calls["process_kp_driving"]
-        if self.hardcode is not None:
-            process = without_flag_inputs(process)
-        return animate.Models(calls["kp_detector"], process, calls["generator"], estimate_jacobian=self.first_order,
-                              prescale=self.prescale, source_encoder=calls.get("source_encoder"),
-                              generator_cached=calls.get("generator_cached"))
-
-
-def check_exports(args, checkpoint_path):
-    """The savedmodel / tflite / onnx exports this run needs, checked to exist and fit its options."""
-    command = build_command(args, checkpoint_path)
-    name = export_files.export_model_name(args.model or DEFAULT_MODEL, args.config)
-    try:
-        exports = export_files.find_exports(args.target, args.exportdir, name, args.float16, args.int8,
-                                            args.precision)
-    except export_files.ExportMissing as missing:
-        raise utils.UserError(f"{missing.path}: no such export; make it with: {command}") from None
-    exports = without_stale_cache(exports, command)
-    builds = {module: description["build"] for module, (_, description) in exports.items()}
-    generator_inputs = [i["name"] for i in exports["generator"][1]["inputs"]]
-    first_order = "kp_driving_jacobian" in generator_inputs
-    check_prescale_exports(args, builds, command)
-    check_static_batch(args, builds, command)
-    hardcode = builds["process_kp_driving"]["hardcode"]
-    if hardcode is not None:
-        check_hardcode(args, hardcode, first_order, command)
-    return CheckedExports(exports, hardcode, first_order, builds["generator"]["prescale"])
-
-
-def without_stale_cache(exports, command):
-    """`exports` with source_encoder / generator_cached only if both are there and hold the generator's weights.
-
-    build.py records a digest of the weights in each export's JSON; a pair left from a build of other
-    weights (or a partial one) is dropped with a warning, and the plain generator runs instead.
-    """
-    cached = [module for module in export_files.CACHED_EXPORT_MODULES if module in exports]
-    if not cached:
-        return exports
-    weights = exports["generator"][1].get("weights")
-    complete = len(cached) == len(export_files.CACHED_EXPORT_MODULES)
-    if complete and weights is not None and all(exports[module][1].get("weights") == weights for module in cached):
-        return exports
-    warn(f"the {' and '.join(cached)} exports do not match the generator export; running without them "
-         f"(rebuild with: {command})")
-    return {module: entry for module, entry in exports.items() if module not in cached}
-
-
-def build_command(args, checkpoint_path):
-    """The build.py command that makes the exports this run asks for."""
-    words = ["python", "build.py"]
-    if args.config:
-        # The checkpoint the user gave, else the one named after the config; never another model's.
-        words += ["--config", args.config, "--checkpoint", checkpoint_path or "<CHECKPOINT>"]
-    else:
-        words += ["--model", args.model or DEFAULT_MODEL]
-    words += [flag for flag, on in (("--prescale", args.prescale), ("--float16", args.float16), ("--int8", args.int8),
-                                    ("--onnx", args.target == "onnx")) if on]
-    if args.precision == "int8":  # full-integer TF Lite, calibrated on the bundled example's driving frames
-        words += ["--precision", "int8", "--calibration", EXAMPLE_DRIVING]
-    elif args.precision != precision.DEFAULT:
-        words += ["--precision", args.precision, "--nolite"]
-    if os.path.abspath(args.exportdir) != REPO_DIR:
-        words += ["--outdir", args.exportdir]
-    return shlex.join(words)
-
-
-def check_prescale_exports(args, builds, command):
-    """--prescale needs prescale exports; kp_detector and generator must agree either way."""
-    kp_prescale, generator_prescale = builds["kp_detector"]["prescale"], builds["generator"]["prescale"]
-    if args.prescale and not (kp_prescale and generator_prescale):
-        raise utils.UserError(f"--prescale: the {args.target} exports were built without --prescale; "
-                              f"make them with: {command}")
-    if kp_prescale != generator_prescale:
-        raise utils.UserError(f"the {args.target} kp_detector and generator exports disagree on --prescale; "
-                              f"rebuild both with: {command}")
-
-
-def check_static_batch(args, builds, command):
-    """An export with --staticbatchsize N runs only full batches of N (--batchsize N --exactbatch)."""
-    for module, build in builds.items():
-        size = build["static_batch_size"]
-        if size is not None and (args.batch_size != size or not args.exactbatch):
-            raise utils.UserError(f"the {args.target} {module} export has a static batch size of {size}: "
-                                  f"run with --batchsize {size} --exactbatch, or rebuild for any batch size "
-                                  f"with: {command}")
-
-
-def check_hardcode(args, hardcode, first_order, command):
-    """A process_kp_driving built with --hardcode XY only serves runs whose flags equal X and Y.
-
-    The pipeline always asks for a relative jacobian (X = 1) and for adapt_movement_scale = --adapt;
-    zero-order models have no jacobian, so X does not matter for them.
-    """
-    relative_jacobian, adapt = hardcode
-    if args.relative and ((first_order and relative_jacobian != "1") or adapt != ("1" if args.adapt else "0")):
-        raise utils.UserError(f"the {args.target} process_kp_driving export was built with --hardcode {hardcode}, "
-                              f"which does not fit --relative{' --adapt' if args.adapt else ''}; "
-                              f"rebuild it with: {command}")
-
-
-def without_flag_inputs(process):
-    """Call a --hardcode process_kp_driving export: its two flags are baked in, not inputs."""
-    import modules
-
-    def call(**inputs):
-        return process(**{k: v for k, v in inputs.items() if k not in modules.HARDCODE_FLAGS})
-
-    return call
 
 
 def clear_cache():

@@ -16,6 +16,9 @@ import backends
 
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
+DEFAULT_MODEL = "vox"  # --model when none is given, as in the seed CLI
+EXAMPLE_SOURCE = os.path.join("example", "source.png")  # the seed CLI's default inputs, inside the repository
+EXAMPLE_DRIVING = os.path.join("example", "driving.mp4")
 
 
 # ----------------------------------------------------------------------------

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -464,6 +465,32 @@ def test_hardcoded_flags_that_do_not_fit_the_run_are_one_line(builds, tmp_path, 
     code = run.main(run_args(fx, tmp_path / "frames", "--relative", "--adapt", "--target", "savedmodel",
                              "--exportdir", str(root)))
     assert_one_line_error(capsys, code, "--hardcode 10", "python build.py")
+
+
+RUN_WITHOUT_TENSORFLOW = (
+    "import json, sys\n"
+    "import run\n"
+    "code = run.main(json.loads(sys.argv[1]))\n"
+    "print(code, sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))\n")
+
+
+@pytest.mark.parametrize("hardcode", [None, "10"])
+def test_tflite_run_never_imports_tensorflow(builds, tmp_path, hardcode):
+    """The tflite target runs on LiteRT alone, a --hardcode export too (its flags are dropped from the
+    call by the export's own signature), and gives the frames of the plain export."""
+    fx = load_fixture(VARIANT_FIXTURE)
+    flags = ("--hardcode", hardcode) if hardcode else ()
+    args = run_args(fx, tmp_path / "frames", "--relative", "--target", "tflite",
+                    "--exportdir", str(builds.root(VARIANT_FIXTURE, flags)))
+    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TENSORFLOW, json.dumps(args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
+    plain = run_args(fx, tmp_path / "plain", "--relative", "--target", "tflite",
+                     "--exportdir", str(builds.root(VARIANT_FIXTURE)))
+    assert run.main(plain) == 0
+    ours, expected = read_png_frames(tmp_path / "frames"), read_png_frames(tmp_path / "plain")
+    assert len(ours) == len(expected) > 0
+    np.testing.assert_array_equal(np.stack(ours), np.stack(expected))
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,0 +1,138 @@
+"""Which of build.py's exports a run needs, found and checked against its options before anything loads.
+
+A savedmodel / tflite / onnx run reads only the signature JSON beside each export here: whether the
+files exist, whether they were built with the run's --prescale / --staticbatchsize / --hardcode, and
+whether a cached source encoder still matches its generator. Every refusal names the build.py command
+that makes the right exports. Loading (which imports the target's runtime) happens in
+CheckedExports.load, after every check has passed.
+"""
+import os
+import shlex
+from dataclasses import dataclass
+
+import animate
+import export_files
+import precision
+import utils
+
+
+@dataclass
+class CheckedExports:
+    """build.py's exports for this run, found and checked against its options from their JSON alone."""
+    exports: dict  # {module: (path, signature description)}
+    hardcode: object  # process_kp_driving's --hardcode XY, or None
+    first_order: bool
+    prescale: bool
+
+    def load(self, target):
+        """animate.Models over the exports (this imports the target's runtime)."""
+        calls = {module: export_files.load_export(target, path) for module, (path, _) in self.exports.items()}
+        process = calls["process_kp_driving"]
+        if self.hardcode is not None:
+            process = without_flag_inputs(process, self.exports["process_kp_driving"][1]["inputs"])
+        return animate.Models(calls["kp_detector"], process, calls["generator"], estimate_jacobian=self.first_order,
+                              prescale=self.prescale, source_encoder=calls.get("source_encoder"),
+                              generator_cached=calls.get("generator_cached"))
+
+
+def check_exports(args, checkpoint_path):
+    """The savedmodel / tflite / onnx exports this run needs, checked to exist and fit its options."""
+    command = build_command(args, checkpoint_path)
+    name = export_files.export_model_name(args.model or utils.DEFAULT_MODEL, args.config)
+    try:
+        exports = export_files.find_exports(args.target, args.exportdir, name, args.float16, args.int8,
+                                            args.precision)
+    except export_files.ExportMissing as missing:
+        raise utils.UserError(f"{missing.path}: no such export; make it with: {command}") from None
+    exports = without_stale_cache(exports, command)
+    builds = {module: description["build"] for module, (_, description) in exports.items()}
+    generator_inputs = [i["name"] for i in exports["generator"][1]["inputs"]]
+    first_order = "kp_driving_jacobian" in generator_inputs
+    check_prescale_exports(args, builds, command)
+    check_static_batch(args, builds, command)
+    hardcode = builds["process_kp_driving"]["hardcode"]
+    if hardcode is not None:
+        check_hardcode(args, hardcode, first_order, command)
+    return CheckedExports(exports, hardcode, first_order, builds["generator"]["prescale"])
+
+
+def without_stale_cache(exports, command):
+    """`exports` with source_encoder / generator_cached only if both are there and hold the generator's weights.
+
+    build.py records a digest of the weights in each export's JSON; a pair left from a build of other
+    weights (or a partial one) is dropped with a warning, and the plain generator runs instead.
+    """
+    cached = [module for module in export_files.CACHED_EXPORT_MODULES if module in exports]
+    if not cached:
+        return exports
+    weights = exports["generator"][1].get("weights")
+    complete = len(cached) == len(export_files.CACHED_EXPORT_MODULES)
+    if complete and weights is not None and all(exports[module][1].get("weights") == weights for module in cached):
+        return exports
+    utils.warn(f"the {' and '.join(cached)} exports do not match the generator export; running without them "
+         f"(rebuild with: {command})")
+    return {module: entry for module, entry in exports.items() if module not in cached}
+
+
+def build_command(args, checkpoint_path):
+    """The build.py command that makes the exports this run asks for."""
+    words = ["python", "build.py"]
+    if args.config:
+        # The checkpoint the user gave, else the one named after the config; never another model's.
+        words += ["--config", args.config, "--checkpoint", checkpoint_path or "<CHECKPOINT>"]
+    else:
+        words += ["--model", args.model or utils.DEFAULT_MODEL]
+    words += [flag for flag, on in (("--prescale", args.prescale), ("--float16", args.float16), ("--int8", args.int8),
+                                    ("--onnx", args.target == "onnx")) if on]
+    if args.precision == "int8":  # full-integer TF Lite, calibrated on the bundled example's driving frames
+        words += ["--precision", "int8", "--calibration", utils.EXAMPLE_DRIVING]
+    elif args.precision != precision.DEFAULT:
+        words += ["--precision", args.precision, "--nolite"]
+    if os.path.abspath(args.exportdir) != utils.REPO_DIR:
+        words += ["--outdir", args.exportdir]
+    return shlex.join(words)
+
+
+def check_prescale_exports(args, builds, command):
+    """--prescale needs prescale exports; kp_detector and generator must agree either way."""
+    kp_prescale, generator_prescale = builds["kp_detector"]["prescale"], builds["generator"]["prescale"]
+    if args.prescale and not (kp_prescale and generator_prescale):
+        raise utils.UserError(f"--prescale: the {args.target} exports were built without --prescale; "
+                              f"make them with: {command}")
+    if kp_prescale != generator_prescale:
+        raise utils.UserError(f"the {args.target} kp_detector and generator exports disagree on --prescale; "
+                              f"rebuild both with: {command}")
+
+
+def check_static_batch(args, builds, command):
+    """An export with --staticbatchsize N runs only full batches of N (--batchsize N --exactbatch)."""
+    for module, build in builds.items():
+        size = build["static_batch_size"]
+        if size is not None and (args.batch_size != size or not args.exactbatch):
+            raise utils.UserError(f"the {args.target} {module} export has a static batch size of {size}: "
+                                  f"run with --batchsize {size} --exactbatch, or rebuild for any batch size "
+                                  f"with: {command}")
+
+
+def check_hardcode(args, hardcode, first_order, command):
+    """A process_kp_driving built with --hardcode XY only serves runs whose flags equal X and Y.
+
+    The pipeline always asks for a relative jacobian (X = 1) and for adapt_movement_scale = --adapt;
+    zero-order models have no jacobian, so X does not matter for them.
+    """
+    relative_jacobian, adapt = hardcode
+    if args.relative and ((first_order and relative_jacobian != "1") or adapt != ("1" if args.adapt else "0")):
+        raise utils.UserError(f"the {args.target} process_kp_driving export was built with --hardcode {hardcode}, "
+                              f"which does not fit --relative{' --adapt' if args.adapt else ''}; "
+                              f"rebuild it with: {command}")
+
+
+def without_flag_inputs(process, inputs):
+    """Call a --hardcode process_kp_driving export: its two flags are baked in, so the pipeline's flag
+    inputs that its signature does not declare are dropped."""
+    declared = {item["name"] for item in inputs}
+
+    def call(**values):
+        return process(**{name: value for name, value in values.items() if name in declared})
+
+    return call
