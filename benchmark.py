@@ -694,23 +694,38 @@ def end_to_end(args, tmpdir):
     return results
 
 
-def end_to_end_table(rows):
-    """The markdown table of the end-to-end rows, with ratios to the original's row of the same length."""
+RUN_PY_BATCH = 4  # run.py's default --batchsize: the steady row an end-to-end row is set against
+
+
+def end_to_end_table(rows, steady=()):
+    """The markdown table of the end-to-end rows, with ratios to the original's row of the same length and,
+    where the same run has the target's steady-state row, the start-up overhead: written - frames x
+    steady seconds per frame (what the process spends on anything but frames)."""
     header = ("| target | frames | first frame s | output written s | process exit s | written vs original "
-              "| peak RSS MB |")
+              "| start-up overhead s | peak RSS MB |")
     lines = [header, "|" + "---|" * (header.count("|") - 1)]
     originals = {row["frames"]: row for row in rows if row["target"] == "original" and "error" not in row}
     for row in rows:
         if "error" in row:
-            lines.append(f"| {row['target']} | {row['frames']} | failed: {row['error']} |" + " |" * 4)
+            lines.append(f"| {row['target']} | {row['frames']} | failed: {row['error']} |" + " |" * 5)
             continue
         original = originals.get(row["frames"])
         ratio = original["written_s"] / row["written_s"] if original and row.get("written_s") else None
         cells = [row["target"], str(row["frames"]), _number(row.get("first_frame_s"), "{:.1f}"),
                  _number(row.get("written_s"), "{:.1f}"), f"{row['exit_s']:.1f}", _ratio(ratio),
-                 f"{row['peak_rss_mb']:.0f}"]
+                 _number(startup_overhead(row, steady), "{:.1f}"), f"{row['peak_rss_mb']:.0f}"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def startup_overhead(row, steady):
+    """Seconds of an end-to-end row not explained by its frames at the steady-state rate, or None."""
+    target = row["target"].split("-")[0] if row["target"].startswith("direct-") else row["target"]
+    batch = 1 if target == "original" else RUN_PY_BATCH
+    match = next((r for r in steady if r["target"] == target and r["batch"] == batch and "fps" in r), None)
+    if match is None or row.get("written_s") is None:
+        return None
+    return row["written_s"] - row["frames"] / match["fps"]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -945,7 +960,7 @@ def print_report(report):
     elif end_to_end_report:
         print(f"\nEnd to end, checkpoint {report['checkpoint']} (a fresh process per row: command start -> first "
               f"frame, output written, exit):\n")
-        print(end_to_end_table(end_to_end_report["rows"]))
+        print(end_to_end_table(end_to_end_report["rows"], report["rows"]))
     if report["rows"]:
         print()
         print(table(report["rows"]))

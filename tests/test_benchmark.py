@@ -114,4 +114,16 @@ def test_end_to_end_table_compares_each_row_with_the_original_of_its_length():
     rows = [{"target": target, "frames": 32, "first_frame_s": 1.0, "written_s": written, "exit_s": written + 1,
              "peak_rss_mb": 100.0} for target, written in (("original", 20.0), ("tflite", 10.0))]
     table = benchmark.end_to_end_table(rows)
-    assert "| tflite | 32 | 1.0 | 10.0 | 11.0 | 2.00x | 100 |" in table.splitlines()
+    assert "| tflite | 32 | 1.0 | 10.0 | 11.0 | 2.00x | - | 100 |" in table.splitlines()
+
+
+def test_end_to_end_overhead_is_what_the_frames_at_the_steady_rate_do_not_explain():
+    import benchmark
+
+    rows = [{"target": target, "frames": 32, "first_frame_s": 1.0, "written_s": written, "exit_s": written + 1,
+             "peak_rss_mb": 100.0} for target, written in (("original", 20.0), ("direct-cold", 15.0))]
+    steady = [{"target": "original", "batch": 1, "fps": 2.0}, {"target": "direct", "batch": 1, "fps": 8.0},
+              {"target": "direct", "batch": 4, "fps": 4.0}]  # run.py's default batch is the one that counts
+    lines = benchmark.end_to_end_table(rows, steady).splitlines()
+    assert "| original | 32 | 1.0 | 20.0 | 21.0 | 1.00x | 4.0 | 100 |" in lines
+    assert "| direct-cold | 32 | 1.0 | 15.0 | 16.0 | 1.33x | 7.0 | 100 |" in lines
