@@ -8,7 +8,7 @@ unpickled) plus `manifest.json`, which holds the entry's key and the size and sh
 The key is everything the traced graph depends on: the checkpoint's size, mtime and inode plus a digest
 of the tensors actually read from it (the reader reads only the kp_detector and generator storages, so
 this hashes a third of a published checkpoint, not all of it), the parsed model config, a digest of the
-model code, the options that change the graph (--prescale, --device) and the TensorFlow version.
+model code, the options that change the graph (--prescale, --device, --precision) and the TensorFlow version.
 
 An entry whose manifest does not match its files is rebuilt with a one-line warning. Writers build into
 a temporary folder inside the cache folder and rename it into place, so readers never see half an entry
@@ -80,7 +80,7 @@ def code_digest():
     return digest.hexdigest()
 
 
-def cache_key(config, checkpoint_path, state_dicts, prescale=False, device=None):
+def cache_key(config, checkpoint_path, state_dicts, prescale=False, device=None, precision="float32"):
     """The entry's key: a JSON-able dict of everything the traced models depend on."""
     import backends
 
@@ -88,7 +88,7 @@ def cache_key(config, checkpoint_path, state_dicts, prescale=False, device=None)
            "checkpoint": {**checkpoint_identity(checkpoint_path), "tensors_sha256": tensors_digest(state_dicts)},
            "config": dataclasses.asdict(config),
            "code_sha256": code_digest(),
-           "options": {"prescale": bool(prescale), "device": device},
+           "options": {"prescale": bool(prescale), "device": device, "precision": precision},
            "tensorflow": backends.tensorflow().__version__}
     return json.loads(json.dumps(key))  # as the manifest will read back (tuples become lists)
 
@@ -290,7 +290,7 @@ def is_entry_name(name):
     return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
 
 
-def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None):
+def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None, precision="float32"):
     """(animate.Models for the direct target, write_entry): the models from the cache when it holds them,
     else built (animate.direct_modules) with `write_entry()` to store them for the next run (None after
     a hit). The caller writes the entry once its outputs are written, so a cold run's first frame
@@ -298,10 +298,10 @@ def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=N
     import animate
 
     cache = cache or ModelCache()
-    key = cache_key(config, checkpoint_path, state_dicts, prescale, device)
+    key = cache_key(config, checkpoint_path, state_dicts, prescale, device, precision)
     calls = cache.load(key)
     if calls is not None:
         return animate.models_from_calls(calls, config.estimate_jacobian, prescale), None
-    tf_modules = animate.direct_modules(config, state_dicts, checkpoint_path, prescale)
+    tf_modules = animate.direct_modules(config, state_dicts, checkpoint_path, prescale, precision)
     models = animate.models_from_calls(animate.numpy_calls(tf_modules), config.estimate_jacobian, prescale)
     return models, lambda: cache.store(key, tf_modules)

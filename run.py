@@ -967,11 +967,11 @@ def load_models_and_cache_writer(args, config, checkpoint_path, exports=None):
     if args.target != "direct":
         return (exports or export_checks.check_exports(args, checkpoint_path)).load(args.target), None
     state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
-    if args.no_cache or args.precision != "float32":  # the cache holds float32 models only
+    if args.no_cache:
         return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale,
                                      precision=args.precision), None
     return model_cache.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale, device=args.device,
-                                     cache=model_cache.ModelCache(warn=warn, status=inform))
+                                     cache=model_cache.ModelCache(warn=warn, status=inform), precision=args.precision)
 
 
 def write_model_cache(write_entry):

@@ -18,6 +18,7 @@ from conftest import REPO, load_fixture, read_png_frames, run_args, stderr_lines
 
 import animate
 import model_cache
+import precision
 import run
 
 FIXTURE = "zero_order"  # the smallest model: a build is most of a run's time
@@ -139,6 +140,18 @@ def test_prescale_is_its_own_entry(tmp_path, cache, builds):
     render(tmp_path, "plain")
     render(tmp_path, "prescale", "--prescale")
     assert len(builds) == 2 and len(entries(cache)) == 2
+
+
+@pytest.mark.skipif(not precision.native("bfloat16"), reason="this CPU runs bfloat16 only emulated: "
+                                                                 "--precision bfloat16 falls back to float32")
+def test_bfloat16_is_its_own_entry_and_a_hit_gives_its_frames(tmp_path, cache, builds):
+    uncached = render(tmp_path, "uncached", "--precision", "bfloat16", "--no_cache", fixture="vox")
+    render(tmp_path, "float32", fixture="vox")
+    first = render(tmp_path, "first", "--precision", "bfloat16", fixture="vox")
+    second = render(tmp_path, "second", "--precision", "bfloat16", fixture="vox")
+    assert len(builds) == 3 and len(entries(cache)) == 2, "bfloat16 shares float32's entry or missed on its own"
+    np.testing.assert_array_equal(first, uncached)
+    np.testing.assert_array_equal(second, uncached)
 
 
 def test_a_corrupt_entry_is_rebuilt_with_a_warning(tmp_path, cache, builds, capsys):
