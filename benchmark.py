@@ -542,7 +542,10 @@ def write_clip(source_video, path, count):
 # The rows, per requested target: the direct target twice, with its model cache empty (cold: the run builds
 # the models and writes the entry after its output) and filled by that run (warm).
 END_TO_END_ROWS = {"direct": ("direct-cold", "direct-warm"), "savedmodel": ("savedmodel",), "tflite": ("tflite",),
-                   "onnx": ("onnx",), "original": ("original",)}
+                   "onnx": ("onnx",), "original": ("original",),
+                   "direct-bfloat16": ("direct-bfloat16-cold", "direct-bfloat16-warm"),
+                   "savedmodel-bfloat16": ("savedmodel-bfloat16",)}
+CACHE_STATES = ("-cold", "-warm")
 FIRST_FRAME_MARK = "FIRST_FRAME"  # what the original's job prints when its first frame is computed
 # run.py's progress bar starts at the first written frame: "  1/N [" is that moment.
 _PROGRESS_FIRST = " 1/{} ["
@@ -558,6 +561,7 @@ def run_py_command(args, row, clip, output, exportdir):
     command = [sys.executable, os.path.join(REPO_DIR, "run.py"), "--target", target, "--config", args.config,
                "--checkpoint", args.checkpoint, "--source_image", args.source_image, "--driving_video", clip,
                "--relative", "--adapt", "--output", output]
+    command += ["--precision", "bfloat16"] if "-bfloat16" in row else []
     return command + (["--exportdir", exportdir] if target != "direct" else [])
 
 
@@ -646,15 +650,19 @@ def job_end_to_end_original(spec):
 
 
 def build_end_to_end_exports(args, exportdir):
-    """build.py's exports of --checkpoint, for the savedmodel / tflite / onnx end-to-end rows."""
+    """build.py's exports of --checkpoint, for the savedmodel / tflite / onnx (and bfloat16 SavedModel)
+    end-to-end rows."""
     rows = end_to_end_rows(args.targets)
-    if not any(row in ("savedmodel", "tflite", "onnx") for row in rows):
-        return
-    command = [sys.executable, os.path.join(REPO_DIR, "build.py"), "--config", args.config, "--checkpoint",
-               args.checkpoint, "--outdir", exportdir]
-    command += ([] if "tflite" in rows else ["--nolite"]) + (["--onnx"] if "onnx" in rows else [])
-    print("building the end-to-end exports ...", flush=True)
-    subprocess.run(command, check=True, cwd=REPO_DIR, stdout=subprocess.DEVNULL)
+    base = [sys.executable, os.path.join(REPO_DIR, "build.py"), "--config", args.config, "--checkpoint",
+            args.checkpoint, "--outdir", exportdir]
+    builds = []
+    if any(row in ("savedmodel", "tflite", "onnx") for row in rows):
+        builds.append(base + ([] if "tflite" in rows else ["--nolite"]) + (["--onnx"] if "onnx" in rows else []))
+    if "savedmodel-bfloat16" in rows:
+        builds.append(base + ["--precision", "bfloat16", "--nolite"])
+    for command in builds:
+        print("building the end-to-end exports ...", flush=True)
+        subprocess.run(command, check=True, cwd=REPO_DIR, stdout=subprocess.DEVNULL)
 
 
 END_TO_END_ARGS = ("config", "checkpoint", "targets", "end_to_end", "source_image", "driving_video")
@@ -720,7 +728,7 @@ def end_to_end_table(rows, steady=()):
 
 def startup_overhead(row, steady):
     """Seconds of an end-to-end row not explained by its frames at the steady-state rate, or None."""
-    target = row["target"].split("-")[0] if row["target"].startswith("direct-") else row["target"]
+    target = row["target"].removesuffix(CACHE_STATES[0]).removesuffix(CACHE_STATES[1])
     batch = 1 if target == "original" else RUN_PY_BATCH
     match = next((r for r in steady if r["target"] == target and r["batch"] == batch and "fps" in r), None)
     if match is None or row.get("written_s") is None:

@@ -127,3 +127,20 @@ def test_end_to_end_overhead_is_what_the_frames_at_the_steady_rate_do_not_explai
     lines = benchmark.end_to_end_table(rows, steady).splitlines()
     assert "| original | 32 | 1.0 | 20.0 | 21.0 | 1.00x | 4.0 | 100 |" in lines
     assert "| direct-cold | 32 | 1.0 | 15.0 | 16.0 | 1.33x | 7.0 | 100 |" in lines
+
+
+def test_bfloat16_end_to_end_rows_run_run_py_at_bfloat16_and_count_against_their_steady_row():
+    import types
+
+    import benchmark
+
+    assert benchmark.end_to_end_rows(["direct-bfloat16", "savedmodel-bfloat16"]) == [
+        "direct-bfloat16-cold", "direct-bfloat16-warm", "savedmodel-bfloat16"]
+    args = types.SimpleNamespace(config="c.yaml", checkpoint="m.pth.tar", source_image="s.png")
+    for row, target in (("direct-bfloat16-warm", "direct"), ("savedmodel-bfloat16", "savedmodel")):
+        command = benchmark.run_py_command(args, row, "clip.mp4", "out.mp4", "exports")
+        assert command[command.index("--target") + 1] == target
+        assert command[command.index("--precision") + 1] == "bfloat16"
+    assert "--precision" not in benchmark.run_py_command(args, "direct-cold", "clip.mp4", "out.mp4", "exports")
+    row = {"target": "direct-bfloat16-warm", "frames": 10, "written_s": 4.0}
+    assert benchmark.startup_overhead(row, [{"target": "direct-bfloat16", "batch": 4, "fps": 5.0}]) == 2.0
