@@ -25,14 +25,22 @@ class CheckedExports:
     prescale: bool
 
     def load(self, target):
-        """animate.Models over the exports (this imports the target's runtime)."""
-        calls = {module: export_files.load_export(target, path) for module, (path, _) in self.exports.items()}
-        process = calls["process_kp_driving"]
+        """animate.Models over the exports (this imports the target's runtime).
+
+        With the source_encoder + generator_cached pair there, the plain generator export is not loaded:
+        the pair gives its outputs, and loading a third copy of the generator's weights would cost
+        start-up time and memory for nothing.
+        """
+        cached = all(module in self.exports for module in export_files.CACHED_EXPORT_MODULES)
+        calls = {module: export_files.load_export(target, path) for module, (path, _) in self.exports.items()
+                 if not (cached and module == "generator")}
         if self.hardcode is not None:
-            process = without_flag_inputs(process, self.exports["process_kp_driving"][1]["inputs"])
-        return animate.Models(calls["kp_detector"], process, calls["generator"], estimate_jacobian=self.first_order,
-                              prescale=self.prescale, source_encoder=calls.get("source_encoder"),
-                              generator_cached=calls.get("generator_cached"))
+            calls["process_kp_driving"] = without_flag_inputs(calls["process_kp_driving"],
+                                                              self.exports["process_kp_driving"][1]["inputs"])
+        if cached:
+            return animate.models_from_calls(calls, self.first_order, self.prescale)
+        return animate.Models(calls["kp_detector"], calls["process_kp_driving"], calls["generator"],
+                              estimate_jacobian=self.first_order, prescale=self.prescale)
 
 
 def check_exports(args, checkpoint_path):

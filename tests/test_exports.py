@@ -313,10 +313,15 @@ def test_cached_pair_equals_generator(cached_root):
         assert max_abs(ours[key], expected[key]) <= 1e-5, key
 
 
-def test_run_py_uses_the_cached_pair_and_writes_direct_frames(cached_root, tmp_path_factory, tmp_path):
+def test_run_py_uses_the_cached_pair_and_writes_direct_frames(cached_root, tmp_path_factory, tmp_path, monkeypatch):
     fx = load_fixture(VARIANT_FIXTURE)
     args = cached_run_args(cached_root, "savedmodel", tmp_path / "frames")
+    loaded = []
+    load_export = export_files.load_export
+    monkeypatch.setattr(export_files, "load_export", lambda target, path: loaded.append(path) or load_export(target, path))
     assert run.load_models(args, fx.config(), str(fx.checkpoint())).cached
+    plain = export_files.savedmodel_path(cached_root, MODEL, "generator")
+    assert len(loaded) == 4 and plain not in loaded, "the plain generator is loaded beside the pair that replaces it"
     out = tmp_path / "frames"
     assert run.main(run_args(fx, out, "--relative", "--adapt", "--target", "savedmodel",
                              "--exportdir", str(cached_root))) == 0

@@ -268,9 +268,9 @@ def test_run_py_unreadable_onnx_file_is_one_line(onnx_builds, tmp_path, capsys):
     fx = load_fixture(VARIANT_FIXTURE)
     root = tmp_path / "exports"
     shutil.copytree(onnx_builds.root(VARIANT_FIXTURE), root)
-    Path(export_files.onnx_path(root, MODEL, "generator")).write_bytes(b"not an onnx file")
+    Path(export_files.onnx_path(root, MODEL, "generator_cached")).write_bytes(b"not an onnx file")
     code = run.main(run_args(fx, tmp_path / "frames", "--target", "onnx", "--exportdir", str(root)))
-    assert_one_line_error(capsys, code, "generator.onnx", "onnxruntime cannot load it")
+    assert_one_line_error(capsys, code, "generator_cached.onnx", "onnxruntime cannot load it")
 
 
 # --------------------------------------------------------------------------------------------------
