@@ -119,3 +119,20 @@ def test_pipeline_frames_equal_originals_demo(fixture, relative, key):
     predictions = animate.animate(models, nchw_to_nhwc(fixture.ref["source"])[0], frames,
                                   relative=relative, adapt=relative, batch_size=4)
     assert_frames_match([media.to_uint8(p) for p in predictions], fixture.ref[key])
+
+
+@pytest.mark.parametrize("height,width,kernel_size", [(2, 2, 2), (4, 4, 3), (3, 5, 2), (6, 6, 3)])
+def test_small_images_run_the_conv_as_a_matmul_of_their_patches(height, width, kernel_size):
+    """The fused blocks' matmul form of a 'valid' conv (used at 4 x 4 pixels and below) equals tf.nn.conv2d."""
+    import numpy as np
+    import tensorflow as tf
+
+    import modules
+
+    rng = np.random.default_rng(height * 10 + width)
+    x = tf.constant(rng.standard_normal((3, height, width, 5)), tf.float32)
+    kernel = tf.constant(rng.standard_normal((kernel_size, kernel_size, 5, 7)), tf.float32)
+    expected = tf.nn.conv2d(x, kernel, 1, "VALID").numpy()
+    ours = modules.valid_conv_as_matmul(x, kernel).numpy()
+    assert ours.shape == expected.shape and max_abs(ours, expected) <= 1e-5
+    assert modules.is_small_image(x) == (height * width <= 16)
