@@ -23,6 +23,7 @@ Every op converts to TF Lite builtins: no einsum, no matrix inverse, no implicit
 broadcasting.
 """
 import hashlib
+import itertools
 
 import numpy as np
 
@@ -854,10 +855,14 @@ def upsampled_conv_kernel(kernel):
     up to rounding. Phases are stacked along the output channels in (a, b) order, the order
     tf.nn.depth_to_space interleaves them back into pixels.
     """
-    kernel = np.asarray(kernel, np.float64)
-    phases = [np.einsum("pi,qj,ijco->pqco", _UPSAMPLED_TAPS[a], _UPSAMPLED_TAPS[b], kernel)
-              for a in (0, 1) for b in (0, 1)]
-    return np.concatenate(phases, axis=-1)
+    kernel = np.asarray(kernel)
+    in_channels, out_channels = kernel.shape[2:]
+    phases = np.empty((2, 2, in_channels, 4, out_channels), np.float32)  # [p, q, I, phase (a, b), O]
+    for a, b, p, q in itertools.product((0, 1), repeat=4):
+        rows, cols = np.flatnonzero(_UPSAMPLED_TAPS[a][p]), np.flatnonzero(_UPSAMPLED_TAPS[b][q])
+        # Summed in float64 and rounded once: the sum of these 1 to 4 float32 taps, correctly rounded.
+        phases[p, q, :, 2 * a + b] = sum(kernel[i, j].astype(np.float64) for i in rows for j in cols)
+    return phases.reshape(2, 2, in_channels, 4 * out_channels)
 
 
 def upsampled_conv_relu(x, kernel, bias):
