@@ -595,7 +595,10 @@ class SignatureModule(tf.Module):
 
     def _set_signature(self, specs):
         self.input_specs = tuple(specs)
-        self.signature_function = tf.function(self._call_positional, input_signature=list(self.input_specs))
+        # No AutoGraph: the model code has no Python control flow on tensors, so converting the source of
+        # every function it calls (seconds of a cold start) would give the same graph.
+        self.signature_function = tf.function(self._call_positional, input_signature=list(self.input_specs),
+                                              autograph=False)
 
     @property
     def input_names(self):
@@ -1218,7 +1221,7 @@ class CachedGeneratorModule(SignatureModule):
         self.prediction_only = prediction_only
         _track_raw_variables(self, model)
         source_spec = tf.TensorSpec([1, *self.config.frame_shape], tf.float32, name="source_image")
-        encoded = tf.function(SourceEncoderModule(model).compute).get_concrete_function(
+        encoded = tf.function(SourceEncoderModule(model).compute, autograph=False).get_concrete_function(
             {"source_image": source_spec}).structured_outputs  # shapes by tracing, without running the encoder
         specs = [source_spec] + [tf.TensorSpec(encoded[name].shape, tf.float32, name=name)
                                  for name in ("source_image_scaled", "source_features")]
