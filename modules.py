@@ -1056,7 +1056,8 @@ def take_conv(porter, prefix, kernel_size, in_channels, out_channels):
 
 def take_batch_norm(porter, prefix, channels):
     """(gamma, beta, running mean, running variance) of the checkpoint's nn.BatchNorm2d `prefix`."""
-    return tuple(porter.take(f"{prefix}.{name}", (channels,)) for name in ("weight", "bias", "running_mean", "running_var"))
+    return tuple(porter.take(f"{prefix}.{name}", (channels,))
+                 for name in ("weight", "bias", "running_mean", "running_var"))
 
 
 def take_folded(porter, prefix, kernel_size, in_channels, out_channels):
@@ -1086,15 +1087,15 @@ def fused_hourglass(porter, prefix, block_expansion, in_features, num_blocks, ma
     skips, channels, down_blocks = [], in_features, []
     for i in range(num_blocks):
         width = _hourglass_width(block_expansion, max_features, i + 1)
-        down_blocks.append(FoldedDownBlock(*take_folded(porter, f"{prefix}.encoder.down_blocks.{i}", 3, channels, width),
-                                           name=f"down_{i}"))
+        kernel, bias = take_folded(porter, f"{prefix}.encoder.down_blocks.{i}", 3, channels, width)
+        down_blocks.append(FoldedDownBlock(kernel, bias, name=f"down_{i}"))
         skips.append(channels)
         channels = width
     up_blocks = []
     for n, level in enumerate(reversed(range(num_blocks))):
         width = _hourglass_width(block_expansion, max_features, level)
-        up_blocks.append(SubPixelUpBlock(*take_folded(porter, f"{prefix}.decoder.up_blocks.{n}", 3, channels, width),
-                                         name=f"up_{n}"))
+        kernel, bias = take_folded(porter, f"{prefix}.decoder.up_blocks.{n}", 3, channels, width)
+        up_blocks.append(SubPixelUpBlock(kernel, bias, name=f"up_{n}"))
         channels = width + skips.pop()  # the up block's output concatenated with the encoder's at that level
     return FusedHourglass(down_blocks, up_blocks, channels, name)
 
@@ -1138,14 +1139,15 @@ def build_fused_generator(config: ModelConfig, porter) -> FusedGenerator:
     first = FoldedSameBlock(*take_folded(porter, "first", 7, config.num_channels, params.block_expansion), name="first")
     channels, down_blocks = params.block_expansion, []
     for i in range(params.num_down_blocks):
-        down_blocks.append(FoldedDownBlock(*take_folded(porter, f"down_blocks.{i}", 3, channels, width(i + 1)),
-                                           name=f"down_{i}"))
+        kernel, bias = take_folded(porter, f"down_blocks.{i}", 3, channels, width(i + 1))
+        down_blocks.append(FoldedDownBlock(kernel, bias, name=f"down_{i}"))
         channels = width(i + 1)
     bottleneck_width = channels  # the residual blocks keep it
     up_blocks = []
     for i in range(params.num_down_blocks):
         out_channels = width(params.num_down_blocks - i - 1)
-        up_blocks.append(SubPixelUpBlock(*take_folded(porter, f"up_blocks.{i}", 3, channels, out_channels), name=f"up_{i}"))
+        kernel, bias = take_folded(porter, f"up_blocks.{i}", 3, channels, out_channels)
+        up_blocks.append(SubPixelUpBlock(kernel, bias, name=f"up_{i}"))
         channels = out_channels
     bottleneck = [fused_res_block(porter, f"bottleneck.r{i}", bottleneck_width, name=f"r{i}")
                   for i in range(params.num_bottleneck_blocks)]
