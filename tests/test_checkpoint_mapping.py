@@ -140,3 +140,15 @@ def test_fused_builders_refuse_a_checkpoint_as_the_faithful_loader_does(mutation
     with pytest.raises(checkpoint_loader.CheckpointError) as fused_error:
         build_fused[section](config, state, "fixture")
     assert str(fused_error.value) == str(faithful_error.value)
+
+
+def test_fused_layers_let_go_of_the_arrays_they_were_built_from():
+    # A Keras layer keeps its initializers: a modules.Holding still holding its array would keep a second
+    # copy of every weight alive (peak RSS of a full-size model grows by its size).
+    import gc
+
+    fx = load_fixture(FIXTURE_NAMES[0])
+    state = checkpoint_loader.load_state_dicts(fx.checkpoint())
+    models = modules.fused_kp_detector_from(fx.config(), state), modules.fused_generator_from(fx.config(), state)
+    holding = [obj for obj in gc.get_objects() if isinstance(obj, modules.Holding) and obj.value is not None]
+    assert models and holding == []
