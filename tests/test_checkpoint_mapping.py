@@ -150,5 +150,5 @@ def test_fused_layers_let_go_of_the_arrays_they_were_built_from():
     fx = load_fixture(FIXTURE_NAMES[0])
     state = checkpoint_loader.load_state_dicts(fx.checkpoint())
     models = modules.fused_kp_detector_from(fx.config(), state), modules.fused_generator_from(fx.config(), state)
-    holding = [obj for obj in gc.get_objects() if isinstance(obj, modules.Holding) and obj.value is not None]
+    holding = [obj for obj in gc.get_objects() if type(obj) is modules.Holding and obj.value is not None]
     assert models and holding == []
