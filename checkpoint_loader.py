@@ -5,13 +5,19 @@ layout)`` per tensor, every Keras variable filled once and every checkpoint tens
 unused or misshapen tensor is a one-line CheckpointError naming the key and both shapes). Torch stores
 conv kernels OIHW and Keras wants HWIO; the transposes live in ``_LAYOUTS`` and nowhere else.
 
+The fused inference models (modules.py section 5) are built straight from a state dict: their builders
+take each tensor with ``WeightPorter.take`` (the same checks, in the same order as the walk here), so no
+faithful model is built first. ``read_*_weights`` runs the walk backwards: a built faithful model's
+weights as the state dict that would fill it, to fuse a model that was not loaded from a checkpoint.
+
 Reading the ``torch.save`` file itself (without PyTorch, without running code) is torch_file's job.
 """
 import numpy as np
 
 from torch_file import CheckpointError, load_with_torch, read_checkpoint
 
-__all__ = ["CheckpointError", "load_state_dicts", "load_kp_detector_weights", "load_generator_weights"]
+__all__ = ["CheckpointError", "WeightPorter", "load_state_dicts", "load_kp_detector_weights", "load_generator_weights",
+           "read_kp_detector_weights", "read_generator_weights"]
 
 # keras_array = torch_array.transpose(perm)
 _LAYOUTS = {
@@ -33,33 +39,53 @@ class WeightPorter:
         self.used = set()
         self.filled = {}
 
-    def port_weight(self, variable, key, layout=None):
+    def take(self, key, shape, layout=None):
+        """The tensor `key`, checked against the Keras `shape` it must fill, in Keras layout, float32, once."""
         perm = _LAYOUTS[layout]
-        expected = tuple(variable.shape) if perm is None else tuple(
-            variable.shape[perm.index(axis)] for axis in range(len(perm)))
+        expected = tuple(shape) if perm is None else tuple(shape[perm.index(axis)] for axis in range(len(perm)))
         if key not in self.state:
             raise CheckpointError(f"{self.where}: missing key {key} (the config needs shape {list(expected)})")
         value = np.asarray(self.state[key])
         if tuple(value.shape) != expected:
             raise CheckpointError(f"{self.where}: {key} has shape {list(value.shape)} but the config needs "
                                   f"{list(expected)}")
+        if key in self.used:
+            raise CheckpointError(f"{self.where}: {key} fills two weights")
+        self.used.add(key)
+        # C order, as a Keras variable reads back: the fused weights computed from it keep NumPy's order
+        # of operations whichever way the tensor arrived.
+        return np.ascontiguousarray(value if perm is None else value.transpose(perm), dtype=np.float32)
+
+    def port_weight(self, variable, key, layout=None):
         if id(variable) in self.filled:
             raise CheckpointError(f"{self.where}: {key} and {self.filled[id(variable)]} fill the same variable")
-        variable.assign((value if perm is None else value.transpose(perm)).astype(np.float32))
-        self.used.add(key)
+        variable.assign(self.take(key, tuple(variable.shape), layout))
         self.filled[id(variable)] = key
 
-    def finish(self, model):
-        """Fail on any keras variable left unfilled or any checkpoint tensor left unused."""
-        unfilled = [v.path for v in model.variables if id(v) not in self.filled]
-        if unfilled:
-            raise CheckpointError(f"{self.where}: no checkpoint tensor for {unfilled[0]} "
-                                  f"({len(unfilled)} unfilled variables)")
+    def finish(self, model=None):
+        """Fail on any checkpoint tensor left unused, or any variable of `model` (when given) left unfilled."""
+        if model is not None:
+            unfilled = [v.path for v in model.variables if id(v) not in self.filled]
+            if unfilled:
+                raise CheckpointError(f"{self.where}: no checkpoint tensor for {unfilled[0]} "
+                                      f"({len(unfilled)} unfilled variables)")
         unused = sorted(k for k in self.state if k not in self.used and not k.endswith(_IGNORED_SUFFIXES))
         if unused:
             shape = list(np.shape(self.state[unused[0]]))
             raise CheckpointError(f"{self.where}: unexpected key {unused[0]} with shape {shape} "
                                   f"({len(unused)} unused tensors; does the config match the checkpoint?)")
+
+
+class WeightReader:
+    """The port walk run backwards: a built model's variables as the state dict that would fill them."""
+
+    def __init__(self):
+        self.state = {}
+
+    def port_weight(self, variable, key, layout=None):
+        perm = _LAYOUTS[layout]
+        value = np.asarray(variable)
+        self.state[key] = value if perm is None else value.transpose(np.argsort(perm))
 
 
 def _conv_layer(layer):
@@ -171,3 +197,19 @@ def load_kp_detector_weights(model, state_dicts, where):
 def load_generator_weights(model, state_dicts, where):
     """Fill a built modules.OcclusionAwareGenerator from load_state_dicts(...)['generator']."""
     _port_all(model, state_dicts["generator"], port_generator, f"{where} [generator]")
+
+
+def _read_all(model, port):
+    reader = WeightReader()
+    port(reader, model)
+    return reader.state
+
+
+def read_kp_detector_weights(model):
+    """A built modules.KPDetector's weights as the state dict that would fill it (load_state_dicts' form)."""
+    return _read_all(model, port_kp_detector)
+
+
+def read_generator_weights(model):
+    """A built modules.OcclusionAwareGenerator's weights as the state dict that would fill it."""
+    return _read_all(model, port_generator)

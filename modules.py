@@ -7,7 +7,8 @@ Reads top-down, like the paper:
   4. tf.Module wrappers with fixed signatures, and build_module: config + checkpoint -> module
   5. inference rewrites: fused replacements for the blocks of sections 2-3 (BatchNorm folded into its
      conv, nearest-up + conv as one sub-pixel conv, the generator's final conv split by rows), built
-     from a faithful model's weights, and the source cache (source_encoder + generator_cached)
+     straight from a checkpoint's tensors (no faithful model first), and the source cache
+     (source_encoder + generator_cached)
   6. reduced precision: the fused generator with its heavy convolutions in bfloat16 (--precision bfloat16)
 
 Sections 1-3 are the original's computation and nothing else; what run.py runs is section 5's fused
@@ -22,6 +23,7 @@ Every op converts to TF Lite builtins: no einsum, no matrix inverse, no implicit
 broadcasting.
 """
 import hashlib
+import itertools
 
 import numpy as np
 
@@ -154,22 +156,22 @@ class AntiAliasInterpolation2d(keras.layers.Layer):
 # 2. Building blocks
 # --------------------------------------------------------------------------------------------------
 
-def conv2d(filters, kernel_size, padding, name="conv"):
-    """nn.Conv2d(kernel_size, padding) as a Keras layer (or pad + conv for non-'same' padding)."""
+def conv2d(filters, kernel_size, padding, name="conv", **conv_options):
+    """nn.Conv2d(kernel_size, padding) as a Keras layer (or pad + conv for non-'same' padding).
+    conv_options go to the Conv2D (section 5 passes initializers holding the checkpoint's weights)."""
     if 2 * padding == kernel_size - 1:
-        return keras.layers.Conv2D(filters, kernel_size, padding="same", name=name)
+        return keras.layers.Conv2D(filters, kernel_size, padding="same", name=name, **conv_options)
     return keras.Sequential([keras.layers.ZeroPadding2D(padding),
-                             keras.layers.Conv2D(filters, kernel_size, padding="valid", name=name)], name=name)
+                             keras.layers.Conv2D(filters, kernel_size, padding="valid", name=name, **conv_options)],
+                            name=name)
 
 
-def batch_norm(name="norm"):
+TORCH_BATCH_NORM_EPSILON = 1e-5  # nn.BatchNorm2d's default
+
+
+def batch_norm(name="norm", **norm_options):
     """nn.BatchNorm2d in eval mode: torch's epsilon, running statistics from the checkpoint."""
-    return keras.layers.BatchNormalization(epsilon=1e-5, name=name)
-
-
-def conv_layer(conv):
-    """The Conv2D of a conv2d() result (itself, or the last layer of ZeroPadding2D + Conv2D)."""
-    return conv.layers[-1] if isinstance(conv, keras.Sequential) else conv
+    return keras.layers.BatchNormalization(epsilon=TORCH_BATCH_NORM_EPSILON, name=name, **norm_options)
 
 
 class ResBlock2d(keras.layers.Layer):
@@ -593,7 +595,10 @@ class SignatureModule(tf.Module):
 
     def _set_signature(self, specs):
         self.input_specs = tuple(specs)
-        self.signature_function = tf.function(self._call_positional, input_signature=list(self.input_specs))
+        # No AutoGraph: the model code has no Python control flow on tensors, so converting the source of
+        # every function it calls (seconds of a cold start) would give the same graph.
+        self.signature_function = tf.function(self._call_positional, input_signature=list(self.input_specs),
+                                              autograph=False)
 
     @property
     def input_names(self):
@@ -736,21 +741,19 @@ def create_generator(config: ModelConfig) -> OcclusionAwareGenerator:
 
 
 def load_kp_detector(config: ModelConfig, state_dicts=None, where="checkpoint") -> KPDetector:
-    """The fused KPDetector (section 5) of the weights from checkpoint_loader.load_state_dicts(path)
-    (None: random, for benchmarks)."""
-    model = create_kp_detector(config)
-    if state_dicts is not None:
-        checkpoint_loader.load_kp_detector_weights(model, state_dicts, where)
-    return fused_kp_detector(model)
+    """The fused KPDetector (section 5), built straight from checkpoint_loader.load_state_dicts(path)'s
+    tensors (None: from a randomly initialised faithful model, for benchmarks)."""
+    if state_dicts is None:
+        return fused_kp_detector(create_kp_detector(config))
+    return fused_kp_detector_from(config, state_dicts, where)
 
 
 def load_generator(config: ModelConfig, state_dicts=None, where="checkpoint") -> OcclusionAwareGenerator:
-    """The fused OcclusionAwareGenerator (section 5) of the weights from load_state_dicts(path)
-    (None: random, for benchmarks)."""
-    model = create_generator(config)
-    if state_dicts is not None:
-        checkpoint_loader.load_generator_weights(model, state_dicts, where)
-    return fused_generator(model)
+    """The fused OcclusionAwareGenerator (section 5), built straight from load_state_dicts(path)'s tensors
+    (None: from a randomly initialised faithful model, for benchmarks)."""
+    if state_dicts is None:
+        return fused_generator(create_generator(config))
+    return fused_generator_from(config, state_dicts, where)
 
 
 def build_module(name, config: ModelConfig, state_dicts=None, where="checkpoint", static_batch_size=None,
@@ -777,43 +780,68 @@ def build_module(name, config: ModelConfig, state_dicts=None, where="checkpoint"
 
 
 # --------------------------------------------------------------------------------------------------
-# 5. Inference rewrites: fused blocks swapped in from a faithful model's weights, and the source cache
+# 5. Inference rewrites: fused models built straight from a checkpoint's tensors, and the source cache
 # --------------------------------------------------------------------------------------------------
 # Each rewrite equals the faithful computation up to float32 rounding (tests/test_parity.py runs both).
-# A fused block is a new layer holding new variables computed from the faithful block's weights; the
-# faithful model is left as it was. Layers a rewrite does not touch are shared with the faithful model.
+# The fused models are built from a state dict (load_state_dicts' form): each builder takes its tensors
+# through checkpoint_loader.WeightPorter, in the order and with the checks of the faithful port walk, and
+# computes the fused weights in NumPy, so run.py never builds a faithful model first. A faithful model
+# (random weights, benchmarks) is fused through the state dict its weights make (fused_kp_detector).
 
-def fold_batch_norm(conv, norm):
-    """(kernel, bias) of a conv2d() with the eval-mode BatchNorm that follows it folded in, float32.
+def fold_batch_norm(kernel, bias, norm):
+    """(kernel, bias) of a conv with the eval-mode BatchNorm that follows it folded in, float32.
 
-    BN(conv(x)) = conv(x) * s + (beta - mean * s) with s = gamma / sqrt(var + eps) per output channel,
-    so kernel * s and (bias - mean) * s + beta give the same result in one op. Computed in float64:
-    the folded conv equals conv-then-BN up to float32 rounding.
+    norm: the BatchNorm's (gamma, beta, running mean, running variance). BN(conv(x)) = conv(x) * s +
+    (beta - mean * s) with s = gamma / sqrt(var + eps) per output channel, so kernel * s and
+    (bias - mean) * s + beta give the same result in one op. Computed in float64: the folded conv
+    equals conv-then-BN up to float32 rounding.
     """
-    layer = conv_layer(conv)
-    gamma, beta, mean, var = (np.asarray(w, np.float64)
-                              for w in (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
-    scale = gamma / np.sqrt(var + norm.epsilon)
-    kernel = (np.asarray(layer.kernel, np.float64) * scale).astype(np.float32)  # [kh, kw, I, O] * [O]
-    bias = ((np.asarray(layer.bias, np.float64) - mean) * scale + beta).astype(np.float32)
+    gamma, beta, mean, var = (np.asarray(w, np.float64) for w in norm)
+    scale = gamma / np.sqrt(var + TORCH_BATCH_NORM_EPSILON)
+    kernel = (np.asarray(kernel, np.float64) * scale).astype(np.float32)  # [kh, kw, I, O] * [O]
+    bias = ((np.asarray(bias, np.float64) - mean) * scale + beta).astype(np.float32)
     return kernel, bias
 
 
-def conv_like(conv, kernel, bias):
-    """A new conv2d() layer configured as `conv` (another conv2d() result), holding kernel and bias."""
-    clone = type(conv).from_config(conv.get_config())
-    clone.build((None, None, None, kernel.shape[2]))
-    conv_layer(clone).kernel.assign(kernel)
-    conv_layer(clone).bias.assign(bias)
-    return clone
+class Holding(keras.initializers.Initializer):
+    """Initializer of a variable created holding a given array: no random draw to write over, one copy.
+
+    It lets go of the array once it has filled its variable: the layer keeps its initializers (in its
+    config), and holding on would keep a second copy of every weight alive.
+    """
+
+    def __init__(self, value):
+        self.value = np.asarray(value, np.float32)
+
+    def __call__(self, shape, dtype=None):
+        value, self.value = self.value, None
+        if value is None or tuple(shape) != value.shape:
+            raise ValueError(f"Holding: asked for a {tuple(shape)} variable, holds "
+                             f"{'nothing (already used)' if value is None else value.shape}")
+        return value
 
 
 def new_weight(layer, name, value):
     """A non-trainable weight of `layer` (created in its __init__) holding `value` as float32."""
     value = np.asarray(value, np.float32)
-    weight = layer.add_weight(name=name, shape=value.shape, initializer="zeros", trainable=False)
-    weight.assign(value)
-    return weight
+    return layer.add_weight(name=name, shape=value.shape, initializer=Holding(value), trainable=False)
+
+
+def conv_holding(kernel, bias, padding, name="conv"):
+    """A built conv2d() layer holding kernel [kh, kw, I, O] and bias [O]."""
+    layer = conv2d(kernel.shape[3], kernel.shape[0], padding, name,
+                   kernel_initializer=Holding(kernel), bias_initializer=Holding(bias))
+    layer.build((None, None, None, kernel.shape[2]))
+    return layer
+
+
+def batch_norm_holding(norm, name="norm"):
+    """A built batch_norm() layer holding norm = (gamma, beta, running mean, running variance)."""
+    gamma, beta, mean, var = norm
+    layer = batch_norm(name, gamma_initializer=Holding(gamma), beta_initializer=Holding(beta),
+                       moving_mean_initializer=Holding(mean), moving_variance_initializer=Holding(var))
+    layer.build((None, None, None, len(gamma)))
+    return layer
 
 
 # Which rows of a 3x3 kernel land on each of the two rows of a 2x2 kernel when the 3x3 conv runs on a
@@ -830,10 +858,14 @@ def upsampled_conv_kernel(kernel):
     up to rounding. Phases are stacked along the output channels in (a, b) order, the order
     tf.nn.depth_to_space interleaves them back into pixels.
     """
-    kernel = np.asarray(kernel, np.float64)
-    phases = [np.einsum("pi,qj,ijco->pqco", _UPSAMPLED_TAPS[a], _UPSAMPLED_TAPS[b], kernel)
-              for a in (0, 1) for b in (0, 1)]
-    return np.concatenate(phases, axis=-1)
+    kernel = np.asarray(kernel)
+    in_channels, out_channels = kernel.shape[2:]
+    phases = np.empty((2, 2, in_channels, 4, out_channels), np.float32)  # [p, q, I, phase (a, b), O]
+    for a, b, p, q in itertools.product((0, 1), repeat=4):
+        rows, cols = np.flatnonzero(_UPSAMPLED_TAPS[a][p]), np.flatnonzero(_UPSAMPLED_TAPS[b][q])
+        # Summed in float64 and rounded once: the sum of these 1 to 4 float32 taps, correctly rounded.
+        phases[p, q, :, 2 * a + b] = sum(kernel[i, j].astype(np.float64) for i in rows for j in cols)
+    return phases.reshape(2, 2, in_channels, 4 * out_channels)
 
 
 def upsampled_conv_relu(x, kernel, bias):
@@ -900,11 +932,11 @@ def row_split_conv(x, kernel, bias, kernel_height):
 
 
 class FoldedSameBlock(keras.layers.Layer):
-    """SameBlock2d with its BatchNorm folded into the conv: conv -> ReLU."""
+    """SameBlock2d with its BatchNorm folded into the conv: conv -> ReLU. kernel, bias: fold_batch_norm's."""
 
-    def __init__(self, block):
-        super().__init__(name=block.name)
-        self.conv = conv_like(block.conv, *fold_batch_norm(block.conv, block.norm))
+    def __init__(self, kernel, bias, name):
+        super().__init__(name=name)
+        self.conv = conv_holding(kernel, bias, kernel.shape[0] // 2)
 
     def call(self, x):
         return tf.nn.relu(self.conv(x))
@@ -914,8 +946,8 @@ class FoldedDownBlock(FoldedSameBlock):
     """DownBlock2d with its BatchNorm folded into the conv: conv -> ReLU -> 2x2 average pool; on small
     images the 3x3 conv runs as valid_conv_as_matmul of the zero-padded input."""
 
-    def __init__(self, block):
-        super().__init__(block)
+    def __init__(self, kernel, bias, name):
+        super().__init__(kernel, bias, name)
         self.pool = keras.layers.AveragePooling2D(2)
 
     def call(self, x):
@@ -929,14 +961,12 @@ class FoldedDownBlock(FoldedSameBlock):
 
 
 class SubPixelUpBlock(keras.layers.Layer):
-    """UpBlock2d as one sub-pixel conv: BatchNorm folded, then nearest x2 upsampling + 3x3 conv as a 2x2
-    conv of the low-resolution input (upsampled_conv_kernel), 2.25x fewer multiply-adds."""
+    """UpBlock2d as one sub-pixel conv: BatchNorm folded (kernel, bias: fold_batch_norm's of its 3x3 conv),
+    then nearest x2 upsampling + 3x3 conv as a 2x2 conv of the low-resolution input
+    (upsampled_conv_kernel), 2.25x fewer multiply-adds."""
 
-    def __init__(self, block):
-        super().__init__(name=block.name)
-        if isinstance(block.conv, keras.Sequential) or block.conv.kernel_size != (3, 3):
-            raise ValueError(f"{block.name}: the sub-pixel form needs a 3x3 conv with padding 1")
-        kernel, bias = fold_batch_norm(block.conv, block.norm)
+    def __init__(self, kernel, bias, name):
+        super().__init__(name=name)
         self.kernel = new_weight(self, "kernel", upsampled_conv_kernel(kernel))
         self.bias = new_weight(self, "bias", np.tile(bias, 4))
 
@@ -945,14 +975,14 @@ class SubPixelUpBlock(keras.layers.Layer):
 
 
 class FoldedResBlock(keras.layers.Layer):
-    """ResBlock2d with norm2 folded into conv1. norm1 stays: it follows the residual sum, not a conv,
-    and a ReLU separates it from conv1."""
+    """ResBlock2d with norm2 folded into conv1 (conv1: fold_batch_norm's (kernel, bias)). norm1 stays:
+    it follows the residual sum, not a conv, and a ReLU separates it from conv1."""
 
-    def __init__(self, block):
-        super().__init__(name=block.name)
-        self.norm1 = block.norm1
-        self.conv1 = conv_like(block.conv1, *fold_batch_norm(block.conv1, block.norm2))
-        self.conv2 = block.conv2
+    def __init__(self, norm1, conv1, conv2, name):
+        super().__init__(name=name)
+        self.norm1 = batch_norm_holding(norm1, "norm1")
+        self.conv1 = conv_holding(*conv1, 1, "conv1")
+        self.conv2 = conv_holding(*conv2, 1, "conv2")
 
     def call(self, x):
         out = self.conv1(tf.nn.relu(self.norm1(x, training=False)))
@@ -960,99 +990,235 @@ class FoldedResBlock(keras.layers.Layer):
 
 
 class RowSplitConv(keras.layers.Layer):
-    """A 'same' conv2d() run as row_split_conv (the generator's final 7x7 conv: 3 output channels make
-    a narrow, slow GEMM)."""
+    """A 'same' conv run as row_split_conv (the generator's final 7x7 conv: 3 output channels make a
+    narrow, slow GEMM)."""
 
-    def __init__(self, conv):
-        super().__init__(name=conv.name)
-        if isinstance(conv, keras.Sequential):
-            raise ValueError(f"{conv.name}: the row split needs 'same' padding")
-        self.kernel_height = conv.kernel_size[0]
-        self.kernel = new_weight(self, "kernel", row_split_kernel(conv.kernel))
-        self.bias = new_weight(self, "bias", conv.bias)
+    def __init__(self, kernel, bias, name):
+        super().__init__(name=name)
+        self.kernel_height = kernel.shape[0]
+        self.kernel = new_weight(self, "kernel", row_split_kernel(kernel))
+        self.bias = new_weight(self, "bias", bias)
 
     def call(self, x):
         return row_split_conv(x, self.kernel, self.bias, self.kernel_height)
 
 
 # The fused networks run the faithful classes' own call(): each is initialised as a plain Keras layer,
-# not by the faithful __init__ (which would create blocks from the config), and holds the faithful
-# network's settings and layers with the blocks above swapped in.
+# not by the faithful __init__ (which would create blocks from the config), with the faithful network's
+# settings and the layers the builders below made. They are built when made (every variable exists):
+# `built = True` spares Keras a symbolic trace of call() to look for variables before the first real
+# one, a trace it would otherwise repeat at every level of nesting.
 
 class FusedEncoder(Encoder):
-    def __init__(self, encoder: Encoder, make_block=FoldedDownBlock):
-        keras.layers.Layer.__init__(self, name=encoder.name)
-        self.down_blocks = [make_block(block) for block in encoder.down_blocks]
+    def __init__(self, down_blocks):
+        keras.layers.Layer.__init__(self, name="encoder")
+        self.down_blocks = list(down_blocks)
+        self.built = True
 
 
 class FusedDecoder(Decoder):
-    def __init__(self, decoder: Decoder, make_block=SubPixelUpBlock):
-        keras.layers.Layer.__init__(self, name=decoder.name)
-        self.up_blocks = [make_block(block) for block in decoder.up_blocks]
+    def __init__(self, up_blocks):
+        keras.layers.Layer.__init__(self, name="decoder")
+        self.up_blocks = list(up_blocks)
+        self.built = True
 
 
 class FusedHourglass(Hourglass):
-    """make_down / make_up build each block it runs from the given one (section 6 passes bfloat16 blocks)."""
+    """An hourglass of the given blocks (fused_hourglass's; section 6 passes bfloat16 ones)."""
 
-    def __init__(self, hourglass: Hourglass, make_down=FoldedDownBlock, make_up=SubPixelUpBlock):
-        keras.layers.Layer.__init__(self, name=hourglass.name)
-        self.encoder = FusedEncoder(hourglass.encoder, make_down)
-        self.decoder = FusedDecoder(hourglass.decoder, make_up)
-        self.out_filters = hourglass.out_filters
+    def __init__(self, down_blocks, up_blocks, out_filters, name):
+        keras.layers.Layer.__init__(self, name=name)
+        self.encoder = FusedEncoder(down_blocks)
+        self.decoder = FusedDecoder(up_blocks)
+        self.out_filters = out_filters
+        self.built = True
 
 
 class FusedKPDetector(KPDetector):
-    def __init__(self, faithful: KPDetector):
-        keras.Model.__init__(self, name=faithful.name)
-        self.config = faithful.config
-        self.temperature = faithful.temperature
-        self.scale_factor = faithful.scale_factor
-        self.estimate_jacobian = faithful.estimate_jacobian
-        self.num_jacobian_maps = faithful.num_jacobian_maps
-        if self.scale_factor != 1:
-            self.down = faithful.down
-        self.predictor = FusedHourglass(faithful.predictor)
-        self.kp = faithful.kp
-        self.jacobian = faithful.jacobian
+    def __init__(self, config: ModelConfig, predictor, kp, jacobian=None, down=None):
+        keras.Model.__init__(self, name="kp_detector")
+        params = config.kp_detector
+        self.config = config
+        self.temperature = params.temperature
+        self.scale_factor = params.scale_factor
+        self.estimate_jacobian = config.estimate_jacobian
+        self.num_jacobian_maps = 1 if params.single_jacobian_map else config.num_kp
+        if down is not None:
+            self.down = down
+        self.predictor = predictor
+        self.kp = kp
+        self.jacobian = jacobian
+        self.built = True
 
 
 class FusedDenseMotionNetwork(DenseMotionNetwork):
-    """make_hourglass turns the network's hourglass into the one it runs (section 6 passes a bfloat16 one)."""
-
-    def __init__(self, faithful: DenseMotionNetwork, make_hourglass=None):
-        keras.layers.Layer.__init__(self, name=faithful.name)
-        self.num_kp = faithful.num_kp
-        self.kp_variance = faithful.kp_variance
-        self.scale_factor = faithful.scale_factor
-        if self.scale_factor != 1:
-            self.down = faithful.down
-        self.hourglass = (make_hourglass or FusedHourglass)(faithful.hourglass)
-        self.mask = faithful.mask
-        self.occlusion = faithful.occlusion
+    def __init__(self, config: ModelConfig, hourglass, mask, occlusion=None, down=None):
+        keras.layers.Layer.__init__(self, name="dense_motion_network")
+        params = config.generator.dense_motion
+        self.num_kp = config.num_kp
+        self.kp_variance = params.kp_variance
+        self.scale_factor = params.scale_factor
+        if down is not None:
+            self.down = down
+        self.hourglass = hourglass
+        self.mask = mask
+        self.occlusion = occlusion
+        self.built = True
 
 
 class FusedGenerator(OcclusionAwareGenerator):
-    def __init__(self, faithful: OcclusionAwareGenerator):
-        keras.Model.__init__(self, name=faithful.name)
-        self.config = faithful.config
-        self.dense_motion_network = FusedDenseMotionNetwork(faithful.dense_motion_network)
-        self.first = FoldedSameBlock(faithful.first)
-        self.down_blocks = [FoldedDownBlock(block) for block in faithful.down_blocks]
-        self.up_blocks = [SubPixelUpBlock(block) for block in faithful.up_blocks]
-        self.bottleneck = [FoldedResBlock(block) for block in faithful.bottleneck]
-        self.final = RowSplitConv(faithful.final)
+    def __init__(self, config: ModelConfig, dense_motion_network, first, down_blocks, up_blocks, bottleneck, final):
+        keras.Model.__init__(self, name="generator")
+        self.config = config
+        self.dense_motion_network = dense_motion_network
+        self.first = first
+        self.down_blocks = list(down_blocks)
+        self.up_blocks = list(up_blocks)
+        self.bottleneck = list(bottleneck)
+        self.final = final
+        self.built = True
+
+
+# The builders: the faithful port walk's keys (checkpoint_loader.port_*) in its order, each tensor checked
+# against the shape the config gives it (channels followed block to block, as Keras infers them when it
+# builds the faithful model).
+
+def take_conv(porter, prefix, kernel_size, in_channels, out_channels):
+    """(kernel [kh, kw, I, O], bias [O]) of the checkpoint's nn.Conv2d `prefix`."""
+    kernel = porter.take(f"{prefix}.weight", (kernel_size, kernel_size, in_channels, out_channels), "conv")
+    return kernel, porter.take(f"{prefix}.bias", (out_channels,))
+
+
+def take_batch_norm(porter, prefix, channels):
+    """(gamma, beta, running mean, running variance) of the checkpoint's nn.BatchNorm2d `prefix`."""
+    return tuple(porter.take(f"{prefix}.{name}", (channels,))
+                 for name in ("weight", "bias", "running_mean", "running_var"))
+
+
+def take_folded(porter, prefix, kernel_size, in_channels, out_channels):
+    """fold_batch_norm's (kernel, bias) of a Same/Down/UpBlock2d `prefix` (its conv, then its norm)."""
+    conv = take_conv(porter, f"{prefix}.conv", kernel_size, in_channels, out_channels)
+    return fold_batch_norm(*conv, take_batch_norm(porter, f"{prefix}.norm", out_channels))
+
+
+def fused_res_block(porter, prefix, features, name):
+    norm1 = take_batch_norm(porter, f"{prefix}.norm1", features)
+    conv1 = take_conv(porter, f"{prefix}.conv1", 3, features, features)
+    norm2 = take_batch_norm(porter, f"{prefix}.norm2", features)
+    conv2 = take_conv(porter, f"{prefix}.conv2", 3, features, features)
+    return FoldedResBlock(norm1, fold_batch_norm(*conv1, norm2), conv2, name)
+
+
+def fused_anti_alias(porter, prefix, channels, scale):
+    """AntiAliasInterpolation2d holding the checkpoint's kernel (a small depthwise one, assigned as the
+    faithful loader does)."""
+    layer = AntiAliasInterpolation2d(channels, scale, name="down")
+    layer.conv.kernel.assign(porter.take(f"{prefix}.weight", tuple(layer.conv.kernel.shape), "depthwise"))
+    return layer
+
+
+def fused_hourglass(porter, prefix, block_expansion, in_features, num_blocks, max_features, name):
+    """Hourglass(...) with folded down blocks and sub-pixel up blocks."""
+    skips, channels, down_blocks = [], in_features, []
+    for i in range(num_blocks):
+        width = _hourglass_width(block_expansion, max_features, i + 1)
+        kernel, bias = take_folded(porter, f"{prefix}.encoder.down_blocks.{i}", 3, channels, width)
+        down_blocks.append(FoldedDownBlock(kernel, bias, name=f"down_{i}"))
+        skips.append(channels)
+        channels = width
+    up_blocks = []
+    for n, level in enumerate(reversed(range(num_blocks))):
+        width = _hourglass_width(block_expansion, max_features, level)
+        kernel, bias = take_folded(porter, f"{prefix}.decoder.up_blocks.{n}", 3, channels, width)
+        up_blocks.append(SubPixelUpBlock(kernel, bias, name=f"up_{n}"))
+        channels = width + skips.pop()  # the up block's output concatenated with the encoder's at that level
+    return FusedHourglass(down_blocks, up_blocks, channels, name)
+
+
+def build_fused_kp_detector(config: ModelConfig, porter) -> FusedKPDetector:
+    params = config.kp_detector
+    down = None
+    if params.scale_factor != 1:
+        down = fused_anti_alias(porter, "down", config.num_channels, params.scale_factor)
+    predictor = fused_hourglass(porter, "predictor", params.block_expansion, config.num_channels, params.num_blocks,
+                                params.max_features, "predictor")
+    features = predictor.out_filters
+    kp = conv_holding(*take_conv(porter, "kp", 7, features, config.num_kp), params.pad, "kp")
+    jacobian = None
+    if config.estimate_jacobian:
+        maps = 1 if params.single_jacobian_map else config.num_kp
+        jacobian = conv_holding(*take_conv(porter, "jacobian", 7, features, 4 * maps), params.pad, "jacobian")
+    return FusedKPDetector(config, predictor, kp, jacobian, down)
+
+
+def build_fused_dense_motion(config: ModelConfig, porter, prefix) -> FusedDenseMotionNetwork:
+    params = config.generator.dense_motion
+    down = None
+    if params.scale_factor != 1:
+        down = fused_anti_alias(porter, f"{prefix}.down", config.num_channels, params.scale_factor)
+    in_features = (config.num_kp + 1) * (config.num_channels + 1)
+    hourglass = fused_hourglass(porter, f"{prefix}.hourglass", params.block_expansion, in_features, params.num_blocks,
+                                params.max_features, "hourglass")
+    features = hourglass.out_filters
+    mask = conv_holding(*take_conv(porter, f"{prefix}.mask", 7, features, config.num_kp + 1), 3, "mask")
+    occlusion = None
+    if config.generator.estimate_occlusion_map:
+        occlusion = conv_holding(*take_conv(porter, f"{prefix}.occlusion", 7, features, 1), 3, "occlusion")
+    return FusedDenseMotionNetwork(config, hourglass, mask, occlusion, down)
+
+
+def build_fused_generator(config: ModelConfig, porter) -> FusedGenerator:
+    params = config.generator
+    width = lambda level: min(params.max_features, params.block_expansion * (2 ** level))  # noqa: E731
+    dense_motion_network = build_fused_dense_motion(config, porter, "dense_motion_network")
+    first = FoldedSameBlock(*take_folded(porter, "first", 7, config.num_channels, params.block_expansion), name="first")
+    channels, down_blocks = params.block_expansion, []
+    for i in range(params.num_down_blocks):
+        kernel, bias = take_folded(porter, f"down_blocks.{i}", 3, channels, width(i + 1))
+        down_blocks.append(FoldedDownBlock(kernel, bias, name=f"down_{i}"))
+        channels = width(i + 1)
+    bottleneck_width = channels  # the residual blocks keep it
+    up_blocks = []
+    for i in range(params.num_down_blocks):
+        out_channels = width(params.num_down_blocks - i - 1)
+        kernel, bias = take_folded(porter, f"up_blocks.{i}", 3, channels, out_channels)
+        up_blocks.append(SubPixelUpBlock(kernel, bias, name=f"up_{i}"))
+        channels = out_channels
+    bottleneck = [fused_res_block(porter, f"bottleneck.r{i}", bottleneck_width, name=f"r{i}")
+                  for i in range(params.num_bottleneck_blocks)]
+    final = RowSplitConv(*take_conv(porter, "final", 7, channels, config.num_channels), name="final")
+    return FusedGenerator(config, dense_motion_network, first, down_blocks, up_blocks, bottleneck, final)
+
+
+def _build_checked(build, config, state_dict, where):
+    porter = checkpoint_loader.WeightPorter(state_dict, where)
+    model = build(config, porter)
+    porter.finish()  # every tensor used
+    return model
+
+
+def fused_kp_detector_from(config: ModelConfig, state_dicts, where="checkpoint") -> FusedKPDetector:
+    """The KPDetector run.py runs, from load_state_dicts(path): its hourglass with BatchNorms folded and
+    sub-pixel up blocks."""
+    return _build_checked(build_fused_kp_detector, config, state_dicts["kp_detector"], f"{where} [kp_detector]")
+
+
+def fused_generator_from(config: ModelConfig, state_dicts, where="checkpoint") -> FusedGenerator:
+    """The OcclusionAwareGenerator run.py runs, from load_state_dicts(path): BatchNorms folded, sub-pixel up
+    blocks (in its dense motion hourglass too), the final conv split by rows."""
+    return _build_checked(build_fused_generator, config, state_dicts["generator"], f"{where} [generator]")
 
 
 def fused_kp_detector(faithful: KPDetector) -> FusedKPDetector:
-    """The KPDetector run.py runs: its hourglass with BatchNorms folded and sub-pixel up blocks.
-    Load the checkpoint into `faithful` first: the fused weights are computed from it."""
-    return FusedKPDetector(faithful)
+    """fused_kp_detector_from a built faithful KPDetector's weights."""
+    weights = {"kp_detector": checkpoint_loader.read_kp_detector_weights(faithful)}
+    return fused_kp_detector_from(faithful.config, weights, "faithful model")
 
 
 def fused_generator(faithful: OcclusionAwareGenerator) -> FusedGenerator:
-    """The OcclusionAwareGenerator run.py runs: BatchNorms folded, sub-pixel up blocks (in its dense
-    motion hourglass too), the final conv split by rows. Load the checkpoint into `faithful` first."""
-    return FusedGenerator(faithful)
+    """fused_generator_from a built faithful OcclusionAwareGenerator's weights."""
+    weights = {"generator": checkpoint_loader.read_generator_weights(faithful)}
+    return fused_generator_from(faithful.config, weights, "faithful model")
 
 
 class SourceEncoderModule(SignatureModule):
@@ -1092,7 +1258,7 @@ class CachedGeneratorModule(SignatureModule):
         self.prediction_only = prediction_only
         _track_raw_variables(self, model)
         source_spec = tf.TensorSpec([1, *self.config.frame_shape], tf.float32, name="source_image")
-        encoded = tf.function(SourceEncoderModule(model).compute).get_concrete_function(
+        encoded = tf.function(SourceEncoderModule(model).compute, autograph=False).get_concrete_function(
             {"source_image": source_spec}).structured_outputs  # shapes by tracing, without running the encoder
         specs = [source_spec] + [tf.TensorSpec(encoded[name].shape, tf.float32, name=name)
                                  for name in ("source_image_scaled", "source_features")]
@@ -1187,7 +1353,9 @@ class Bfloat16DownBlock(keras.layers.Layer):
 
 def bfloat16_hourglass(hourglass: FusedHourglass) -> FusedHourglass:
     """A fused hourglass with its down and up blocks in bfloat16 (the skips between them stay float32)."""
-    return FusedHourglass(hourglass, Bfloat16DownBlock, Bfloat16SubPixelUpBlock)
+    return FusedHourglass([Bfloat16DownBlock(block) for block in hourglass.encoder.down_blocks],
+                          [Bfloat16SubPixelUpBlock(block) for block in hourglass.decoder.up_blocks],
+                          hourglass.out_filters, hourglass.name)
 
 
 class Bfloat16Generator(OcclusionAwareGenerator):
@@ -1206,7 +1374,10 @@ class Bfloat16Generator(OcclusionAwareGenerator):
         self.config = fused.config
         self.dense_motion_network = fused.dense_motion_network
         if "dense_motion" in parts:  # heatmaps, sparse motions, the warp, mask and occlusion stay float32
-            self.dense_motion_network = FusedDenseMotionNetwork(fused.dense_motion_network, bfloat16_hourglass)
+            network = fused.dense_motion_network
+            self.dense_motion_network = FusedDenseMotionNetwork(fused.config, bfloat16_hourglass(network.hourglass),
+                                                                network.mask, network.occlusion,
+                                                                getattr(network, "down", None))
         self.first = fused.first
         self.down_blocks = ([Bfloat16DownBlock(block) for block in fused.down_blocks] if "encoder" in parts
                             else fused.down_blocks)
