@@ -22,6 +22,7 @@ mask [B, h, w, K+1], occlusion_map [B, h, w, 1], sparse_deformed [B, K+1, h, w, 
 Every op converts to TF Lite builtins: no einsum, no matrix inverse, no implicit batch matmul
 broadcasting.
 """
+import functools
 import hashlib
 import itertools
 
@@ -228,7 +229,8 @@ class SameBlock2d(keras.layers.Layer):
         return tf.nn.relu(self.norm(self.conv(x), training=False))
 
 
-def _hourglass_width(block_expansion, max_features, level):
+def _level_width(block_expansion, max_features, level):
+    """Channels at `level` of a stack that doubles them per level up to max_features (hourglass, generator)."""
     return min(max_features, block_expansion * (2 ** level))
 
 
@@ -237,7 +239,7 @@ class Encoder(keras.layers.Layer):
 
     def __init__(self, block_expansion, num_blocks, max_features, **kwargs):
         super().__init__(**kwargs)
-        self.down_blocks = [DownBlock2d(_hourglass_width(block_expansion, max_features, i + 1), name=f"down_{i}")
+        self.down_blocks = [DownBlock2d(_level_width(block_expansion, max_features, i + 1), name=f"down_{i}")
                             for i in range(num_blocks)]
 
     def call(self, x):
@@ -252,7 +254,7 @@ class Decoder(keras.layers.Layer):
 
     def __init__(self, block_expansion, num_blocks, max_features, **kwargs):
         super().__init__(**kwargs)
-        self.up_blocks = [UpBlock2d(_hourglass_width(block_expansion, max_features, i), name=f"up_{n}")
+        self.up_blocks = [UpBlock2d(_level_width(block_expansion, max_features, i), name=f"up_{n}")
                           for n, i in enumerate(reversed(range(num_blocks)))]
 
     def call(self, skips):
@@ -295,11 +297,7 @@ class KPDetector(keras.Model):
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         params = config.kp_detector
-        self.config = config
-        self.temperature = params.temperature
-        self.scale_factor = params.scale_factor
-        self.estimate_jacobian = config.estimate_jacobian
-        self.num_jacobian_maps = 1 if params.single_jacobian_map else config.num_kp
+        self.set_settings(config)
         if self.scale_factor != 1:
             self.down = AntiAliasInterpolation2d(config.num_channels, self.scale_factor, name="down")
         self.predictor = Hourglass(params.block_expansion, config.num_channels, params.num_blocks,
@@ -308,6 +306,15 @@ class KPDetector(keras.Model):
         self.jacobian = None
         if self.estimate_jacobian:
             self.jacobian = conv2d(4 * self.num_jacobian_maps, 7, params.pad, name="jacobian")
+
+    def set_settings(self, config: ModelConfig):
+        """The config values call() reads (the fused detector of section 5 sets them the same way)."""
+        params = config.kp_detector
+        self.config = config
+        self.temperature = params.temperature
+        self.scale_factor = params.scale_factor
+        self.estimate_jacobian = config.estimate_jacobian
+        self.num_jacobian_maps = 1 if params.single_jacobian_map else config.num_kp
 
     def downsample(self, image):
         """The image the hourglass sees (also what --prescale reuses in dense motion)."""
@@ -340,9 +347,7 @@ class DenseMotionNetwork(keras.layers.Layer):
     def __init__(self, config: ModelConfig, **kwargs):
         super().__init__(**kwargs)
         params = config.generator.dense_motion
-        self.num_kp = config.num_kp
-        self.kp_variance = params.kp_variance
-        self.scale_factor = params.scale_factor
+        self.set_settings(config)
         if self.scale_factor != 1:
             self.down = AntiAliasInterpolation2d(config.num_channels, self.scale_factor, name="down")
         in_features = (config.num_kp + 1) * (config.num_channels + 1)
@@ -350,6 +355,12 @@ class DenseMotionNetwork(keras.layers.Layer):
                                    name="hourglass")
         self.mask = conv2d(config.num_kp + 1, 7, 3, name="mask")
         self.occlusion = conv2d(1, 7, 3, name="occlusion") if config.generator.estimate_occlusion_map else None
+
+    def set_settings(self, config: ModelConfig):
+        """The config values call() reads (the fused network of section 5 sets them the same way)."""
+        self.num_kp = config.num_kp
+        self.kp_variance = config.generator.dense_motion.kp_variance
+        self.scale_factor = config.generator.dense_motion.scale_factor
 
     def create_heatmap_representations(self, height, width, kp_driving, kp_source):
         """Eq 6. in the paper H_k(z): [B, h, w, K+1], background channel first."""
@@ -427,7 +438,7 @@ class OcclusionAwareGenerator(keras.Model):
         self.config = config
         self.dense_motion_network = DenseMotionNetwork(config, name="dense_motion_network")
         self.first = SameBlock2d(params.block_expansion, kernel_size=7, padding=3, name="first")
-        width = lambda level: min(params.max_features, params.block_expansion * (2 ** level))  # noqa: E731
+        width = functools.partial(_level_width, params.block_expansion, params.max_features)
         self.down_blocks = [DownBlock2d(width(i + 1), name=f"down_{i}") for i in range(params.num_down_blocks)]
         self.up_blocks = [UpBlock2d(width(params.num_down_blocks - i - 1), name=f"up_{i}")
                           for i in range(params.num_down_blocks)]
@@ -1037,12 +1048,7 @@ class FusedHourglass(Hourglass):
 class FusedKPDetector(KPDetector):
     def __init__(self, config: ModelConfig, predictor, kp, jacobian=None, down=None):
         keras.Model.__init__(self, name="kp_detector")
-        params = config.kp_detector
-        self.config = config
-        self.temperature = params.temperature
-        self.scale_factor = params.scale_factor
-        self.estimate_jacobian = config.estimate_jacobian
-        self.num_jacobian_maps = 1 if params.single_jacobian_map else config.num_kp
+        self.set_settings(config)
         if down is not None:
             self.down = down
         self.predictor = predictor
@@ -1054,10 +1060,7 @@ class FusedKPDetector(KPDetector):
 class FusedDenseMotionNetwork(DenseMotionNetwork):
     def __init__(self, config: ModelConfig, hourglass, mask, occlusion=None, down=None):
         keras.layers.Layer.__init__(self, name="dense_motion_network")
-        params = config.generator.dense_motion
-        self.num_kp = config.num_kp
-        self.kp_variance = params.kp_variance
-        self.scale_factor = params.scale_factor
+        self.set_settings(config)
         if down is not None:
             self.down = down
         self.hourglass = hourglass
@@ -1121,14 +1124,14 @@ def fused_hourglass(porter, prefix, block_expansion, in_features, num_blocks, ma
     """Hourglass(...) with folded down blocks and sub-pixel up blocks."""
     skips, channels, down_blocks = [], in_features, []
     for i in range(num_blocks):
-        width = _hourglass_width(block_expansion, max_features, i + 1)
+        width = _level_width(block_expansion, max_features, i + 1)
         kernel, bias = take_folded(porter, f"{prefix}.encoder.down_blocks.{i}", 3, channels, width)
         down_blocks.append(FoldedDownBlock(kernel, bias, name=f"down_{i}"))
         skips.append(channels)
         channels = width
     up_blocks = []
     for n, level in enumerate(reversed(range(num_blocks))):
-        width = _hourglass_width(block_expansion, max_features, level)
+        width = _level_width(block_expansion, max_features, level)
         kernel, bias = take_folded(porter, f"{prefix}.decoder.up_blocks.{n}", 3, channels, width)
         up_blocks.append(SubPixelUpBlock(kernel, bias, name=f"up_{n}"))
         channels = width + skips.pop()  # the up block's output concatenated with the encoder's at that level
@@ -1169,7 +1172,7 @@ def build_fused_dense_motion(config: ModelConfig, porter, prefix) -> FusedDenseM
 
 def build_fused_generator(config: ModelConfig, porter) -> FusedGenerator:
     params = config.generator
-    width = lambda level: min(params.max_features, params.block_expansion * (2 ** level))  # noqa: E731
+    width = functools.partial(_level_width, params.block_expansion, params.max_features)
     dense_motion_network = build_fused_dense_motion(config, porter, "dense_motion_network")
     first = FoldedSameBlock(*take_folded(porter, "first", 7, config.num_channels, params.block_expansion), name="first")
     channels, down_blocks = params.block_expansion, []
