@@ -158,7 +158,7 @@ def conv2d(filters, kernel_size, padding, name="conv"):
     """nn.Conv2d(kernel_size, padding) as a Keras layer (or pad + conv for non-'same' padding)."""
     if 2 * padding == kernel_size - 1:
         return keras.layers.Conv2D(filters, kernel_size, padding="same", name=name)
-    return keras.Sequential([keras.layers.ZeroPadding2D(padding),
+    return keras.Sequential([keras.layers.ZeroPadding2D(padding, name="pad"),
                              keras.layers.Conv2D(filters, kernel_size, padding="valid", name=name)], name=name)
 
 
@@ -193,7 +193,7 @@ class UpBlock2d(keras.layers.Layer):
 
     def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
         super().__init__(**kwargs)
-        self.up = keras.layers.UpSampling2D(2, interpolation="nearest")
+        self.up = keras.layers.UpSampling2D(2, interpolation="nearest", name="up")
         self.conv = conv2d(out_features, kernel_size, padding)
         self.norm = batch_norm()
 
@@ -208,7 +208,7 @@ class DownBlock2d(keras.layers.Layer):
         super().__init__(**kwargs)
         self.conv = conv2d(out_features, kernel_size, padding)
         self.norm = batch_norm()
-        self.pool = keras.layers.AveragePooling2D(2)
+        self.pool = keras.layers.AveragePooling2D(2, name="pool")
 
     def call(self, x):
         return self.pool(tf.nn.relu(self.norm(self.conv(x), training=False)))
@@ -887,7 +887,7 @@ class FoldedDownBlock(FoldedSameBlock):
 
     def __init__(self, block):
         super().__init__(block)
-        self.pool = keras.layers.AveragePooling2D(2)
+        self.pool = keras.layers.AveragePooling2D(2, name="pool")
 
     def call(self, x):
         return self.pool(tf.nn.relu(self.conv(x)))

@@ -209,3 +209,20 @@ def test_tflite_int8_missing_export_names_the_build_command(tmp_path, capsys):
     code = run.main(run_args(fx, tmp_path / "out", "--target", "tflite", "--exportdir", str(tmp_path),
                              "--precision", "int8"))
     assert_one_line_error(capsys, code, "no such export", "--precision int8 --calibration")
+
+
+def test_int8_calibration_is_deterministic(int8_root, tmp_path):
+    # Issue 16: the same clip gives the same .tflite bytes, a different clip different bytes.
+    import build
+
+    fx = load_fixture("vox")
+    built = {}
+    for name, clip in (("same", fx.dir / "driving.mp4"), ("other", load_fixture("mgif").dir / "driving.mp4")):
+        code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), "--outdir",
+                           str(tmp_path / name), "--module", "generator", "--precision", "int8",
+                           "--calibration", str(clip)])
+        assert code == 0, name
+        built[name] = (tmp_path / name / "tflite" / MODEL / "generator-int8full.tflite").read_bytes()
+    first = (int8_root / "tflite" / MODEL / "generator-int8full.tflite").read_bytes()
+    assert built["same"] == first
+    assert built["other"] != first
