@@ -226,3 +226,21 @@ def test_int8_calibration_is_deterministic(int8_root, tmp_path):
     first = (int8_root / "tflite" / MODEL / "generator-int8full.tflite").read_bytes()
     assert built["same"] == first
     assert built["other"] != first
+
+
+def gate_row(model, psnr_db, l1_change, in_verdict=True):
+    return {"model": model, "precision": "int8", "psnr_db": psnr_db, "reconstruction_l1_change": l1_change,
+            "in_verdict": in_verdict}
+
+
+def test_quality_gate_needs_every_model_within_40_db_and_2_percent():
+    import quality
+
+    # issue 16's gate: PSNR >= 40 dB against float32 and reconstruction L1 within 2% of float32's
+    assert quality.verdicts([gate_row("a", 40.0, 0.02), gate_row("b", 55.0, -0.02)])["int8"]["near_lossless"]
+    for failing in (gate_row("b", 39.9, 0.0), gate_row("b", 60.0, 0.021), gate_row("b", 60.0, -0.021)):
+        verdict = quality.verdicts([gate_row("a", 60.0, 0.0), failing])["int8"]
+        assert not verdict["near_lossless"] and verdict["failing"] == ["b"]
+    # a row outside the verdict (../shared/data's face) is shown, not judged
+    assert quality.verdicts([gate_row("a", 60.0, 0.0), gate_row("shared", 20.0, 0.5, in_verdict=False)])[
+        "int8"]["near_lossless"]
