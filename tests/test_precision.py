@@ -124,9 +124,12 @@ def test_savedmodel_bfloat16_missing_export_names_the_build_command(tmp_path, ca
 
 
 def test_readme_precision_commands_run(tmp_path, monkeypatch):
-    assert run_readme_cli_commands("Precision", tmp_path, monkeypatch) == ["run.py", "build.py", "run.py"]
-    assert (tmp_path / "output" / "bfloat16.mp4").stat().st_size > 0
-    assert (tmp_path / "output" / "bfloat16-savedmodel.mp4").stat().st_size > 0
+    # bfloat16 on direct, its SavedModel built and run, auto, then the int8 TF Lite build and its run
+    assert run_readme_cli_commands("Precision", tmp_path, monkeypatch) == [
+        "run.py", "build.py", "run.py", "run.py", "build.py", "run.py"]
+    for name in ("bfloat16", "bfloat16-savedmodel", "auto", "int8"):
+        assert (tmp_path / "output" / f"{name}.mp4").stat().st_size > 0, name
+    assert (tmp_path / "exports" / "tflite" / "demo" / "generator-int8full.tflite").is_file()
 
 
 # --------------------------------------------------------------------------------------------------
