@@ -45,7 +45,7 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
 
 REPO_DIR = os.path.dirname(os.path.abspath(__file__))
-TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "tflite-int8", "onnx", "original",
+TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "tflite-int8", "tflite-int8full", "onnx", "original",
            "direct-nocache", "direct-plain", "direct-bfloat16", "savedmodel-bfloat16")
 DEFAULT_TARGETS = ("direct", "savedmodel", "tflite", "tflite-float16", "original")
 # The source / driving pair every row animates (--datadir): by default the shared data folder beside
@@ -83,7 +83,9 @@ def parse_args(argv=None):
     parser.add_argument("--targets", default=",".join(DEFAULT_TARGETS),
                         help=f"comma-separated subset of {','.join(TARGETS)} (default: {','.join(DEFAULT_TARGETS)}); "
                              "direct-nocache runs without the cached source encoder, direct-plain also unfused "
-                             "(the port before its speed work)")
+                             "(the port before its speed work); tflite-int8 is build.py --int8 (dynamic range), "
+                             "tflite-int8full build.py --precision int8 (full-integer generator, calibrated on the "
+                             "example clip)")
     parser.add_argument("--batch", default="1,4,8", help="comma-separated batch sizes (default: 1,4,8)")
     parser.add_argument("--frames", type=int, default=16, help="driving frames per row (default: 16)")
     parser.add_argument("--repeats", type=int, default=2,
@@ -180,18 +182,35 @@ def job_build(spec):
     import precision
 
     config = model_config.load(spec["config"]).model
-    flags = [f"--{kind}" for kind in spec["tflite"] if kind != "float32"] if spec["tflite"] else ["--nolite"]
+    variants = [kind for kind in spec["tflite"] if kind not in ("float32", "int8full")]
+    flags = [f"--{kind}" for kind in variants] if spec["tflite"] else ["--nolite"]
     flags += ["--onnx"] if spec.get("onnx") else []
     builds = [(build.MODULES, flags)]
     if spec.get("bfloat16"):  # the generator modules again, as <module>-bfloat16 SavedModels
         builds.append((precision.BFLOAT16_MODULES, ["--precision", "bfloat16", "--nolite"]))
+    if "int8full" in spec["tflite"]:  # the generator again, as full-integer generator-int8full.tflite
+        builds.append((precision.INT8_MODULES, ["--precision", "int8", "--calibration", EXAMPLE["driving_video"]]))
     for module_names, build_flags in builds:
         args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *build_flags])
+        calibration = random_weights_calibration(config, args)
         for name in module_names:
             keras.utils.set_random_seed(0)  # the same weights in every module that holds the generator
             module = build.make_module(name, config, None, "random weights", args)  # None: random weights
-            build.export_module(module, EXPORT_NAME, name, args, time.perf_counter())
+            build.export_module(module, EXPORT_NAME, name, args, time.perf_counter(), calibration.get(name))
     return {}
+
+
+def random_weights_calibration(config, args):
+    """build.py's int8 calibration samples ({module: samples}) for an int8 build, with the keypoints of the
+    same seeded random kp_detector the float32 export holds; {} for any other build."""
+    import keras
+
+    import build
+
+    if args.precision != "int8":
+        return {}
+    keras.utils.set_random_seed(0)
+    return build.calibration_samples(config, None, "random weights", args)
 
 
 def job_flops(spec):
@@ -388,7 +407,8 @@ def load_row_models(spec):
     target, _, kind = spec["target"].partition("-")
     argv = ["--target", target, "--model", EXPORT_NAME, "--exportdir", spec["outdir"],
             "--batchsize", str(spec["batch"])]
-    argv += {"float16": ["--float16"], "int8": ["--int8"], "bfloat16": ["--precision", "bfloat16"]}.get(kind, [])
+    argv += {"float16": ["--float16"], "int8": ["--int8"], "int8full": ["--precision", "int8"],
+             "bfloat16": ["--precision", "bfloat16"]}.get(kind, [])
     return config, run.load_models(run.parse_args(argv), config, None)
 
 
@@ -754,7 +774,7 @@ def row_specs(args, outdir, tmpdir):
 
 
 def tflite_kinds(targets):
-    kinds = {"tflite": "float32", "tflite-float16": "float16", "tflite-int8": "int8"}
+    kinds = {"tflite": "float32", "tflite-float16": "float16", "tflite-int8": "int8", "tflite-int8full": "int8full"}
     return [kinds[t] for t in targets if t in kinds]
 
 
@@ -811,11 +831,12 @@ def row_dtype(target):
     """The arithmetic a row's convolutions run in, which picks its roof.
 
     tflite-float16 stores float16 weights but XNNPACK computes in float32; tflite-int8 (dynamic range)
-    runs its convolutions as int8 x int8 with activations quantized on the fly.
+    runs its convolutions as int8 x int8 with activations quantized on the fly; tflite-int8full
+    (build.py --precision int8) runs the generator's convolutions on int8 tensors calibrated ahead.
     """
     if target.endswith("-bfloat16"):
         return "bfloat16"
-    if target.endswith("-int8"):
+    if target.endswith(("-int8", "-int8full")):
         return "int8"
     return "float32"
 

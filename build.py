@@ -279,6 +279,10 @@ def convert_to_tflite(saved_model_path, float16=False, int8=False, calibration=N
 
     loaded = tf.saved_model.load(saved_model_path)
     function = loaded.signatures[export_files.SIGNATURE_KEY]
+    # The inputs in the module's declared order, from build.py's description inside the SavedModel: the
+    # loaded function's structured_input_signature is a dict whose order changes from process to process,
+    # which gave two builds of the same model and clip different bytes (their SignatureDef's input order).
+    input_names = [entry["name"] for entry in export_files.read_signature_json("savedmodel", saved_model_path)["inputs"]]
     converter = tf.lite.TFLiteConverter.from_concrete_functions([function], loaded)
     converter.experimental_lower_to_saved_model = False
     converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
@@ -290,7 +294,7 @@ def convert_to_tflite(saved_model_path, float16=False, int8=False, calibration=N
         flatbuffer = quantize_full_integer(converter, function, calibration) if calibration else converter.convert()
     except Exception as err:  # ConverterError and friends: report one line, the export stays as it was
         raise ExportError(f"{saved_model_path}: TF Lite conversion failed ({_first_line(err)})") from err
-    return add_signature_def(flatbuffer, function)
+    return add_signature_def(flatbuffer, function, input_names)
 
 
 # The op types an int8 build runs on int8 tensors: the convolutions (with their folded BatchNorm and ReLU).
@@ -330,8 +334,8 @@ def quantize_full_integer(converter, function, calibration):
 
 def representative_dataset(function, calibration):
     """The converter's representative dataset: each sample's arrays in the frozen function's input order."""
-    names = list(function.structured_input_signature[1])
-    order = sorted(names)  # a signature function takes its keyword inputs flattened, i.e. sorted by name
+    # a signature function takes its keyword inputs flattened, i.e. sorted by name
+    order = sorted(function.structured_input_signature[1])
 
     def samples():
         for sample in calibration:
@@ -340,8 +344,9 @@ def representative_dataset(function, calibration):
     return samples
 
 
-def add_signature_def(flatbuffer, function):
-    """Give a frozen-graph .tflite the serving_default SignatureDef of `function`.
+def add_signature_def(flatbuffer, function, input_names):
+    """Give a frozen-graph .tflite the serving_default SignatureDef of `function`, its inputs in the order
+    of `input_names`.
 
     Inputs keep their placeholder names (the signature's input names). Outputs come out of the
     converter in the function's flattened output order, i.e. sorted by name; they are renamed
@@ -353,7 +358,6 @@ def add_signature_def(flatbuffer, function):
     model = flatbuffer_utils.convert_bytearray_to_object(flatbuffer)
     subgraph = model.subgraphs[0]
     input_index = {subgraph.tensors[i].name.decode(): int(i) for i in subgraph.inputs}
-    input_names = list(function.structured_input_signature[1])
     output_names = sorted(function.structured_outputs)
     if sorted(input_index) != sorted(input_names) or len(subgraph.outputs) != len(output_names):
         raise ExportError(f"TF Lite tensors {sorted(input_index)} do not match the signature {input_names}")

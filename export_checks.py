@@ -64,6 +64,19 @@ def check_exports(args, checkpoint_path):
     return CheckedExports(exports, hardcode, first_order, builds["generator"]["prescale"])
 
 
+def export_exists(args, name):
+    """Whether the exports --target needs at precision `name` are all there (the direct target needs none);
+    --precision auto picks only a precision that was built."""
+    if args.target == "direct":
+        return True
+    model = export_files.export_model_name(args.model or utils.DEFAULT_MODEL, args.config)
+    try:
+        export_files.find_exports(args.target, args.exportdir, model, args.float16, args.int8, name)
+    except export_files.ExportMissing:
+        return False
+    return True
+
+
 def without_stale_cache(exports, command):
     """`exports` with source_encoder / generator_cached only if both are there and hold the generator's weights.
 

@@ -162,7 +162,7 @@ def conv2d(filters, kernel_size, padding, name="conv", **conv_options):
     conv_options go to the Conv2D (section 5 passes initializers holding the checkpoint's weights)."""
     if 2 * padding == kernel_size - 1:
         return keras.layers.Conv2D(filters, kernel_size, padding="same", name=name, **conv_options)
-    return keras.Sequential([keras.layers.ZeroPadding2D(padding),
+    return keras.Sequential([keras.layers.ZeroPadding2D(padding, name="pad"),
                              keras.layers.Conv2D(filters, kernel_size, padding="valid", name=name, **conv_options)],
                             name=name)
 
@@ -196,7 +196,7 @@ class UpBlock2d(keras.layers.Layer):
 
     def __init__(self, out_features, kernel_size=3, padding=1, **kwargs):
         super().__init__(**kwargs)
-        self.up = keras.layers.UpSampling2D(2, interpolation="nearest")
+        self.up = keras.layers.UpSampling2D(2, interpolation="nearest", name="up")
         self.conv = conv2d(out_features, kernel_size, padding)
         self.norm = batch_norm()
 
@@ -211,7 +211,7 @@ class DownBlock2d(keras.layers.Layer):
         super().__init__(**kwargs)
         self.conv = conv2d(out_features, kernel_size, padding)
         self.norm = batch_norm()
-        self.pool = keras.layers.AveragePooling2D(2)
+        self.pool = keras.layers.AveragePooling2D(2, name="pool")
 
     def call(self, x):
         return self.pool(tf.nn.relu(self.norm(self.conv(x), training=False)))
@@ -959,7 +959,7 @@ class FoldedDownBlock(FoldedSameBlock):
 
     def __init__(self, kernel, bias, name):
         super().__init__(kernel, bias, name)
-        self.pool = keras.layers.AveragePooling2D(2)
+        self.pool = keras.layers.AveragePooling2D(2, name="pool")
 
     def call(self, x):
         return self.pool(tf.nn.relu(self.same_conv(x)))

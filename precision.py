@@ -8,9 +8,13 @@ encoder), keypoints and everything geometric in float32. int8 is full-integer TF
 convolutions (int8 weights and activations, float32 at the signature), calibrated on a video's frames
 (build.py --calibration) and written as generator-int8full.tflite; keypoints stay float32. `--int8` (TF
 Lite dynamic range: int8 weights, float32 activations) keeps its own <module>-int8.tflite files.
+
+`--precision auto` (run.py only, never the default) runs the fastest precision of the target that passed
+tools/quality.py's near-lossless gate and that this CPU runs natively, else float32.
 """
 PRECISIONS = ("float32", "bfloat16", "int8")
 DEFAULT = "float32"
+AUTO = "auto"  # run.py: resolved to one of PRECISIONS before anything loads
 # run.py: the precisions each --target runs.
 RUN_PAIRS = {"direct": ("float32", "bfloat16"), "savedmodel": ("float32", "bfloat16"), "tflite": ("float32", "int8"),
              "onnx": ("float32",)}
@@ -27,6 +31,9 @@ BFLOAT16_MODULES = ("generator", "source_encoder", "generator_cached")
 INT8_MODULES = ("generator",)
 # /proc/cpuinfo flags with bfloat16 dot products in hardware (oneDNN uses them; without, it emulates).
 BFLOAT16_FLAGS = ("avx512_bf16", "amx_bf16")
+# /proc/cpuinfo flags with int8 dot products in hardware (XNNPACK's int8 kernels use them; without, int8
+# still runs, on AVX2 kernels whose speed against float32 was never measured here).
+INT8_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8")
 
 
 def pairs_text(pairs):
@@ -79,3 +86,51 @@ def effective(precision, warn, flags=None):
     warn(f"--precision {precision}: this CPU lacks {' / '.join(f.upper() for f in BFLOAT16_FLAGS)} "
          f"(bfloat16 would be emulated, slower than float32); running float32")
     return DEFAULT
+
+
+# --------------------------------------------------------------------------------------------------
+# --precision auto
+# --------------------------------------------------------------------------------------------------
+
+# The verdicts of tools/quality.py's gate (near-lossless: PSNR >= 40 dB against float32 and reconstruction
+# L1 within 2% of float32's, on every trained model the repo has), as measured and written to
+# docs/quality.json (tests/test_precision.py checks that the two agree): {precision: (passed, worst case)}.
+# Measured 2026-12-03 on a Xeon with AVX512_BF16 / AMX / VNNI: bfloat16 (direct) passes on all 6 models;
+# full-integer int8 (tflite) fails on two: the demo model's reconstruction L1 +3.82%, fixture wide 39.9 dB.
+GATE = {"bfloat16": (True, "worst PSNR 62.4 dB, reconstruction L1 within 0.11%"),
+        "int8": (False, "the demo model's reconstruction L1 +3.82% of float32's, fixture wide's PSNR 39.9 dB")}
+# What auto tries per run.py target, fastest first; float32 when none qualifies. Speeds from benchmark.py
+# (README, Performance and Precision): bfloat16 direct 2.25x float32, savedmodel 2.69x; full-integer int8
+# TF Lite 1.18x float32 TF Lite. onnx runs float32 only.
+AUTO_CANDIDATES = {"direct": ("bfloat16",), "savedmodel": ("bfloat16",), "tflite": ("int8",), "onnx": ()}
+# The flags a precision needs to be faster than float32 here, for auto: bfloat16 is emulated without them;
+# full-integer int8 was measured faster only on a CPU with them.
+FAST_FLAGS = {"bfloat16": BFLOAT16_FLAGS, "int8": INT8_FLAGS}
+# The build.py flags that write a precision's exports (named when auto finds none).
+BUILD_FLAGS = {"bfloat16": "--precision bfloat16 --nolite", "int8": "--precision int8 --calibration VIDEO"}
+
+
+def flags_text(names):
+    return " / ".join(name.upper() for name in names)
+
+
+def auto(target, export_exists=lambda name: True, flags=None):
+    """(precision, why) of --precision auto on `target`: its fastest candidate that passed the near-lossless
+    gate, whose instructions this CPU has, and (export targets) whose export_exists(precision); else float32.
+    `why` is one clause naming what decided."""
+    flags = cpu_flags() if flags is None else flags
+    rejected = []
+    for candidate in AUTO_CANDIDATES[target]:
+        passed, worst = GATE[candidate]
+        needed = FAST_FLAGS[candidate]
+        if not any(flag in flags for flag in needed):
+            rejected.append(f"this CPU lacks {flags_text(needed)} for {candidate}")
+        elif not passed:
+            rejected.append(f"{candidate} failed the near-lossless gate ({worst}; tools/quality.py)")
+        elif not export_exists(candidate):
+            rejected.append(f"no {candidate} export was found (build.py {BUILD_FLAGS[candidate]} makes it)")
+        else:
+            having = flags_text([flag for flag in needed if flag in flags])
+            return candidate, (f"this CPU has {having} and {candidate} passed the near-lossless gate "
+                               f"({worst}; tools/quality.py)")
+    return DEFAULT, "; ".join(rejected) or f"--target {target} runs float32 only"

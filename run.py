@@ -80,10 +80,12 @@ def parse_args(argv=None):
     parser.add_argument("--float16", action="store_true", help="use the float16 TF Lite files (--target tflite)")
     parser.add_argument("--int8", action="store_true",
                         help="use the dynamic-range int8 TF Lite files (--target tflite; faster, not exact)")
-    parser.add_argument("--precision", choices=precision.PRECISIONS, default=precision.DEFAULT,
+    parser.add_argument("--precision", choices=(*precision.PRECISIONS, precision.AUTO), default=precision.DEFAULT,
                         help="arithmetic of the model: float32 (exact, default), bfloat16 (direct and savedmodel; "
-                             "faster on CPUs with AVX512_BF16 / AMX, quality in the README) or int8 (tflite: the "
-                             "experimental full-integer generator of build.py --precision int8; not exact)")
+                             "faster on CPUs with AVX512_BF16 / AMX, quality in the README), int8 (tflite: the "
+                             "experimental full-integer generator of build.py --precision int8; not exact) or auto "
+                             "(the fastest precision of the target that passed the README's near-lossless gate and "
+                             "this CPU runs natively, else float32; says what it chose)")
     parser.add_argument("--device", default=None, help="TensorFlow device, e.g. /CPU:0 or /GPU:0")
     parser.add_argument("--profile", action="store_true", help="TensorBoard profiling under ./log")
     parser.add_argument("--visualizer", action="store_true", help="write the original's visualisation")
@@ -208,7 +210,9 @@ def check_combinations(parser, args):
         parser.error("--int8 applies to --target tflite only, without --float16")
     if args.precision == "int8" and (args.int8 or args.float16):
         parser.error("--precision int8 runs the full-integer TF Lite files; drop --int8 / --float16")
-    pair_error = precision.run_pair_error(args.target, args.precision)
+    if args.precision == precision.AUTO and (args.int8 or args.float16):
+        parser.error("--precision auto picks the TF Lite files itself; drop --int8 / --float16")
+    pair_error = None if args.precision == precision.AUTO else precision.run_pair_error(args.target, args.precision)
     if pair_error:
         parser.error(pair_error)
 
@@ -237,7 +241,7 @@ def prepare(args):
     second instead of after TensorFlow and the model have loaded.
     """
     warn_about_flags(args)
-    args.precision = precision.effective(args.precision, warn)  # float32 where the CPU would emulate it
+    args.precision = resolve_precision(args)
     config_path, checkpoint_path = resolve_model(args)
     config = model_config.load(config_path)
     exports = export_checks.check_exports(args, checkpoint_path) if args.target != "direct" else None
@@ -248,6 +252,16 @@ def prepare(args):
     else:
         listed = dataset_jobs(args, config)
     return Plan(config, checkpoint_path, listed, exports)
+
+
+def resolve_precision(args):
+    """The precision to run: --precision auto's choice (said in one note line), else the one asked for,
+    or float32 with a warning where this CPU would emulate it."""
+    if args.precision != precision.AUTO:
+        return precision.effective(args.precision, warn)
+    chosen, why = precision.auto(args.target, functools.partial(export_checks.export_exists, args))
+    note(f"--precision auto chose {chosen} for --target {args.target}: {why}")
+    return chosen
 
 
 def warn_about_flags(args):

@@ -7,10 +7,12 @@ those same references (on the bundled trained demo model and a real driving vide
 0.0004 mean abs from float32: README, Precision). Full-integer int8 TF Lite (build.py --precision int8) gets
 issue 16's int8 bound: prediction mean abs <= 0.01 against the same references.
 """
+import json
+
 import numpy as np
 import pytest
 
-from conftest import (KP_TOL, MODEL, PREDICTION_TOL, assert_one_line_error, generator_inputs, load_fixture,
+from conftest import (KP_TOL, MODEL, PREDICTION_TOL, REPO, assert_one_line_error, generator_inputs, load_fixture,
                       max_abs, nchw_to_nhwc, run_args, run_readme_cli_commands)
 
 BFLOAT16_PREDICTION_MEAN_ABS = 0.005
@@ -122,9 +124,12 @@ def test_savedmodel_bfloat16_missing_export_names_the_build_command(tmp_path, ca
 
 
 def test_readme_precision_commands_run(tmp_path, monkeypatch):
-    assert run_readme_cli_commands("Precision", tmp_path, monkeypatch) == ["run.py", "build.py", "run.py"]
-    assert (tmp_path / "output" / "bfloat16.mp4").stat().st_size > 0
-    assert (tmp_path / "output" / "bfloat16-savedmodel.mp4").stat().st_size > 0
+    # bfloat16 on direct, its SavedModel built and run, auto, then the int8 TF Lite build and its run
+    assert run_readme_cli_commands("Precision", tmp_path, monkeypatch) == [
+        "run.py", "build.py", "run.py", "run.py", "build.py", "run.py"]
+    for name in ("bfloat16", "bfloat16-savedmodel", "auto", "int8"):
+        assert (tmp_path / "output" / f"{name}.mp4").stat().st_size > 0, name
+    assert (tmp_path / "exports" / "tflite" / "demo" / "generator-int8full.tflite").is_file()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -209,3 +214,141 @@ def test_tflite_int8_missing_export_names_the_build_command(tmp_path, capsys):
     code = run.main(run_args(fx, tmp_path / "out", "--target", "tflite", "--exportdir", str(tmp_path),
                              "--precision", "int8"))
     assert_one_line_error(capsys, code, "no such export", "--precision int8 --calibration")
+
+
+def test_int8_calibration_is_deterministic(int8_root, tmp_path):
+    # Issue 16: the same clip gives the same .tflite bytes, a different clip different bytes.
+    import build
+
+    fx = load_fixture("vox")
+    built = {}
+    for name, clip in (("same", fx.dir / "driving.mp4"), ("other", load_fixture("mgif").dir / "driving.mp4")):
+        code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), "--outdir",
+                           str(tmp_path / name), "--module", "generator", "--precision", "int8",
+                           "--calibration", str(clip)])
+        assert code == 0, name
+        built[name] = (tmp_path / name / "tflite" / MODEL / "generator-int8full.tflite").read_bytes()
+    first = (int8_root / "tflite" / MODEL / "generator-int8full.tflite").read_bytes()
+    assert built["same"] == first
+    assert built["other"] != first
+
+
+# --------------------------------------------------------------------------------------------------
+# --precision auto
+# --------------------------------------------------------------------------------------------------
+
+QUALITY_JSON = REPO / "docs" / "quality.json"  # tools/quality.py's measured verdicts
+# /proc/cpuinfo flag sets to simulate: none of the fast ones, AVX-512 without BF16, each bfloat16 flag alone,
+# int8's alone, and a Sapphire Rapids' worth.
+CPU_FLAG_SETS = (set(), {"avx2", "fma", "avx512f"}, {"avx512f", "avx512_bf16"}, {"amx_bf16"}, {"avx512_vnni"},
+                 {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
+# The instructions a precision is native on, spelled here rather than read from precision.py.
+NATIVE_FLAGS = {"bfloat16": {"avx512_bf16", "amx_bf16"}, "int8": {"avx512_vnni", "avx_vnni", "amx_int8"}}
+
+
+def measured_verdict(name):
+    """tools/quality.py's near-lossless verdict of `name`, from the committed measurement."""
+    return json.loads(QUALITY_JSON.read_text())["verdicts"][name]["near_lossless"]
+
+
+@pytest.mark.parametrize("flags", CPU_FLAG_SETS, ids=lambda flags: "+".join(sorted(flags)) or "none")
+@pytest.mark.parametrize("target", ["direct", "savedmodel", "tflite", "onnx"])
+def test_auto_never_picks_a_precision_the_cpu_lacks(target, flags):
+    import precision
+
+    chosen, why = precision.auto(target, lambda name: True, flags)
+    assert chosen in precision.RUN_PAIRS[target], why
+    if chosen != "float32":
+        assert flags & NATIVE_FLAGS[chosen], why
+        assert measured_verdict(chosen), why  # and only a precision that passed the gate
+
+
+@pytest.mark.parametrize("target", ["direct", "savedmodel"])
+def test_auto_runs_bfloat16_where_the_cpu_has_it_and_the_gate_passed(target):
+    import precision
+
+    chosen, why = precision.auto(target, lambda name: True, {"avx512f", "avx512_bf16"})
+    assert chosen == ("bfloat16" if measured_verdict("bfloat16") else "float32"), why
+
+
+def test_auto_runs_int8_tflite_only_when_it_passed_the_gate_and_was_built(monkeypatch):
+    import precision
+
+    vnni = {"avx512_vnni"}
+    monkeypatch.setitem(precision.GATE, "int8", (True, "a simulated pass"))
+    assert precision.auto("tflite", lambda name: False, vnni)[0] == "float32"  # no int8full export
+    assert precision.auto("tflite", lambda name: True, vnni)[0] == "int8"
+    monkeypatch.setitem(precision.GATE, "int8", (False, "a simulated failure"))
+    chosen, why = precision.auto("tflite", lambda name: True, vnni)
+    assert chosen == "float32" and "a simulated failure" in why
+
+
+def test_gate_verdicts_in_the_code_are_the_measured_ones():
+    import precision
+
+    assert {name: passed for name, (passed, _) in precision.GATE.items()} == {
+        name: measured_verdict(name) for name in precision.GATE}
+
+
+def auto_notes(capsys, monkeypatch, tmp_path, flags, *extra):
+    """(args after run.prepare, the note lines about auto) of a vox fixture run with --precision auto."""
+    import precision
+    import run
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda path="/proc/cpuinfo": flags)
+    args = run.parse_args(run_args(load_fixture("vox"), tmp_path / "out", "--precision", "auto", *extra))
+    run.prepare(args)
+    err = capsys.readouterr().err
+    assert "warning:" not in err
+    return args, [line for line in err.splitlines() if line.startswith("note: --precision auto")]
+
+
+def test_run_auto_says_what_it_chose_in_one_note(capsys, monkeypatch, tmp_path):
+    args, [line] = auto_notes(capsys, monkeypatch, tmp_path, {"avx2", "fma", "avx512f"})
+    assert args.precision == "float32" and "chose float32 for --target direct" in line and "AVX512_BF16" in line
+    args, [line] = auto_notes(capsys, monkeypatch, tmp_path, {"avx512f", "avx512_bf16"})
+    expected = "bfloat16" if measured_verdict("bfloat16") else "float32"
+    assert args.precision == expected and f"chose {expected}" in line
+
+
+def test_run_auto_on_tflite_without_int8_exports_runs_float32(capsys, monkeypatch, tmp_path):
+    import precision
+    import utils
+
+    monkeypatch.setitem(precision.GATE, "int8", (True, "a simulated pass"))
+    with pytest.raises(utils.UserError):  # no float32 exports either: the usual missing-export error follows
+        auto_notes(capsys, monkeypatch, tmp_path, {"avx512_vnni"}, "--target", "tflite", "--exportdir",
+                   str(tmp_path))
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: --precision auto")]
+    assert "chose float32 for --target tflite" in line and "no int8 export" in line
+
+
+def test_auto_is_never_the_default(tmp_path):
+    import run
+
+    assert run.parse_args(run_args(load_fixture("vox"), tmp_path / "out")).precision == "float32"
+
+
+def test_auto_refuses_a_tflite_file_flag(capsys):
+    import run
+
+    line = usage_error_line(capsys, run.parse_args, ["--target", "tflite", "--precision", "auto", "--int8"])
+    assert "--precision auto" in line
+
+
+def gate_row(model, psnr_db, l1_change, in_verdict=True):
+    return {"model": model, "precision": "int8", "psnr_db": psnr_db, "reconstruction_l1_change": l1_change,
+            "in_verdict": in_verdict}
+
+
+def test_quality_gate_needs_every_model_within_40_db_and_2_percent():
+    import quality
+
+    # issue 16's gate: PSNR >= 40 dB against float32 and reconstruction L1 within 2% of float32's
+    assert quality.verdicts([gate_row("a", 40.0, 0.02), gate_row("b", 55.0, -0.02)])["int8"]["near_lossless"]
+    for failing in (gate_row("b", 39.9, 0.0), gate_row("b", 60.0, 0.021), gate_row("b", 60.0, -0.021)):
+        verdict = quality.verdicts([gate_row("a", 60.0, 0.0), failing])["int8"]
+        assert not verdict["near_lossless"] and verdict["failing"] == ["b"]
+    # a row outside the verdict (../shared/data's face) is shown, not judged
+    assert quality.verdicts([gate_row("a", 60.0, 0.0), gate_row("shared", 20.0, 0.5, in_verdict=False)])[
+        "int8"]["near_lossless"]
