@@ -399,7 +399,8 @@ def keypoints_at(models: Models, driving_frames: Iterable[np.ndarray], index, ba
 
 # Stages run.py --profile shows per frame; any other stage (load models, source encoding, best frame)
 # runs once per run or per video and is shown as a total.
-PER_FRAME_STAGES = ("kp_detector", "process_kp_driving", "generator", "decode", "encode", "paste", "visualizer")
+PER_FRAME_STAGES = ("kp_detector", "process_kp_driving", "generator", "decode", "crop+resize", "encode", "paste",
+                    "visualizer")
 
 
 class Timings:

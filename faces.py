@@ -470,7 +470,11 @@ class DrivingCrop:
 
     def __iter__(self):
         for frame in self.source:
-            yield crop_and_resize(frame, self.box, self.frame_shape)
+            yield self.prepare(frame)
+
+    def prepare(self, frame):
+        """One decoded frame of the source as the model's input: cut to the box, resized."""
+        return crop_and_resize(frame, self.box, self.frame_shape)
 
     def close(self):
         close = getattr(self.source, "close", None)

@@ -358,12 +358,12 @@ def render_in_process(args, plan, todo, timings):
     status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
     if args.threads is not None:
         backends.set_threads(args.threads)
-    if args.target in ("direct", "savedmodel") or args.crop:
-        backends.tensorflow()  # the face detector runs on TensorFlow too
+    if args.target in ("direct", "savedmodel") or detects_faces(args):
+        load_tensorflow(args, timings)  # the face detector runs on TensorFlow too
         check_device(args.device)
     if args.crop or args.crop_box or args.driving_crop_box:
         status("looking for faces" if args.crop else "cropping")
-        _timed(timings, "face detection", crop_inputs)(args, plan)
+        crop_inputs(args, plan, timings)
     drawer = visualizer.Visualizer.from_params(plan.config.visualizer_params) if args.visualizer else None
     results = []
     with _device(args.device):
@@ -381,6 +381,14 @@ def render_in_process(args, plan, todo, timings):
                     jobs.report_failure(result)
                 results.append(result)
     return results, ready, write_entry
+
+
+def load_tensorflow(args, timings=None):
+    """backends.tensorflow(). On a tflite or onnx target only --crop's face detector needs it, so --profile
+    times the import there as "load TensorFlow", part of what --crop costs."""
+    if timings is None or args.target in ("direct", "savedmodel"):
+        return backends.tensorflow()
+    return timings.timed("load TensorFlow", backends.tensorflow)()
 
 
 def execute(args, models, job, drawer=None, timings=None, trace=None):
@@ -496,9 +504,7 @@ def render(args, models, job, clip, drawer, timings, trace):
     Returns the number of frames written and, for reconstruction, each frame's L1 to the real frame.
     """
     initial = None if job.faces is not None else start_keypoints(args, models, job.name, job.source, clip)
-    frames = limited_frames(clip, args.frames)
-    if timings is not None:
-        frames = timings.timed_iter("decode", frames)
+    frames = driving_frames(clip, args.frames, timings)
     if job.source is None:
         outputs = animate.reconstruct_frames(models, frames, batching(args))
     elif job.faces is not None:
@@ -593,6 +599,17 @@ def _timed(timings, stage, function):
 def limited_frames(clip, limit):
     """A new stream of the clip's frames, cut to --frames when that is set."""
     return itertools.islice(iter(clip), None if limit < 0 else limit)
+
+
+def driving_frames(clip, limit, timings=None):
+    """limited_frames, with --profile timing each frame's decoding and, for a video cropped on the fly
+    (--crop), its crop + resize apart, so the profile shows what cropping costs a frame."""
+    if timings is None:
+        return limited_frames(clip, limit)
+    if isinstance(clip, faces.DrivingCrop):
+        decoded = timings.timed_iter("decode", limited_frames(clip.source, limit))
+        return map(timings.timed("crop+resize", clip.prepare), decoded)
+    return timings.timed_iter("decode", limited_frames(clip, limit))
 
 
 def expected_frames(clip, limit):
@@ -779,28 +796,36 @@ def crops_driving(args):
     return args.crop in ("both", "driving") or args.driving_crop_box is not None
 
 
-def check_face_model(args, config):
-    """--crop detects faces: refused for a model of another domain unless the boxes are given by hand."""
+def detects_faces(args):
+    """Whether the run searches the photo or the video for faces (--crop without boxes given by hand)."""
     detects_source = crops_source(args) and args.crop_box is None
     detects_driving = args.crop in ("both", "driving") and args.driving_crop_box is None
+    return detects_source or detects_driving
+
+
+def check_face_model(args, config):
+    """--crop detects faces: refused for a model of another domain unless the boxes are given by hand."""
     name = os.path.basename(config.path)
-    if (detects_source or detects_driving or args.list_faces) and name.startswith(NOT_FACE_MODELS):
+    if (detects_faces(args) or args.list_faces) and name.startswith(NOT_FACE_MODELS):
         raise utils.UserError(f"--crop finds faces, and {name} is not a face model: give the boxes by hand with "
                               f"--crop_box X,Y,W,H (photo) and --driving_crop_box X,Y,W,H (video)")
 
 
-def crop_inputs(args, plan):
-    """--crop: find the faces (TensorFlow is loaded by now), then crop the source and the driving video."""
+def crop_inputs(args, plan, timings=None):
+    """--crop: find the faces (TensorFlow is loaded by now), then crop the source and the driving video.
+    With --profile, building the detector and searching the photo and the clip are timed apart."""
     shape = plan.config.frame_shape
+    if detects_faces(args):
+        _timed(timings, "build detector", faces.detector)()
     for job in plan.jobs:
         if job.photo is not None and crops_source(args):
-            boxes = source_boxes(args, job, shape)
+            boxes = _timed(timings, "detect photo", source_boxes)(args, job, shape)
             job.faces = [(faces.crop_and_resize(job.photo, box, shape), box) for box in boxes]
             job.source = job.faces[0][0]
             say(f"{job.name}: animating {plural(len(boxes), 'face')} of the photo at " +
                 "; ".join(str(box) for box in boxes))
         if crops_driving(args):
-            box = driving_box(args, job, shape)
+            box = _timed(timings, "detect clip", driving_box)(args, job, shape)
             job.open_driving = functools.partial(open_cropped_driving, job.driving_path, box, shape)
 
 
