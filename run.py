@@ -359,11 +359,14 @@ def render_in_process(args, plan, todo, timings):
     if args.threads is not None:
         backends.set_threads(args.threads)
     if args.target in ("direct", "savedmodel") or detects_faces(args):
-        load_tensorflow(args, timings)  # the face detector runs on TensorFlow too
+        # the face detector runs on TensorFlow too; imported here, not on the thread that finds the faces,
+        # so that it never imports while this thread imports the model's runtime
+        load_tensorflow(args, timings)
         check_device(args.device)
+    cropped = None
     if args.crop or args.crop_box or args.driving_crop_box:
         status("looking for faces" if args.crop else "cropping")
-        crop_inputs(args, plan, timings)
+        cropped = in_background(crop_inputs, args, plan, timings)  # while the model loads
     drawer = visualizer.Visualizer.from_params(plan.config.visualizer_params) if args.visualizer else None
     results = []
     with _device(args.device):
@@ -371,6 +374,8 @@ def render_in_process(args, plan, todo, timings):
         load = (load_models_and_cache_writer if timings is None
                 else timings.timed("load models", load_models_and_cache_writer))
         models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports)
+        if cropped is not None:
+            cropped()  # the crops are ready, or what went wrong (no face found) is raised here
         if timings is not None:
             models = animate.timed_models(models, timings)
         ready = time.perf_counter()
@@ -381,6 +386,22 @@ def render_in_process(args, plan, todo, timings):
                     jobs.report_failure(result)
                 results.append(result)
     return results, ready, write_entry
+
+
+def in_background(function, *args):
+    """Start function(*args) on a thread of its own; returns a callable that waits for it and returns its
+    result or raises its exception.
+
+    --crop finds faces this way while the model loads: detection spends most of its time in TensorFlow
+    ops, which run without the GIL, so with a core free the two overlap (README, Performance: what
+    --crop adds).
+    """
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
+    future = pool.submit(function, *args)
+    pool.shutdown(wait=False)
+    return future.result
 
 
 def load_tensorflow(args, timings=None):
