@@ -10,6 +10,7 @@ with the model's own keypoints) and per-stage timing (run.py --profile).
 """
 import contextlib
 import itertools
+import threading
 import time
 from dataclasses import dataclass, replace
 from typing import Callable, Iterable, Iterator
@@ -399,7 +400,8 @@ def keypoints_at(models: Models, driving_frames: Iterable[np.ndarray], index, ba
 
 # Stages run.py --profile shows per frame; any other stage (load models, source encoding, best frame)
 # runs once per run or per video and is shown as a total.
-PER_FRAME_STAGES = ("kp_detector", "process_kp_driving", "generator", "decode", "encode", "paste", "visualizer")
+PER_FRAME_STAGES = ("kp_detector", "process_kp_driving", "generator", "decode", "crop+resize", "encode", "paste",
+                    "visualizer")
 
 
 class Timings:
@@ -412,7 +414,17 @@ class Timings:
     def __init__(self):
         self.seconds = {}
         self.calls = {}
-        self._open = None  # the stage being timed now
+        # The stage being timed now, per thread: run.py --crop finds faces on a thread of its own while
+        # the model loads, and both are stages.
+        self._local = threading.local()
+
+    @property
+    def _open(self):
+        return getattr(self._local, "open", None)
+
+    @_open.setter
+    def _open(self, stage):
+        self._local.open = stage
 
     def add(self, stage, seconds, calls=1):
         self.seconds[stage] = self.seconds.get(stage, 0.0) + seconds

@@ -4,6 +4,7 @@
     python benchmark.py --targets direct,tflite --batch 4 --frames 8  # a quick look
     FOMM_ORIGINAL=/path/to/first-order-model python benchmark.py     # + the original's demo.make_animation
     python benchmark.py --checkpoint CKPT --end_to_end 32,300 --no-steady  # fresh processes, end to end
+    python benchmark.py --checkpoint CKPT --targets direct,tflite --crop 16 --no-steady  # what --crop adds
 
 Every row animates the same source image with the same N driving frames (relative, adapt), end to
 end: decode the driving video, preprocess, animate, encode an mp4. Weights are random (speed does not
@@ -27,6 +28,14 @@ to its AVX2 kernels. The streaming check runs run.py on synthetic 64- and
 with a filled model cache, savedmodel, tflite, onnx) and the original's demo.py path, from the command's
 start to the first frame, to the output file written, and to exit, on clips of N and M frames.
 
+--crop N times what run.py --crop adds (issue 14's budget: at most 15% of the end-to-end time): per target
+(direct, savedmodel, tflite, onnx among --targets), a fresh run.py on the cropped inputs (the source image,
+an N-frame clip of the driving video) against a fresh run.py --crop on the same pictures in the wild
+(wild_inputs.py: the source pasted on a 1920x1080 photo, the clip placed in a 1280x720 video), and the
+split of a third, profiled --crop run: TensorFlow's import (the face detector's, on targets that do not
+need it otherwise), building the detector, detection on the photo and on the clip, and per frame the
+crop + resize, animation, paste-back and encoding.
+
 Prints a markdown table and writes JSON (--json). The machine is shared and noisy: compare rows of
 one run, not numbers across runs.
 """
@@ -36,6 +45,7 @@ import itertools
 import json
 import os
 import platform
+import re
 import resource
 import subprocess
 import sys
@@ -103,6 +113,10 @@ def parse_args(argv=None):
     parser.add_argument("--checkpoint", help="the checkpoint the end-to-end rows load (direct and original) and "
                                              "build their exports from; a published one, or random weights in "
                                              "its format")
+    parser.add_argument("--crop", metavar="FRAMES", type=int, default=0,
+                        help="also time run.py --crop (fresh processes) on a 1920x1080 photo and a 1280x720 clip of "
+                             "FRAMES frames against the same run on the cropped inputs, with the split of what "
+                             "--crop adds (detection, crop + resize, paste, encode); needs --checkpoint")
     parser.add_argument("--steady", action=argparse.BooleanOptionalAction, default=True,
                         help="the steady-state rows (default: on; --no-steady with --end_to_end times only those)")
     parser.add_argument("--json", default=os.path.join(REPO_DIR, "output", "benchmark.json"),
@@ -126,6 +140,12 @@ def parse_args(argv=None):
         parser.error(f"--end_to_end takes comma-separated frame counts, got {args.end_to_end!r}")
     if args.end_to_end and not (args.checkpoint and os.path.isfile(args.checkpoint)):
         parser.error("--end_to_end needs --checkpoint PATH (an existing checkpoint file)")
+    if args.crop < 0:
+        parser.error("--crop takes a frame count of at least 1 (0: no --crop rows)")
+    if args.crop and not (args.checkpoint and os.path.isfile(args.checkpoint)):
+        parser.error("--crop needs --checkpoint PATH (an existing checkpoint file)")
+    if args.crop and not crop_targets(args.targets):
+        parser.error(f"--crop times run.py targets: give --targets with one of {', '.join(CROP_TARGETS)}")
     args.source_image = args.source_image or os.path.join(args.datadir, "source.png")
     args.driving_video = args.driving_video or os.path.join(args.datadir, "driving.mp4")
     return args
@@ -150,7 +170,7 @@ def job_main(spec):
     """Entry point of a job subprocess."""
     kinds = {"build": job_build, "flops": job_flops, "roof": job_roof, "row": job_row,
              "original": job_original, "stream": job_stream, "int8_quality": job_int8_quality,
-             "end_to_end": job_end_to_end, "end_to_end_original": job_end_to_end_original}
+             "end_to_end": job_end_to_end, "end_to_end_original": job_end_to_end_original, "crop": job_crop}
     result = kinds[spec["kind"]](spec)
     result["peak_rss_mb"] = peak_rss_mb()
     print(RESULT_PREFIX + json.dumps(result), flush=True)
@@ -542,17 +562,19 @@ def job_int8_quality(spec):
             "reconstruction_l1_change": l1["int8"] / l1["float32"] - 1}
 
 
-def write_clip(source_video, path, count):
-    """A `count`-frame clip of `source_video` played forwards and backwards, written as a stream."""
+def write_clip(source_video, path, count, place=None):
+    """A `count`-frame clip of `source_video` played forwards and backwards, written as a stream; `place`
+    (a generator of frames from frames, e.g. wild_inputs.placed_clip) changes every frame on the way."""
     import media
 
     with media.open_video(source_video) as video:
         fps = video.fps
-        frames = list(video)  # the short source clip; the long one is never held in memory
+        frames = [frame[..., :3] for frame in video]  # the short source clip; the long one is never held
     loop = frames + frames[-2:0:-1]
+    looped = (loop[index % len(loop)] for index in range(count))
     with media.FrameWriter(path, fps) as writer:
-        for index in range(count):
-            writer.write(loop[index % len(loop)][..., :3])
+        for frame in (looped if place is None else place(looped)):
+            writer.write(frame)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -575,12 +597,13 @@ def end_to_end_rows(targets):
     return [row for target in targets for row in END_TO_END_ROWS.get(target, ())]
 
 
-def run_py_command(args, row, clip, output, exportdir):
-    """The run.py command line of one end-to-end row (run.py's defaults otherwise: batch 4, mp4)."""
+def run_py_command(args, row, clip, output, exportdir, source=None):
+    """The run.py command line of one end-to-end row (run.py's defaults otherwise: batch 4, mp4), animating
+    `source` (default --source_image)."""
     target = row.split("-")[0]
     command = [sys.executable, os.path.join(REPO_DIR, "run.py"), "--target", target, "--config", args.config,
-               "--checkpoint", args.checkpoint, "--source_image", args.source_image, "--driving_video", clip,
-               "--relative", "--adapt", "--output", output]
+               "--checkpoint", args.checkpoint, "--source_image", source or args.source_image,
+               "--driving_video", clip, "--relative", "--adapt", "--output", output]
     command += ["--precision", "bfloat16"] if "-bfloat16" in row else []
     return command + (["--exportdir", exportdir] if target != "direct" else [])
 
@@ -669,10 +692,9 @@ def job_end_to_end_original(spec):
     return {}
 
 
-def build_end_to_end_exports(args, exportdir):
-    """build.py's exports of --checkpoint, for the savedmodel / tflite / onnx (and bfloat16 SavedModel)
-    end-to-end rows."""
-    rows = end_to_end_rows(args.targets)
+def build_end_to_end_exports(args, exportdir, rows):
+    """build.py's exports of --checkpoint, for the savedmodel / tflite / onnx (and bfloat16 SavedModel) rows
+    among `rows`."""
     base = [sys.executable, os.path.join(REPO_DIR, "build.py"), "--config", args.config, "--checkpoint",
             args.checkpoint, "--outdir", exportdir]
     builds = []
@@ -702,10 +724,8 @@ def end_to_end(args, tmpdir):
     The checkpoint is read once first, so every row finds it in the OS page cache, as a user's second run.
     """
     exportdir = os.path.join(tmpdir, "end-to-end-exports")
-    build_end_to_end_exports(args, exportdir)
-    with open(args.checkpoint, "rb") as f:
-        while f.read(1 << 24):
-            pass
+    build_end_to_end_exports(args, exportdir, end_to_end_rows(args.targets))
+    read_through(args.checkpoint)
     results = []
     for frames in args.end_to_end:
         clip = os.path.join(tmpdir, f"end-to-end-{frames}.mp4")
@@ -720,6 +740,13 @@ def end_to_end(args, tmpdir):
             results.append(dict(timed_process(command, frames, env), target=row, frames=frames))
         os.remove(clip)
     return results
+
+
+def read_through(path):
+    """Read a file once, so that every timed process finds it in the OS page cache (a user's second run)."""
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
 
 
 RUN_PY_BATCH = 4  # run.py's default --batchsize: the steady row an end-to-end row is set against
@@ -754,6 +781,134 @@ def startup_overhead(row, steady):
     if match is None or row.get("written_s") is None:
         return None
     return row["written_s"] - row["frames"] / match["fps"]
+
+
+# --------------------------------------------------------------------------------------------------
+# --crop: what run.py --crop adds to a fresh run, for a 1080p photo and a 720p clip
+# --------------------------------------------------------------------------------------------------
+
+CROP_TARGETS = ("direct", "savedmodel", "tflite", "onnx")  # the run.py targets a --crop row runs
+WILD_PHOTO = (1080, 1920)  # the photo's height and width
+WILD_FACE = (300, 200, 400)  # the source image pasted at (x, y), this many pixels wide: a face of ~200 px
+# run.py --profile's stages that only a --crop run has, once per run and per frame. "load TensorFlow"
+# shows only where run.py imports it for the face detector alone (tflite, onnx).
+CROP_ONCE_STAGES = ("load TensorFlow", "build detector", "detect photo", "detect clip")
+CROP_FRAME_STAGES = ("crop+resize", "paste")
+ANIMATE_STAGES = ("kp_detector", "process_kp_driving", "generator")
+
+
+def crop_targets(targets):
+    return [target for target in targets if target in CROP_TARGETS]
+
+
+def crop_spec(args):
+    """The --crop job's arguments, paths made absolute: its profiled runs work in a folder of their own."""
+    paths = {name: os.path.abspath(getattr(args, name)) for name in ("config", "checkpoint", "source_image",
+                                                                      "driving_video")}
+    return {"targets": args.targets, "crop": args.crop, **paths}
+
+
+def job_crop(spec):
+    """The --crop rows, from a process without TensorFlow (see job_end_to_end)."""
+    import types
+
+    return {"rows": crop_rows(types.SimpleNamespace(**spec), spec["tmpdir"])}
+
+
+def crop_rows(args, tmpdir):
+    """[{target, frames, plain, crop, profile}] per target: `plain` and `crop` are timed_process results of
+    run.py on the cropped inputs and of run.py --crop on the wild ones, `profile` the stages of a third,
+    profiled --crop run (see parse_profile). Timed runs go without --profile, whose TensorBoard trace
+    would slow the direct target down."""
+    targets = crop_targets(args.targets)
+    exportdir = os.path.join(tmpdir, "crop-exports")
+    build_end_to_end_exports(args, exportdir, targets)
+    read_through(args.checkpoint)
+    photo, wild_clip, clip = write_crop_inputs(args, tmpdir, args.crop)
+    env = {**os.environ, "FOMM_CACHE_DIR": tempfile.mkdtemp(prefix="model-cache-", dir=tmpdir)}
+    results = []
+    for target in targets:
+        plain = run_py_command(args, target, clip, os.path.join(tmpdir, f"plain-{target}.mp4"), exportdir)
+        wild = run_py_command(args, target, wild_clip, os.path.join(tmpdir, f"crop-{target}.mp4"), exportdir,
+                              source=photo) + ["--crop"]
+        if target == "direct":  # fill the model cache first: both timed rows load from it, as a user's second run
+            subprocess.run(plain + ["--frames", "1"], cwd=REPO_DIR, env=env, stdout=subprocess.DEVNULL,
+                           stderr=subprocess.DEVNULL, check=False)
+        print(f"--crop: {target}, {args.crop} frames ...", flush=True)
+        row = {"target": target, "frames": args.crop, "plain": timed_process(plain, args.crop, env),
+               "crop": timed_process(wild, args.crop, env)}
+        row.update(profiled_run(wild + ["--profile"], env, tmpdir))
+        results.append(row)
+    return results
+
+
+def write_crop_inputs(args, tmpdir, frames):
+    """(photo, wild clip, clip) paths: --source_image pasted on a WILD_PHOTO canvas; `frames` frames of
+    --driving_video placed in a 1280x720 video (wild_inputs, the pictures the face tests check); and the
+    same frames as they are, which the uncropped row animates."""
+    import media
+    import wild_inputs
+    from PIL import Image
+
+    source = media.to_rgb(media.to_uint8(media.decode_image(args.source_image)))
+    x, y, width = WILD_FACE
+    photo = wild_inputs.canvas(source, *WILD_PHOTO, [(x, y, width / source.shape[1])])
+    paths = tuple(os.path.join(tmpdir, name) for name in ("wild-photo.png", "wild-clip.mp4", "clip.mp4"))
+    Image.fromarray(photo).save(paths[0])
+    write_clip(args.driving_video, paths[1], frames, place=wild_inputs.placed_clip)
+    write_clip(args.driving_video, paths[2], frames)
+    return paths
+
+
+def profiled_run(command, env, tmpdir):
+    """{profile: {stage: seconds}, profile_frames, profile_total_s} of a run.py --profile command (run in
+    tmpdir, where its TensorBoard trace goes), or {profile_error} when it fails."""
+    result = subprocess.run(command, cwd=tmpdir, env=env, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        return {"profile_error": lines[-1] if lines else f"exit status {result.returncode}"}
+    return parse_profile(result.stdout)
+
+
+_PROFILE_HEAD = re.compile(r"^profile: (\d+) frames in ([\d.]+) s", re.M)
+_PROFILE_STAGE = re.compile(r"^  (\S.*?) +(\d+) +(\d+\.\d{3})\b", re.M)  # name, calls, total seconds
+
+
+def parse_profile(stdout):
+    """run.py --profile's table as {profile: {stage: total seconds}, profile_frames, profile_total_s}."""
+    head = _PROFILE_HEAD.search(stdout)
+    if head is None:
+        return {"profile_error": "run.py printed no profile"}
+    table = stdout[head.end():]
+    return {"profile": {name: float(seconds) for name, _, seconds in _PROFILE_STAGE.findall(table)},
+            "profile_frames": int(head.group(1)), "profile_total_s": float(head.group(2))}
+
+
+def crop_table(rows):
+    """The markdown table of the --crop rows: each target's written time on the cropped inputs and with
+    --crop, what --crop adds (seconds and share of the --crop run), and the profiled run's split."""
+    header = ("| target | frames | written s, cropped inputs | written s, --crop | --crop adds | load TensorFlow s "
+              "| build detector s | detect photo s | detect clip s | crop+resize ms/frame | animate ms/frame "
+              "| paste ms/frame | encode ms/frame |")
+    lines = [header, "|" + "---|" * (header.count("|") - 1)]
+    for row in rows:
+        failed = next((row[key].get("error", "no output written") for key in ("plain", "crop")
+                       if "written_s" not in row[key]), None)
+        failed = failed or row.get("profile_error")
+        if failed:
+            lines.append(f"| {row['target']} | {row['frames']} | failed: {failed} |" + " |" * 10)
+            continue
+        plain, crop = row["plain"]["written_s"], row["crop"]["written_s"]
+        stages, frames = row["profile"], max(row["profile_frames"], 1)
+        per_frame = {name: 1000 * stages.get(name, 0.0) / frames for name in (*CROP_FRAME_STAGES, "encode")}
+        animate = 1000 * sum(stages.get(name, 0.0) for name in ANIMATE_STAGES) / frames
+        cells = [row["target"], str(row["frames"]), f"{plain:.1f}", f"{crop:.1f}",
+                 f"{crop - plain:.1f} s ({(crop - plain) / crop:.0%})",
+                 *(_number(stages.get(name), "{:.2f}") for name in CROP_ONCE_STAGES),
+                 f"{per_frame['crop+resize']:.1f}", f"{animate:.0f}", f"{per_frame['paste']:.1f}",
+                 f"{per_frame['encode']:.1f}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -924,12 +1079,17 @@ def steady_rows(args, report, tmpdir):
     return rows
 
 
+# Jobs that time fresh run.py processes: they stay small (no TensorFlow), since a child's peak RSS counts
+# the memory of the process it was forked from.
+FRESH_PROCESS_JOBS = ("end_to_end", "end_to_end_original", "crop")
+
+
 def main(argv=None):
     args = parse_args(argv)
     import backends
 
     job = json.loads(args.job) if args.job else None
-    if job is None or not job["kind"].startswith("end_to_end"):  # those processes never load TensorFlow
+    if job is None or job["kind"] not in FRESH_PROCESS_JOBS:  # those processes never load TensorFlow
         backends.tensorflow()  # first, so that TensorFlow's start-up lines stay off the terminal
     if job is not None:
         job_main(job)
@@ -953,6 +1113,10 @@ def main(argv=None):
                   flush=True)
             report["end_to_end"] = run_job({"kind": "end_to_end", "tmpdir": tmpdir, **{
                 name: getattr(args, name) for name in END_TO_END_ARGS}})
+            report["checkpoint"] = args.checkpoint
+        if args.crop:
+            print(f"--crop: 3 fresh processes per target ({', '.join(crop_targets(args.targets))}) ...", flush=True)
+            report["crop"] = run_job({"kind": "crop", "tmpdir": tmpdir, **crop_spec(args)})
             report["checkpoint"] = args.checkpoint
     report["rows"] = rows
     print_report(report)
@@ -990,6 +1154,14 @@ def print_report(report):
         print(f"\nEnd to end, checkpoint {report['checkpoint']} (a fresh process per row: command start -> first "
               f"frame, output written, exit):\n")
         print(end_to_end_table(end_to_end_report["rows"], report["rows"]))
+    crop_report = report.get("crop")
+    if crop_report and "error" in crop_report:
+        print(f"\n--crop rows failed: {crop_report['error']}")
+    elif crop_report:
+        print(f"\nrun.py --crop, checkpoint {report['checkpoint']}: a {WILD_PHOTO[1]}x{WILD_PHOTO[0]} photo and a "
+              f"1280x720 clip against the cropped source image and clip (fresh processes; the split from a "
+              f"third, profiled --crop run):\n")
+        print(crop_table(crop_report["rows"]))
     if report["rows"]:
         print()
         print(table(report["rows"]))

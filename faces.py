@@ -45,9 +45,10 @@ VIDEO_MAX_SIDE = 640
 
 # Photos: MTCNN's image pyramid is itself a sliding window at every scale, so running it on the whole
 # picture finds small faces as well as tiling would, without seams or duplicate faces. Its cost grows
-# with the pixel count (about 1 s for 1920x1080 on 2 cores, 6-10 s for 4000x3000), so larger photos are
-# downscaled to this long side first. MTCNN finds faces of 20 px and up, so a 4000 px photo still
-# gives faces of 40 px (a 1080p group photo: 20 px), under the 64 px at which SMALL_FACE warns anyway.
+# with the pixel count (0.75 s for 1920x1080 on 2 cores, given float32 pixels; several seconds for
+# 4000x3000), so larger photos are downscaled to this long side first. MTCNN finds faces of 20 px and
+# up, so a 4000 px photo still gives faces of 40 px (a 1080p group photo: 20 px), under the 64 px at
+# which SMALL_FACE warns anyway.
 PHOTO_MAX_SIDE = 2048
 
 # MTCNN's last stage accepts from 0.8; textured noise can reach that, real faces score above 0.99.
@@ -120,7 +121,9 @@ def detect_faces(image, max_side=PHOTO_MAX_SIDE, min_confidence=MIN_CONFIDENCE):
     small, scale = _fit_long_side(image, max_side)
     if min(small.shape[:2]) < _MTCNN_MIN_FACE:
         return []  # no face of MTCNN's minimum size fits
-    rows = detector().detect_faces(small, min_face_size=_MTCNN_MIN_FACE, box_format="xyxy",
+    # float32 in: mtcnn normalizes its input with NumPy and resizes every pyramid level from it, which on
+    # uint8 makes a float64 copy; float32 halves that work (1.28 -> 0.75 s for a 1080p photo, same boxes).
+    rows = detector().detect_faces(small.astype(np.float32), min_face_size=_MTCNN_MIN_FACE, box_format="xyxy",
                                    output_type="numpy", fit_to_image=False)
     found = [_face_from_row(row, scale) for row in np.asarray(rows).reshape(-1, 16)]
     found = [face for face in found if face.confidence >= min_confidence]
@@ -326,8 +329,20 @@ def source_crops(photo, frame_shape, name, increase=0.1, face=None, hint="--crop
 # decode each frame of the detection pass. vox-256 animation takes 0.44-0.6 s a frame end to end
 # (README's Performance table: tflite-int8 batch 8 to direct batch 4). Detection within 10% of
 # 0.44 s needs 0.011 + 0.15 / k <= 0.044, so k >= 4.6: every 5th frame (0.2 s apart at 25 fps, less
-# than a head moves out of its crop's margin), which is 8-9% of the animation time.
+# than a head moves out of its crop's margin), which is 8-9% of the animation time. What counts is
+# the time between searches, so a video of another frame rate is searched every DETECT_SECONDS
+# (every_kth_frame): every 6th frame at 30 fps, every 12th at 60 fps (phones), never more often than every 5th.
 DETECT_EVERY = 5
+DETECT_SECONDS = 0.2
+
+
+def every_kth_frame(fps):
+    """How many frames apart a driving video of `fps` frames a second is searched: DETECT_SECONDS apart,
+    never more often than every DETECT_EVERY-th frame (the budget above); DETECT_EVERY when the rate is
+    unknown."""
+    if not fps or not math.isfinite(fps):
+        return DETECT_EVERY
+    return max(DETECT_EVERY, round(fps * DETECT_SECONDS))
 
 
 @dataclasses.dataclass
@@ -427,11 +442,12 @@ def longest_track(found_tracks):
 
 
 def driving_crop_box(video, frame_shape, name, face=None, increase=0.1, iou_with_initial=0.25,
-                     every=DETECT_EVERY, max_frames=None, hint="--driving_crop_box X,Y,W,H"):
+                     every=None, max_frames=None, hint="--driving_crop_box X,Y,W,H"):
     """(CropBox, Track, all tracks) for a driving video, as run.py --crop uses it: faces detected on
-    every `every`-th frame, tracks with hold_on_miss, the longest track's union box (or track number
-    `face` in tracks()' order) made into a crop. The video is read once, as a stream.
-    No face in any searched frame, or a `face` out of range -> UserError naming `name`."""
+    every `every`-th frame (default: every_kth_frame of the video's fps), tracks with hold_on_miss, the
+    longest track's union box (or track number `face` in tracks()' order) made into a crop. The video is
+    read once, as a stream. No face in any searched frame, or a `face` out of range -> UserError naming `name`."""
+    every = every or every_kth_frame(getattr(video, "fps", None))
     found_tracks = tracks(detect_video(video, every=every, max_frames=max_frames),
                           iou_with_initial=iou_with_initial, hold_on_miss=True)
     if not found_tracks:
@@ -470,7 +486,11 @@ class DrivingCrop:
 
     def __iter__(self):
         for frame in self.source:
-            yield crop_and_resize(frame, self.box, self.frame_shape)
+            yield self.prepare(frame)
+
+    def prepare(self, frame):
+        """One decoded frame of the source as the model's input: cut to the box, resized."""
+        return crop_and_resize(frame, self.box, self.frame_shape)
 
     def close(self):
         close = getattr(self.source, "close", None)

@@ -372,12 +372,15 @@ def render_in_process(args, plan, todo, timings):
     status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
     if args.threads is not None:
         backends.set_threads(args.threads)
-    if args.target in ("direct", "savedmodel") or args.crop:
-        backends.tensorflow()  # the face detector runs on TensorFlow too
+    if args.target in ("direct", "savedmodel") or detects_faces(args):
+        # the face detector runs on TensorFlow too; imported here, not on the thread that finds the faces,
+        # so that it never imports while this thread imports the model's runtime
+        load_tensorflow(args, timings)
         check_device(args.device)
+    cropped = None
     if args.crop or args.crop_box or args.driving_crop_box:
         status("looking for faces" if args.crop else "cropping")
-        _timed(timings, "face detection", crop_inputs)(args, plan)
+        cropped = in_background(crop_inputs, args, plan, timings)  # while the model loads
     drawer = visualizer.Visualizer.from_params(plan.config.visualizer_params) if args.visualizer else None
     results = []
     with _device(args.device):
@@ -385,6 +388,8 @@ def render_in_process(args, plan, todo, timings):
         load = (load_models_and_cache_writer if timings is None
                 else timings.timed("load models", load_models_and_cache_writer))
         models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports)
+        if cropped is not None:
+            cropped()  # the crops are ready, or what went wrong (no face found) is raised here
         if timings is not None:
             models = animate.timed_models(models, timings)
         ready = time.perf_counter()
@@ -395,6 +400,30 @@ def render_in_process(args, plan, todo, timings):
                     jobs.report_failure(result)
                 results.append(result)
     return results, ready, write_entry
+
+
+def in_background(function, *args):
+    """Start function(*args) on a thread of its own; returns a callable that waits for it and returns its
+    result or raises its exception.
+
+    --crop finds faces this way while the model loads: detection spends most of its time in TensorFlow
+    ops, which run without the GIL, so with a core free the two overlap (README, Performance: what
+    --crop adds).
+    """
+    import concurrent.futures
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
+    future = pool.submit(function, *args)
+    pool.shutdown(wait=False)
+    return future.result
+
+
+def load_tensorflow(args, timings=None):
+    """backends.tensorflow(). On a tflite or onnx target only --crop's face detector needs it, so --profile
+    times the import there as "load TensorFlow", part of what --crop costs."""
+    if timings is None or args.target in ("direct", "savedmodel"):
+        return backends.tensorflow()
+    return timings.timed("load TensorFlow", backends.tensorflow)()
 
 
 def execute(args, models, job, drawer=None, timings=None, trace=None):
@@ -510,9 +539,7 @@ def render(args, models, job, clip, drawer, timings, trace):
     Returns the number of frames written and, for reconstruction, each frame's L1 to the real frame.
     """
     initial = None if job.faces is not None else start_keypoints(args, models, job.name, job.source, clip)
-    frames = limited_frames(clip, args.frames)
-    if timings is not None:
-        frames = timings.timed_iter("decode", frames)
+    frames = driving_frames(clip, args.frames, timings)
     if job.source is None:
         outputs = animate.reconstruct_frames(models, frames, batching(args))
     elif job.faces is not None:
@@ -607,6 +634,17 @@ def _timed(timings, stage, function):
 def limited_frames(clip, limit):
     """A new stream of the clip's frames, cut to --frames when that is set."""
     return itertools.islice(iter(clip), None if limit < 0 else limit)
+
+
+def driving_frames(clip, limit, timings=None):
+    """limited_frames, with --profile timing each frame's decoding and, for a video cropped on the fly
+    (--crop), its crop + resize apart, so the profile shows what cropping costs a frame."""
+    if timings is None:
+        return limited_frames(clip, limit)
+    if isinstance(clip, faces.DrivingCrop):
+        decoded = timings.timed_iter("decode", limited_frames(clip.source, limit))
+        return map(timings.timed("crop+resize", clip.prepare), decoded)
+    return timings.timed_iter("decode", limited_frames(clip, limit))
 
 
 def expected_frames(clip, limit):
@@ -793,28 +831,36 @@ def crops_driving(args):
     return args.crop in ("both", "driving") or args.driving_crop_box is not None
 
 
-def check_face_model(args, config):
-    """--crop detects faces: refused for a model of another domain unless the boxes are given by hand."""
+def detects_faces(args):
+    """Whether the run searches the photo or the video for faces (--crop without boxes given by hand)."""
     detects_source = crops_source(args) and args.crop_box is None
     detects_driving = args.crop in ("both", "driving") and args.driving_crop_box is None
+    return detects_source or detects_driving
+
+
+def check_face_model(args, config):
+    """--crop detects faces: refused for a model of another domain unless the boxes are given by hand."""
     name = os.path.basename(config.path)
-    if (detects_source or detects_driving or args.list_faces) and name.startswith(NOT_FACE_MODELS):
+    if (detects_faces(args) or args.list_faces) and name.startswith(NOT_FACE_MODELS):
         raise utils.UserError(f"--crop finds faces, and {name} is not a face model: give the boxes by hand with "
                               f"--crop_box X,Y,W,H (photo) and --driving_crop_box X,Y,W,H (video)")
 
 
-def crop_inputs(args, plan):
-    """--crop: find the faces (TensorFlow is loaded by now), then crop the source and the driving video."""
+def crop_inputs(args, plan, timings=None):
+    """--crop: find the faces (TensorFlow is loaded by now), then crop the source and the driving video.
+    With --profile, building the detector and searching the photo and the clip are timed apart."""
     shape = plan.config.frame_shape
+    if detects_faces(args):
+        _timed(timings, "build detector", faces.detector)()
     for job in plan.jobs:
         if job.photo is not None and crops_source(args):
-            boxes = source_boxes(args, job, shape)
+            boxes = _timed(timings, "detect photo", source_boxes)(args, job, shape)
             job.faces = [(faces.crop_and_resize(job.photo, box, shape), box) for box in boxes]
             job.source = job.faces[0][0]
             say(f"{job.name}: animating {plural(len(boxes), 'face')} of the photo at " +
                 "; ".join(str(box) for box in boxes))
         if crops_driving(args):
-            box = driving_box(args, job, shape)
+            box = _timed(timings, "detect clip", driving_box)(args, job, shape)
             job.open_driving = functools.partial(open_cropped_driving, job.driving_path, box, shape)
 
 

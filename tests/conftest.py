@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 REPO = Path(__file__).resolve().parent.parent
@@ -24,6 +23,8 @@ atexit.register(shutil.rmtree, os.environ["FOMM_CACHE_DIR"], ignore_errors=True)
 sys.path.insert(0, str(REPO))
 import animate  # noqa: E402  (the repository's modules, found through the path above)
 import media  # noqa: E402
+import wild_inputs  # noqa: E402
+from wild_inputs import PLACED, background, place, placed_clip  # noqa: E402,F401  (the tests' names for them)
 
 FIXTURES = REPO / "tests" / "fixtures"
 FIXTURE_NAMES = sorted(p.name for p in FIXTURES.iterdir() if (p / "reference.npz").exists()) if FIXTURES.exists() else []
@@ -301,38 +302,13 @@ def direct_frames(name, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------
-# Pictures in the wild, built from the example (tests/test_faces.py, test_crop.py, test_run_crop.py)
+# Pictures in the wild, built from the example (tests/test_faces.py, test_crop.py, test_run_crop.py) with
+# wild_inputs (shared with benchmark.py --crop)
 # ----------------------------------------------------------------------------
 
 SOURCE = REPO / "example" / "source.png"
 DRIVING = REPO / "example" / "driving.mp4"
 SQUARE = (256, 256, 3)  # the published configs' frame_shape
-
-
-def background(height, width, seed=0):
-    """A soft vertical gradient with faint seeded noise: not a flat page, not a face either. A new
-    array each call (`place` draws on it)."""
-    return _background(height, width, seed).copy()
-
-
-@functools.lru_cache(maxsize=4)
-def _background(height, width, seed):
-    rows = np.linspace(150, 90, height, dtype=np.float32)[:, np.newaxis, np.newaxis]
-    tint = np.array([1.0, 1.05, 1.15], np.float32)
-    noise = np.random.default_rng(seed).normal(0, 4, (height, width, 3)).astype(np.float32)
-    return np.clip(rows * tint + noise, 0, 255).astype(np.uint8)
-
-
-def scaled(picture, scale):
-    height, width = picture.shape[:2]
-    return np.asarray(Image.fromarray(picture).resize((round(width * scale), round(height * scale)), Image.BICUBIC))
-
-
-def place(canvas, picture, x, y, scale):
-    """Paste `picture` scaled by `scale` with its top-left corner at (x, y) (in place); returns canvas."""
-    piece = scaled(picture, scale)
-    canvas[y:y + piece.shape[0], x:x + piece.shape[1]] = piece
-    return canvas
 
 
 def map_back(box, x, y, scale):
@@ -362,11 +338,7 @@ CANVASES = {
 
 def canvas_picture(name):
     height, width, placements = CANVASES[name]
-    canvas = background(height, width)
-    source = media.decode_image(str(SOURCE))
-    for x, y, scale in placements:
-        place(canvas, source, x, y, scale)
-    return canvas
+    return wild_inputs.canvas(media.decode_image(str(SOURCE)), height, width, placements)
 
 
 @functools.lru_cache(maxsize=1)
@@ -374,18 +346,6 @@ def driving_frames():
     """example/driving.mp4's 40 frames (256x256 uint8), decoded once per session."""
     with media.open_video(str(DRIVING)) as video:
         return tuple(np.array(frame) for frame in video)
-
-
-# The driving clip placed on a 1280x720 frame at 1.5x: fixed, and drifting 1.5 px right and 0.5 px
-# down a frame (a slowly panning camera).
-PLACED = (700, 180, 1.5)
-
-
-def placed_clip(frames, drift=(0.0, 0.0)):
-    x, y, scale = PLACED
-    for index, frame in enumerate(frames):
-        yield place(background(720, 1280, seed=1), frame, round(x + drift[0] * index),
-                    round(y + drift[1] * index), scale)
 
 
 def make_dataset(root, fx):

@@ -15,14 +15,17 @@ import pytest
 from conftest import REPO, readme_commands
 
 
-def performance_command(script):
-    [command] = [c for c in readme_commands("Performance") if shlex.split(c)[:2] == ["python", script]]
+def performance_command(script, crop=False):
+    """The README Performance section's one command of `script`; for benchmark.py, the one with (crop=True)
+    or without --crop."""
+    [command] = [c for c in readme_commands("Performance") if shlex.split(c)[:2] == ["python", script]
+                 and ("--crop" in shlex.split(c)) == crop]
     return shlex.split(command)
 
 
-def test_readme_performance_commands_are_the_benchmark_and_the_profile():
+def test_readme_performance_commands_are_the_benchmarks_and_the_profile():
     scripts = sorted(shlex.split(c)[1] for c in readme_commands("Performance"))
-    assert scripts == ["benchmark.py", "tools/profile_parts.py"]
+    assert scripts == ["benchmark.py", "benchmark.py", "tools/profile_parts.py"]
 
 
 def run_readme_command(words):
@@ -144,3 +147,49 @@ def test_bfloat16_end_to_end_rows_run_run_py_at_bfloat16_and_count_against_their
     assert "--precision" not in benchmark.run_py_command(args, "direct-cold", "clip.mp4", "out.mp4", "exports")
     row = {"target": "direct-bfloat16-warm", "frames": 10, "written_s": 4.0}
     assert benchmark.startup_overhead(row, [{"target": "direct-bfloat16", "batch": 4, "fps": 5.0}]) == 2.0
+
+
+# --crop: what run.py --crop adds, timed in fresh processes (the README's command on the example model)
+
+@pytest.fixture(scope="module")
+def crop_report():
+    words = performance_command("benchmark.py", crop=True)
+    stdout = run_readme_command(words)
+    json_path = REPO / words[words.index("--json") + 1]
+    return words, stdout, json.loads(json_path.read_text())
+
+
+def test_crop_rows_time_each_target_and_split_what_crop_adds(crop_report):
+    words, stdout, report = crop_report
+    targets = words[words.index("--targets") + 1].split(",")
+    frames = int(words[words.index("--crop") + 1])
+    rows = report["crop"]["rows"]
+    assert [row["target"] for row in rows] == targets
+    for row in rows:
+        assert "error" not in row["plain"] and "error" not in row["crop"] and "profile_error" not in row, row
+        assert row["profile_frames"] == frames
+        stages = row["profile"]
+        for stage in ("build detector", "detect photo", "detect clip", "crop+resize", "paste", "encode", "generator"):
+            assert stages[stage] > 0, (stage, row)
+        # TensorFlow is imported for the face detector alone on tflite: its import is part of what --crop adds
+        assert ("load TensorFlow" in stages) == (row["target"] == "tflite"), row
+        assert re.search(rf"^\| {row['target']} \| {frames} \| {row['plain']['written_s']:.1f} \| "
+                         rf"{row['crop']['written_s']:.1f} \| ", stdout, re.M), stdout
+
+
+def test_crop_table_reads_the_split_from_run_pys_profile():
+    import animate
+    import benchmark
+
+    timings = animate.Timings()
+    for stage, seconds, calls in (("load models", 1.0, 1), ("build detector", 0.3, 1), ("detect photo", 0.8, 1),
+                                  ("detect clip", 0.4, 1), ("decode", 0.2, 4), ("crop+resize", 0.02, 4),
+                                  ("kp_detector", 0.4, 1), ("process_kp_driving", 0.04, 1), ("generator", 1.56, 1),
+                                  ("paste", 0.08, 4), ("encode", 0.12, 4)):
+        timings.add(stage, seconds, calls)
+    parsed = benchmark.parse_profile("wrote 4 frames to out.mp4\n" + timings.summary(4, 6.0))
+    assert parsed == {"profile": timings.seconds, "profile_frames": 4, "profile_total_s": 6.0}
+    row = {"target": "direct", "frames": 4, "plain": {"written_s": 8.0}, "crop": {"written_s": 10.0}, **parsed}
+    table = benchmark.crop_table([row]).splitlines()
+    # 2 of 10 s added; no "load TensorFlow" on direct; per frame: 5 ms crop+resize, (400 + 40 + 1560) / 4 ms animate
+    assert table[2] == "| direct | 4 | 8.0 | 10.0 | 2.0 s (20%) | - | 0.30 | 0.80 | 0.40 | 5.0 | 500 | 20.0 | 30.0 |"

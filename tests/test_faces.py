@@ -283,6 +283,11 @@ def test_a_slowly_drifting_clip_is_one_track_over_every_searched_frame(clip):
         assert left <= fx and top <= fy and fx + fw <= right and fy + fh <= bottom
 
 
+def test_a_driving_video_is_searched_every_fifth_of_a_second_never_more_often_than_every_fifth_frame():
+    # 0.2 s apart: every 6th frame at 30 fps, every 12th at 60; never denser than the 10% budget's 5th frame
+    assert [faces.every_kth_frame(fps) for fps in (25.0, 30.0, 60.0, 12.0, None, float("nan"))] == [5, 6, 12, 5, 5, 5]
+
+
 def test_no_face_in_a_driving_video_is_a_one_line_error():
     plain = (np.full((120, 160, 3), 100, np.uint8) for _ in range(3))
     with pytest.raises(utils.UserError, match=r"^still.mp4: no face found in the video; .*--driving_crop_box"):

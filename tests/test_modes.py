@@ -481,6 +481,25 @@ def test_timings_count_a_stage_timed_inside_another_as_part_of_it():
     assert list(once) == ["source encoding", "other (imports, setup)"] and set(per_frame) == {"kp_detector", "decode"}
 
 
+def test_timings_count_stages_timed_on_two_threads_at_once():
+    # run.py --crop finds faces on a thread while the model loads: both stages count, neither is nested
+    import threading
+
+    timings = animate.Timings()
+    detecting, loaded = threading.Event(), threading.Event()
+
+    def detect():
+        detecting.set()
+        loaded.wait(5)
+
+    worker = threading.Thread(target=timings.timed("detect photo", detect))
+    worker.start()
+    detecting.wait(5)  # the worker's stage is open now
+    timings.timed("load models", loaded.set)()
+    worker.join()
+    assert timings.calls == {"load models": 1, "detect photo": 1}
+
+
 # --------------------------------------------------------------------------------------------------
 # One export target: SavedModel
 # --------------------------------------------------------------------------------------------------
