@@ -3,6 +3,7 @@ the signature JSON beside each export, loading per target (SavedModel, LiteRT, o
 the op lists OPS.md is made of. The runtimes are imported through backends, quietly, when first used.
 """
 import contextlib
+import inspect
 import json
 import os
 
@@ -72,11 +73,23 @@ def read_signature_json(target, path):
         raise utils.UserError(f"{json_path}: unreadable ({utils.first_line(err)})") from err
 
 
+# LiteRT 2.3's XNNPACK delegate, when it fuses several ops of these graphs into one delegated partition,
+# can compute wrong outputs from an interpreter's second call on: the demo model's int8 generator gave
+# 8-12 dB frames in 5-6 interpreters of 8 (the first call always right; which interpreters, the
+# process's earlier allocations decided, so loading other .tflite files first looked like the cause).
+# One op per partition (XNNPACK still runs every op it ran) never went wrong; its cost: none on the
+# float32 generator, the int8 one ~20% slower. tests/test_precision.py checks it on that generator.
+UNFUSED_DELEGATE = "experimental_disable_delegate_node_fusion"
+
+
 def tflite_interpreter(path=None, model_content=None):
-    """A TF Lite interpreter on all cores: LiteRT's (ai_edge_litert), else TensorFlow's tf.lite.Interpreter."""
+    """A TF Lite interpreter on all cores: LiteRT's (ai_edge_litert), else TensorFlow's tf.lite.Interpreter;
+    its delegate gets one op per partition where the class has the option (see UNFUSED_DELEGATE)."""
     interpreter_class = backends.tflite_interpreter_class()
+    options = {UNFUSED_DELEGATE: True} if UNFUSED_DELEGATE in inspect.signature(interpreter_class).parameters else {}
     with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-        return interpreter_class(model_path=path, model_content=model_content, num_threads=backends.threads())
+        return interpreter_class(model_path=path, model_content=model_content, num_threads=backends.threads(),
+                                 **options)
 
 
 def savedmodel_function(path):
