@@ -138,11 +138,12 @@ def build_int8_exports(case, outdir):
     calibrated on case.calibration, and every module's dynamic-range -int8 file.
 
     build.py runs in a process of its own, as a user runs it; its progress lines go to stderr, so that
-    stdout holds only the table. Open (2026-12-03): the same int8 files, run in one process after the
-    float32 TF Lite files of the same model, computed the demo model's frames of ../shared/data at
-    11.9 dB PSNR against float32 instead of 40.9 dB (the order of the two loads alone decides; LiteRT's
-    XNNPACK state shared between interpreters is the suspect). The table's rows agree with runs in
-    separate processes, but check a surprising int8 row in a fresh process."""
+    stdout holds only the table. Fixed (2026-12-03): the same int8 files, run in one process after the
+    float32 TF Lite files of the same model, once computed the demo model's frames of ../shared/data
+    at 11.9 dB PSNR against float32 instead of 40.9 dB. Not the order: LiteRT 2.3's fused XNNPACK
+    partitions went wrong from an interpreter's second call on, in interpreters that the process's
+    earlier allocations picked; export_files.tflite_interpreter now gives XNNPACK one op per partition
+    (see UNFUSED_DELEGATE there), so loading several sets of files in one process is safe."""
     for module in BUILT_MODULES:
         argv = ["--config", case.config, "--checkpoint", case.checkpoint, "--outdir", outdir, "--module", module,
                 "--precision", "int8", "--calibration", case.calibration, "--int8"]
