@@ -22,6 +22,10 @@ digest of the weights, so run.py uses that pair only with a generator of the sam
   js/<model>/<module>/                    with --tfjs: TF.js graph model + signature.json (output order)
   onnx/<model>/<module>.onnx              with --onnx: converted from the SavedModel by tf2onnx (opset 17)
   onnx/<model>/<module>.json              its input/output names, shapes and dtypes
+  tflite/face-pnet.tflite, face-rnet.tflite, face-onet.tflite (+ .json)  whenever TF Lite files are written:
+                                          MTCNN's three networks from the mtcnn package's weights (one set
+                                          for every model; kept when up to date), so that run.py --target
+                                          tflite --crop finds faces on LiteRT, without TensorFlow
 <model> is --model, or the --config file's stem without '-256'. Variants (--prescale, --hardcode,
 --predictiononly, --staticbatchsize) are written to the same paths; each JSON records the options
 it was built with, and run.py checks them.
@@ -641,6 +645,11 @@ def tflite_variants(args):
     return variants
 
 
+def writes_tflite(args):
+    """Whether this build writes TF Lite files: then it writes the face detector's too (export_face_detector)."""
+    return not args.nolite and any(module not in export_files.NO_TFLITE_MODULES for module in selected_modules(args))
+
+
 def build_model(name, config_path, checkpoint_path, args):
     """Every requested artefact of one model."""
     import modules
@@ -763,6 +772,8 @@ def main(argv=None):
             raise utils.UserError("no model to build: no config in config/ has its checkpoint in checkpoint/")
         for name, config_path, checkpoint_path in jobs:
             build_model(name, config_path, checkpoint_path, args)
+        if writes_tflite(args):
+            export_face_detector(args.outdir)
     except KeyboardInterrupt:  # first, so that it never needs the modules named below
         print("interrupted: exports being written were discarded", file=sys.stderr)
         return 130
