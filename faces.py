@@ -8,7 +8,8 @@ and widened to a square, one fixed box per face track. This module reproduces th
 
 * Detection is MTCNN (the `mtcnn` package: TensorFlow, its weights inside the wheel, nothing
   downloaded), not face_alignment's S3FD (PyTorch, weights downloaded on first use). Its boxes are
-  tighter around the face than S3FD's, so crops come out somewhat tighter than the original's.
+  tighter around the face than S3FD's, so crops come out somewhat tighter than the original's. The
+  same networks also run on LiteRT (faces_lite, use_litert_detector), for the tflite target.
 * A crop that leaves the picture is padded by replicating the picture's edge pixels instead of being
   clamped (the original clamps, which changes the crop's aspect and so stretches the face). Edge
   replication adds no new edges or features for the keypoint detector to latch onto, unlike black
@@ -16,7 +17,7 @@ and widened to a square, one fixed box per face track. This module reproduces th
 * Photos are searched at full resolution up to PHOTO_MAX_SIDE (see `detect_faces`).
 
 Sections: 1. detection, 2. crop geometry, 3. face tracks over a video and the streamed driving crop,
-4. pasting animated crops back. TensorFlow loads (through `backends`) only when a detector is built,
+4. pasting animated crops back. TensorFlow loads (through `backends`) only when mtcnn's detector is built,
 so importing this module is cheap and the CLIs can check their arguments first.
 """
 import argparse
