@@ -432,8 +432,8 @@ def in_background(function, *args):
 
 
 def load_tensorflow(args, timings=None):
-    """backends.tensorflow(). On a tflite or onnx target only --crop's face detector needs it, so --profile
-    times the import there as "load TensorFlow", part of what --crop costs."""
+    """backends.tensorflow(). On an onnx target (tflite without build.py's LiteRT detector files) only --crop's
+    mtcnn detector needs it, so --profile times the import there as "load TensorFlow", part of what --crop costs."""
     if timings is None or args.target in ("direct", "savedmodel"):
         return backends.tensorflow()
     return timings.timed("load TensorFlow", backends.tensorflow)()
