@@ -7,6 +7,7 @@ example/source.png is a crop (tests/make_fixtures.py, SCENES['face']). A box fou
 back through the known placement, is compared with the box found on the picture alone.
 """
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -162,6 +163,20 @@ def test_litert_detector_finds_mtcnns_faces(name, litert_files):
         assert abs(ours.confidence - theirs.confidence) < 1e-3
         assert list(ours.landmarks) == list(theirs.landmarks)
         np.testing.assert_allclose(list(ours.landmarks.values()), list(theirs.landmarks.values()), atol=0.05)
+
+
+def test_litert_detector_built_from_other_mtcnn_weights_is_not_used(litert_files, tmp_path):
+    # build.py records the digest of the mtcnn weights it converted; another package version's files are stale
+    folder = tmp_path / "tflite"
+    folder.mkdir()
+    for path in litert_files:
+        shutil.copy(path, folder)
+        shutil.copy(Path(path).with_suffix(".json"), folder)
+    assert faces_lite.find_detector(str(tmp_path))[0] is not None
+    description = json.loads((folder / "face-rnet.json").read_text())
+    (folder / "face-rnet.json").write_text(json.dumps(dict(description, weights="0" * 64)))
+    paths, why_not = faces_lite.find_detector(str(tmp_path))
+    assert paths is None and "face-rnet.tflite: built from other mtcnn weights" in why_not
 
 
 def test_litert_pyramid_levels_are_tensorflows_area_resize():
