@@ -75,8 +75,12 @@ def read_signature_json(target, path):
 def tflite_interpreter(path=None, model_content=None):
     """A TF Lite interpreter on all cores: LiteRT's (ai_edge_litert), else TensorFlow's tf.lite.Interpreter."""
     interpreter_class = backends.tflite_interpreter_class()
-    with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-        return interpreter_class(model_path=path, model_content=model_content, num_threads=backends.threads())
+    try:
+        with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            return interpreter_class(model_path=path, model_content=model_content, num_threads=backends.threads())
+    except ValueError as err:  # a truncated or foreign file: "The model is not a valid Flatbuffer buffer"
+        raise utils.UserError(f"{path or 'TF Lite model'}: LiteRT cannot load it ({utils.first_line(err)}); "
+                              f"rebuild it with build.py") from err
 
 
 def savedmodel_function(path):

@@ -553,6 +553,13 @@ def test_tflite_crop_without_the_detector_files_falls_back_to_mtcnn_with_a_note(
     assert isinstance(faces.detector(), faces.MtcnnDetector)
 
 
+def test_a_broken_face_detector_file_is_one_line(builds, tmp_path, capsys):
+    shutil.copytree(Path(builds.root(VARIANT_FIXTURE), "tflite"), tmp_path / "root" / "tflite")
+    (tmp_path / "root" / "tflite" / "face-onet.tflite").write_bytes(b"not a model")
+    code = run.main(crop_run_args(tmp_path / "root", tmp_path / "frames"))
+    assert_one_line_error(capsys, code, "face-onet.tflite: LiteRT cannot load it", "rebuild it with build.py")
+
+
 # --------------------------------------------------------------------------------------------------
 # build.py errors and atomic writes
 # --------------------------------------------------------------------------------------------------
