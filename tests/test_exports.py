@@ -541,6 +541,16 @@ def test_tflite_crop_finds_faces_without_tensorflow(builds, tmp_path):
     assert len(read_png_frames(tmp_path / "frames")) == 2
 
 
+def test_tflite_list_faces_finds_them_without_tensorflow(builds):
+    fx = load_fixture(VARIANT_FIXTURE)
+    args = ["--config", str(fx.config_path), "--target", "tflite", "--exportdir", str(builds.root(VARIANT_FIXTURE)),
+            "--source_image", WILD_PHOTO, "--driving_video", WILD_DRIVING, "--list_faces"]
+    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TENSORFLOW, json.dumps(args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
+    assert "wild.png: 2 faces" in result.stdout and "driving.mp4: 1 face track" in result.stdout, result.stdout
+
+
 def test_tflite_crop_without_the_detector_files_falls_back_to_mtcnn_with_a_note(builds, tmp_path, capsys):
     old = tmp_path / "old"  # an export root from before build.py wrote the detector
     shutil.copytree(Path(builds.root(VARIANT_FIXTURE), "tflite", MODEL), old / "tflite" / MODEL)
