@@ -16,6 +16,7 @@ import os
 import re
 import sys
 import tempfile
+import threading
 
 VERBOSITIES = ("quiet", "normal", "verbose")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own INFO/WARNING lines (not absl's)
@@ -80,6 +81,23 @@ def native_output_hidden():
     if _verbosity == "verbose":
         yield
         return
+    with _window:
+        yield from _hidden_window()
+
+
+# One window at a time, process-wide: descriptor 2 is the process's, and two threads that each saved and
+# restored it (run.py --crop detects on one while the model loads on the other) could leave it pointing
+# at a closed scratch file. Windows are short (an import, a model load, a first call), so one waits.
+_window = threading.RLock()
+
+
+def terminal():
+    """Hold this while printing a line for the user: it waits for another thread's window to end, so
+    the line reaches the real stderr instead of that window's scratch file."""
+    return _window
+
+
+def _hidden_window():
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as sink:

@@ -32,8 +32,8 @@ start to the first frame, to the output file written, and to exit, on clips of N
 (direct, savedmodel, tflite, onnx among --targets), a fresh run.py on the cropped inputs (the source image,
 an N-frame clip of the driving video) against a fresh run.py --crop on the same pictures in the wild
 (wild_inputs.py: the source pasted on a 1920x1080 photo, the clip placed in a 1280x720 video), and the
-split of a third, profiled --crop run: TensorFlow's import (the face detector's, on targets that do not
-need it otherwise), building the detector, detection on the photo and on the clip, and per frame the
+split of a third, profiled --crop run: TensorFlow's import (mtcnn's face detector's, on onnx, which does
+not need it otherwise; tflite finds faces on LiteRT), building the detector, detection on the photo and on the clip, and per frame the
 crop + resize, animation, paste-back and encoding.
 
 Prints a markdown table and writes JSON (--json). The machine is shared and noisy: compare rows of
@@ -791,7 +791,8 @@ CROP_TARGETS = ("direct", "savedmodel", "tflite", "onnx")  # the run.py targets 
 WILD_PHOTO = (1080, 1920)  # the photo's height and width
 WILD_FACE = (300, 200, 400)  # the source image pasted at (x, y), this many pixels wide: a face of ~200 px
 # run.py --profile's stages that only a --crop run has, once per run and per frame. "load TensorFlow"
-# shows only where run.py imports it for the face detector alone (tflite, onnx).
+# shows only where run.py imports it for mtcnn's face detector alone (onnx; tflite with an export folder
+# that lacks build.py's LiteRT detector files).
 CROP_ONCE_STAGES = ("load TensorFlow", "build detector", "detect photo", "detect clip")
 CROP_FRAME_STAGES = ("crop+resize", "paste")
 ANIMATE_STAGES = ("kp_detector", "process_kp_driving", "generator")

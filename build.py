@@ -22,6 +22,10 @@ digest of the weights, so run.py uses that pair only with a generator of the sam
   js/<model>/<module>/                    with --tfjs: TF.js graph model + signature.json (output order)
   onnx/<model>/<module>.onnx              with --onnx: converted from the SavedModel by tf2onnx (opset 17)
   onnx/<model>/<module>.json              its input/output names, shapes and dtypes
+  tflite/face-pnet.tflite, face-rnet.tflite, face-onet.tflite (+ .json)  whenever TF Lite files are written:
+                                          MTCNN's three networks from the mtcnn package's weights (one set
+                                          for every model; kept when up to date), so that run.py --target
+                                          tflite --crop finds faces on LiteRT, without TensorFlow
 <model> is --model, or the --config file's stem without '-256'. Variants (--prescale, --hardcode,
 --predictiononly, --staticbatchsize) are written to the same paths; each JSON records the options
 it was built with, and run.py checks them.
@@ -397,6 +401,49 @@ def export_tflite(saved_model_path, path, info, float16, int8=False, calibration
     write_files_atomically({path: flatbuffer, export_files.signature_json_path("tflite", path): json_bytes(description)})
 
 
+def export_face_detector(outdir):
+    """tflite/face-pnet.tflite, face-rnet.tflite, face-onet.tflite (+ .json): MTCNN's networks from the mtcnn
+    package's own weights, for run.py --target tflite --crop (faces_lite). Model-independent, so one set per
+    export root; kept when already built from the installed package's weights. Returns the paths written."""
+    import faces
+    import faces_lite
+
+    digest = faces_lite.weights_digest(faces.weight_paths())
+    if faces_lite.find_detector(outdir)[0] is not None:  # built from these weights (find_detector compares)
+        return []
+    paths = faces_lite.detector_paths(outdir)
+    for module, stage, path in zip(faces_lite.DETECTOR_MODULES, faces.build_detector().stages, paths):
+        started = time.perf_counter()
+        flatbuffer, function = convert_face_network(stage.model, module)
+        flatbuffer = add_signature_def(flatbuffer, function, ["image"])
+        description = tflite_signature(flatbuffer, {"module": module, "weights": digest})
+        write_files_atomically({path: flatbuffer,
+                                export_files.signature_json_path("tflite", path): json_bytes(description)})
+        report(path, started, outdir)
+    return list(paths)
+
+
+def convert_face_network(network, module):
+    """(.tflite flatbuffer with builtin ops only, the converted concrete function) of one MTCNN Keras
+    network: input `image` of faces_lite.INPUT_SHAPES[module], outputs named by faces_lite.OUTPUT_NAMES.
+    Frozen like convert_to_tflite's functions, so the weights are constants in the file."""
+    import tensorflow as tf
+
+    import faces_lite
+
+    names = faces_lite.OUTPUT_NAMES[module]
+    spec = tf.TensorSpec(faces_lite.INPUT_SHAPES[module], tf.float32, name="image")
+    function = tf.function(lambda image: dict(zip(names, network(image))), input_signature=[spec])
+    concrete = function.get_concrete_function()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions([concrete], network)
+    converter.experimental_lower_to_saved_model = False
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS]
+    try:
+        return converter.convert(), concrete
+    except Exception as err:  # ConverterError and friends, as in convert_to_tflite
+        raise ExportError(f"{module}: TF Lite conversion failed ({_first_line(err)})") from err
+
+
 # --------------------------------------------------------------------------------------------------
 # TF.js
 # --------------------------------------------------------------------------------------------------
@@ -598,6 +645,11 @@ def tflite_variants(args):
     return variants
 
 
+def writes_tflite(args):
+    """Whether this build writes TF Lite files: then it writes the face detector's too (export_face_detector)."""
+    return not args.nolite and any(module not in export_files.NO_TFLITE_MODULES for module in selected_modules(args))
+
+
 def build_model(name, config_path, checkpoint_path, args):
     """Every requested artefact of one model."""
     import modules
@@ -720,6 +772,8 @@ def main(argv=None):
             raise utils.UserError("no model to build: no config in config/ has its checkpoint in checkpoint/")
         for name, config_path, checkpoint_path in jobs:
             build_model(name, config_path, checkpoint_path, args)
+        if writes_tflite(args):
+            export_face_detector(args.outdir)
     except KeyboardInterrupt:  # first, so that it never needs the modules named below
         print("interrupted: exports being written were discarded", file=sys.stderr)
         return 130

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import animate
 import export_files
+import faces_lite
 import precision
 import utils
 
@@ -62,6 +63,18 @@ def check_exports(args, checkpoint_path):
     if hardcode is not None:
         check_hardcode(args, hardcode, first_order, command)
     return CheckedExports(exports, hardcode, first_order, builds["generator"]["prescale"])
+
+
+def litert_face_detector(args, checkpoint_path):
+    """build.py's LiteRT face detector files (faces_lite.find_detector) for a --target tflite run that
+    finds faces, so that TensorFlow never loads; None when the export folder lacks them (built before
+    build.py wrote them) or they were built from other mtcnn weights: detection then falls back to
+    mtcnn on TensorFlow, with a note naming the build that writes them."""
+    paths, why_not = faces_lite.find_detector(args.exportdir)
+    if paths is None:
+        utils.note(f"{why_not}, so faces are found with mtcnn on TensorFlow (3-4 s to load); to find them on "
+                   f"LiteRT, rebuild with: {build_command(args, checkpoint_path)}")
+    return paths
 
 
 def export_exists(args, name):

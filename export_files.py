@@ -88,9 +88,13 @@ def tflite_interpreter(path=None, model_content=None):
     its delegate gets one op per partition where the class has the option (see UNFUSED_DELEGATE)."""
     interpreter_class = backends.tflite_interpreter_class()
     options = {UNFUSED_DELEGATE: True} if UNFUSED_DELEGATE in inspect.signature(interpreter_class).parameters else {}
-    with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
-        return interpreter_class(model_path=path, model_content=model_content, num_threads=backends.threads(),
-                                 **options)
+    try:
+        with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
+            return interpreter_class(model_path=path, model_content=model_content, num_threads=backends.threads(),
+                                     **options)
+    except ValueError as err:  # a truncated or foreign file: "The model is not a valid Flatbuffer buffer"
+        raise utils.UserError(f"{path or 'TF Lite model'}: LiteRT cannot load it ({utils.first_line(err)}); "
+                              f"rebuild it with build.py") from err
 
 
 def savedmodel_function(path):

@@ -8,7 +8,8 @@ and widened to a square, one fixed box per face track. This module reproduces th
 
 * Detection is MTCNN (the `mtcnn` package: TensorFlow, its weights inside the wheel, nothing
   downloaded), not face_alignment's S3FD (PyTorch, weights downloaded on first use). Its boxes are
-  tighter around the face than S3FD's, so crops come out somewhat tighter than the original's.
+  tighter around the face than S3FD's, so crops come out somewhat tighter than the original's. The
+  same networks also run on LiteRT (faces_lite, use_litert_detector), for the tflite target.
 * A crop that leaves the picture is padded by replicating the picture's edge pixels instead of being
   clamped (the original clamps, which changes the crop's aspect and so stretches the face). Edge
   replication adds no new edges or features for the keypoint detector to latch onto, unlike black
@@ -16,7 +17,7 @@ and widened to a square, one fixed box per face track. This module reproduces th
 * Photos are searched at full resolution up to PHOTO_MAX_SIDE (see `detect_faces`).
 
 Sections: 1. detection, 2. crop geometry, 3. face tracks over a video and the streamed driving crop,
-4. pasting animated crops back. TensorFlow loads (through `backends`) only when a detector is built,
+4. pasting animated crops back. TensorFlow loads (through `backends`) only when mtcnn's detector is built,
 so importing this module is cheap and the CLIs can check their arguments first.
 """
 import argparse
@@ -31,6 +32,7 @@ from PIL import Image, ImageOps
 from skimage import img_as_ubyte
 
 import backends
+import faces_lite
 import media
 import utils
 
@@ -57,8 +59,7 @@ MIN_CONFIDENCE = 0.9
 # MTCNN's smallest face (its `min_face_size` default). mtcnn 1.0.0's pyramid breaks for larger values
 # (its scale count ignores them, the last levels fall under 12 px and it reports no faces at all), so
 # the detector always runs with this and bigger minimum faces are had by downscaling the image.
-_MTCNN_MIN_FACE = 20
-_WEIGHT_FILES = ("pnet.lz4", "rnet.lz4", "onet.lz4")
+_MTCNN_MIN_FACE = faces_lite.MIN_FACE
 _LANDMARK_NAMES = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 
 
@@ -79,12 +80,9 @@ def weight_paths():
     its own assets, and loads with joblib (a pickle): given the bare names, a `pnet.lz4` planted where a
     user runs the tool would run code. An absolute path into the package is the only file it opens.
     """
-    try:
-        import mtcnn
-    except ImportError:
-        raise utils.UserError("face detection needs the mtcnn package: pip install 'mtcnn>=1.0,<2'") from None
-    folder = os.path.join(os.path.dirname(os.path.abspath(mtcnn.__file__)), "assets", "weights")
-    paths = tuple(os.path.join(folder, name) for name in _WEIGHT_FILES)
+    paths = faces_lite.mtcnn_weight_paths()
+    if paths is None:
+        raise utils.UserError("face detection needs the mtcnn package: pip install 'mtcnn>=1.0,<2'")
     missing = [path for path in paths if not os.path.isfile(path)]
     if missing:
         raise utils.UserError(f"{missing[0]}: the mtcnn package lacks its weights; reinstall it "
@@ -103,10 +101,34 @@ def build_detector():
         return MTCNN(stages=[StagePNet(weights=pnet), StageRNet(weights=rnet), StageONet(weights=onet)])
 
 
+class MtcnnDetector:
+    """The mtcnn package's MTCNN on TensorFlow (build_detector); `rows` as faces_lite.LiteDetector's."""
+
+    def __init__(self):
+        self.mtcnn = build_detector()
+
+    def rows(self, image):
+        """mtcnn's numpy rows for float32 RGB pixels (see detect_faces)."""
+        return self.mtcnn.detect_faces(image, min_face_size=_MTCNN_MIN_FACE, box_format="xyxy", output_type="numpy",
+                                       fit_to_image=False)
+
+
+_detector_files = None  # build.py's LiteRT detector files when use_litert_detector chose them
+
+
+def use_litert_detector(paths):
+    """Detect on LiteRT with build.py's detector files (faces_lite.find_detector's paths), or on the mtcnn
+    package's TensorFlow networks when `paths` is None (the default); the next detector() builds that one."""
+    global _detector_files
+    _detector_files = paths
+    detector.cache_clear()
+
+
 @functools.lru_cache(maxsize=1)
 def detector():
-    """The process's MTCNN, built on first use (about 0.3 s once TensorFlow is loaded)."""
-    return build_detector()
+    """The process's detector, built on first use: MTCNN on LiteRT (faces_lite, when use_litert_detector
+    gave its files) or on TensorFlow (about 0.3 s once TensorFlow is loaded). Both give mtcnn's rows."""
+    return MtcnnDetector() if _detector_files is None else faces_lite.LiteDetector(_detector_files)
 
 
 def detect_faces(image, max_side=PHOTO_MAX_SIDE, min_confidence=MIN_CONFIDENCE):
@@ -123,8 +145,7 @@ def detect_faces(image, max_side=PHOTO_MAX_SIDE, min_confidence=MIN_CONFIDENCE):
         return []  # no face of MTCNN's minimum size fits
     # float32 in: mtcnn normalizes its input with NumPy and resizes every pyramid level from it, which on
     # uint8 makes a float64 copy; float32 halves that work (1.28 -> 0.75 s for a 1080p photo, same boxes).
-    rows = detector().detect_faces(small.astype(np.float32), min_face_size=_MTCNN_MIN_FACE, box_format="xyxy",
-                                   output_type="numpy", fit_to_image=False)
+    rows = detector().rows(small.astype(np.float32))
     found = [_face_from_row(row, scale) for row in np.asarray(rows).reshape(-1, 16)]
     found = [face for face in found if face.confidence >= min_confidence]
     return sorted(found, key=lambda face: (face.box[0], face.box[1]))

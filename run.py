@@ -232,6 +232,7 @@ class Plan:
     checkpoint_path: object  # str, or None for an export target without one
     jobs: list
     exports: object = None  # CheckedExports for the savedmodel / tflite / onnx targets
+    face_detector: object = None  # build.py's LiteRT face detector files when faces are found on LiteRT
 
 
 def prepare(args):
@@ -251,7 +252,15 @@ def prepare(args):
         listed = file_jobs(args, config)
     else:
         listed = dataset_jobs(args, config)
-    return Plan(config, checkpoint_path, listed, exports)
+    return Plan(config, checkpoint_path, listed, exports, litert_face_detector(args, checkpoint_path))
+
+
+def litert_face_detector(args, checkpoint_path):
+    """The face detector files of a --target tflite run that finds faces (export_checks.litert_face_detector),
+    else None: the other targets load TensorFlow anyway, and its mtcnn finds the same faces."""
+    if args.target != "tflite" or not (detects_faces(args) or args.list_faces):
+        return None
+    return export_checks.litert_face_detector(args, checkpoint_path)
 
 
 def resolve_precision(args):
@@ -327,9 +336,11 @@ def run(args, plan):
     import time
 
     started = time.perf_counter()
+    faces.use_litert_detector(plan.face_detector)
     if args.list_faces:
-        status("loading TensorFlow")
-        backends.tensorflow()  # the face detector runs on TensorFlow
+        if plan.face_detector is None:
+            status("loading TensorFlow")
+            backends.tensorflow()  # the face detector runs on TensorFlow
         status("looking for faces")
         return list_faces(args, plan)
     plan.jobs = todo = list(plan.jobs)
@@ -372,11 +383,13 @@ def render_in_process(args, plan, todo, timings):
     status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
     if args.threads is not None:
         backends.set_threads(args.threads)
-    if args.target in ("direct", "savedmodel") or detects_faces(args):
-        # the face detector runs on TensorFlow too; imported here, not on the thread that finds the faces,
+    if args.target in ("direct", "savedmodel") or (detects_faces(args) and plan.face_detector is None):
+        # mtcnn's face detector runs on TensorFlow too; imported here, not on the thread that finds the faces,
         # so that it never imports while this thread imports the model's runtime
         load_tensorflow(args, timings)
         check_device(args.device)
+    elif plan.face_detector is not None:
+        backends.tflite_interpreter_class()  # LiteRT, which both threads run, imported once, here
     cropped = None
     if args.crop or args.crop_box or args.driving_crop_box:
         status("looking for faces" if args.crop else "cropping")
@@ -419,8 +432,8 @@ def in_background(function, *args):
 
 
 def load_tensorflow(args, timings=None):
-    """backends.tensorflow(). On a tflite or onnx target only --crop's face detector needs it, so --profile
-    times the import there as "load TensorFlow", part of what --crop costs."""
+    """backends.tensorflow(). On an onnx target (tflite without build.py's LiteRT detector files) only --crop's
+    mtcnn detector needs it, so --profile times the import there as "load TensorFlow", part of what --crop costs."""
     if timings is None or args.target in ("direct", "savedmodel"):
         return backends.tensorflow()
     return timings.timed("load TensorFlow", backends.tensorflow)()
@@ -847,7 +860,8 @@ def check_face_model(args, config):
 
 
 def crop_inputs(args, plan, timings=None):
-    """--crop: find the faces (TensorFlow is loaded by now), then crop the source and the driving video.
+    """--crop: find the faces (with mtcnn's detector TensorFlow is loaded by now; the LiteRT one needs none), then
+    crop the source and the driving video.
     With --profile, building the detector and searching the photo and the clip are timed apart."""
     shape = plan.config.frame_shape
     if detects_faces(args):

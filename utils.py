@@ -45,7 +45,13 @@ class ArgumentParser(argparse.ArgumentParser):
 
 def print_error(error):
     """How every CLI reports a bad input: `error: <one line>` on stderr (the caller exits with 1)."""
-    print(f"error: {' '.join(str(error).split())}", file=sys.stderr, flush=True)
+    to_stderr(f"error: {' '.join(str(error).split())}")
+
+
+def to_stderr(line):
+    """Print a line for the user on stderr, never into another thread's backends.native_output_hidden window."""
+    with backends.terminal():
+        print(line, file=sys.stderr, flush=True)
 
 
 _warnings_sink = None  # a list while collected_warnings() runs
@@ -55,7 +61,7 @@ def warn(message):
     if _warnings_sink is not None:
         _warnings_sink.append(message)
     elif backends.verbosity() != "quiet":
-        print(f"warning: {message}", file=sys.stderr, flush=True)
+        to_stderr(f"warning: {message}")
 
 
 @contextlib.contextmanager
@@ -72,19 +78,19 @@ def collected_warnings():
 def note(message):
     """A default standing in for something the user did not give, said once."""
     if backends.verbosity() != "quiet":
-        print(f"note: {message}", file=sys.stderr, flush=True)
+        to_stderr(f"note: {message}")
 
 
 def status(message):
     """What a command is doing before its progress bar can say it."""
     if backends.verbosity() != "quiet":
-        print(f"{message}...", file=sys.stderr, flush=True)
+        to_stderr(f"{message}...")
 
 
 def inform(message):
     """A status line that is not a step in progress (what the model cache wrote)."""
     if backends.verbosity() != "quiet":
-        print(message, file=sys.stderr, flush=True)
+        to_stderr(message)
 
 
 def say(message):

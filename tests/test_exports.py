@@ -25,6 +25,8 @@ from conftest import (FIXTURE_NAMES, INTERMEDIATE_TOL, MODEL, PREDICTION_TOL, RE
 import build
 import run
 import export_files
+import faces
+import faces_lite
 import media
 import ops_md  # tools/, on sys.path through conftest
 
@@ -496,6 +498,76 @@ def test_tflite_run_never_imports_tensorflow(builds, tmp_path, hardcode):
     ours, expected = read_png_frames(tmp_path / "frames"), read_png_frames(tmp_path / "plain")
     assert len(ours) == len(expected) > 0
     np.testing.assert_array_equal(np.stack(ours), np.stack(expected))
+
+
+# --------------------------------------------------------------------------------------------------
+# --crop on the tflite target: faces found on LiteRT with build.py's detector files
+# --------------------------------------------------------------------------------------------------
+
+WILD_PHOTO = str(REPO / "example" / "wild.png")  # two faces
+WILD_DRIVING = str(REPO / "example" / "driving.mp4")
+
+
+def crop_run_args(root, output):
+    fx = load_fixture(VARIANT_FIXTURE)
+    return ["--config", str(fx.config_path), "--target", "tflite", "--exportdir", str(root), "--source_image",
+            WILD_PHOTO, "--driving_video", WILD_DRIVING, "--crop", "--frames", "2", "--relative", "--output", f"{output}/"]
+
+
+def test_build_writes_the_face_detector_once_per_export_root(builds):
+    root = builds.root(VARIANT_FIXTURE)
+    paths, why_not = faces_lite.find_detector(str(root))
+    assert why_not is None  # all three, built from the installed mtcnn's weights
+    shapes = [export_files.read_signature_json("tflite", path)["inputs"][0]["shape"] for path in paths]
+    assert shapes == [[1, -1, -1, 3], [-1, 24, 24, 3], [-1, 48, 48, 3]]  # P-Net takes any picture size
+    written = [os.path.getmtime(path) for path in paths]
+    assert build.export_face_detector(str(root)) == []  # up to date: kept
+    assert [os.path.getmtime(path) for path in paths] == written
+
+
+def test_a_build_without_tflite_writes_no_face_detector(tmp_path):
+    fx = load_fixture(VARIANT_FIXTURE)
+    assert build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), "--module",
+                       "process_kp_driving", "--nolite", "--outdir", str(tmp_path)]) == 0
+    assert not any(os.path.exists(path) for path in faces_lite.detector_paths(str(tmp_path)))
+
+
+def test_tflite_crop_finds_faces_without_tensorflow(builds, tmp_path):
+    args = crop_run_args(builds.root(VARIANT_FIXTURE), tmp_path / "frames")
+    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TENSORFLOW, json.dumps(args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
+    assert "animating 2 faces" in result.stdout and "note:" not in result.stderr, result.stdout + result.stderr
+    assert len(read_png_frames(tmp_path / "frames")) == 2
+
+
+def test_tflite_list_faces_finds_them_without_tensorflow(builds):
+    fx = load_fixture(VARIANT_FIXTURE)
+    args = ["--config", str(fx.config_path), "--target", "tflite", "--exportdir", str(builds.root(VARIANT_FIXTURE)),
+            "--source_image", WILD_PHOTO, "--driving_video", WILD_DRIVING, "--list_faces"]
+    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TENSORFLOW, json.dumps(args)], cwd=REPO,
+                            capture_output=True, text=True, timeout=300)
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
+    assert "wild.png: 2 faces" in result.stdout and "driving.mp4: 1 face track" in result.stdout, result.stdout
+
+
+def test_tflite_crop_without_the_detector_files_falls_back_to_mtcnn_with_a_note(builds, tmp_path, capsys):
+    old = tmp_path / "old"  # an export root from before build.py wrote the detector
+    shutil.copytree(Path(builds.root(VARIANT_FIXTURE), "tflite", MODEL), old / "tflite" / MODEL)
+    assert run.main(crop_run_args(old, tmp_path / "frames")) == 0
+    said = capsys.readouterr()
+    notes = [line for line in said.err.splitlines() if line.startswith("note:")]
+    assert len(notes) == 1, said.err
+    assert "face-pnet.tflite: no such file" in notes[0] and "rebuild with: python build.py" in notes[0]
+    assert "animating 2 faces" in said.out and len(read_png_frames(tmp_path / "frames")) == 2
+    assert isinstance(faces.detector(), faces.MtcnnDetector)
+
+
+def test_a_broken_face_detector_file_is_one_line(builds, tmp_path, capsys):
+    shutil.copytree(Path(builds.root(VARIANT_FIXTURE), "tflite"), tmp_path / "root" / "tflite")
+    (tmp_path / "root" / "tflite" / "face-onet.tflite").write_bytes(b"not a model")
+    code = run.main(crop_run_args(tmp_path / "root", tmp_path / "frames"))
+    assert_one_line_error(capsys, code, "face-onet.tflite: LiteRT cannot load it", "rebuild it with build.py")
 
 
 # --------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ example/source.png is a crop (tests/make_fixtures.py, SCENES['face']). A box fou
 back through the known placement, is compared with the box found on the picture alone.
 """
 import json
+import shutil
 import warnings
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from conftest import (CANVASES, DRIVING, PLACED, REPO, SOURCE, SQUARE, backgroun
                       driving_frames, map_back, placed_clip)
 
 import faces
+import faces_lite
 import media
 import utils
 
@@ -110,6 +112,95 @@ def test_no_face_is_a_one_line_error_naming_the_file(kind):
 
 def test_tiny_picture_has_no_face():
     assert faces.detect_faces(np.zeros((15, 300, 3), np.uint8)) == []  # under MTCNN's 20 px face
+
+
+# ----------------------------------------------------------------------------
+# Detection on LiteRT (faces_lite): the same faces as mtcnn's
+# ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def litert_files(tmp_path_factory):
+    """build.py's three detector files, written into a fresh export root."""
+    import build
+
+    root = tmp_path_factory.mktemp("detector")
+    assert len(build.export_face_detector(str(root))) == 3
+    paths, why_not = faces_lite.find_detector(str(root))
+    assert why_not is None
+    return paths
+
+
+def detected_on_litert(paths, picture, **options):
+    faces.use_litert_detector(paths)
+    try:
+        return faces.detect_faces(picture, **options)
+    finally:
+        faces.use_litert_detector(None)
+
+
+WILD_PICTURES = {
+    **{name: (lambda name=name: canvas_picture(name), {}) for name in CANVASES},
+    "astronaut": (skdata.astronaut, {}),
+    # the placed clip's first frame as run.py --crop searches a driving video: downscaled to 640 px
+    "clip 1280x720": (lambda: next(placed_clip(driving_frames()[:1])), {"max_side": faces.VIDEO_MAX_SIDE}),
+    "noise": (lambda: np.random.default_rng(7).integers(0, 256, (720, 1280, 3), dtype=np.uint8), {}),
+}
+
+
+@pytest.mark.parametrize("name", sorted(WILD_PICTURES))
+def test_litert_detector_finds_mtcnns_faces(name, litert_files):
+    # Measured: boxes and landmarks within 0.0011 px of mtcnn's, confidences within 1e-4 (the two run the
+    # same networks; only float rounding differs). A box shifted by a tenth of a pixel, a landmark out of
+    # order or a stage's threshold or suppression changed breaks these.
+    make, options = WILD_PICTURES[name]
+    picture = make()
+    expected = faces.detect_faces(picture, **options)
+    found = detected_on_litert(litert_files, picture, **options)
+    assert len(found) == len(expected), (found, expected)
+    assert len(expected) > 0 or name == "noise"
+    for ours, theirs in zip(found, expected):
+        np.testing.assert_allclose(ours.box, theirs.box, atol=0.05)
+        assert abs(ours.confidence - theirs.confidence) < 1e-3
+        assert list(ours.landmarks) == list(theirs.landmarks)
+        np.testing.assert_allclose(list(ours.landmarks.values()), list(theirs.landmarks.values()), atol=0.05)
+
+
+def test_litert_detector_built_from_other_mtcnn_weights_is_not_used(litert_files, tmp_path):
+    # build.py records the digest of the mtcnn weights it converted; another package version's files are stale
+    folder = tmp_path / "tflite"
+    folder.mkdir()
+    for path in litert_files:
+        shutil.copy(path, folder)
+        shutil.copy(Path(path).with_suffix(".json"), folder)
+    assert faces_lite.find_detector(str(tmp_path))[0] is not None
+    description = json.loads((folder / "face-rnet.json").read_text())
+    (folder / "face-rnet.json").write_text(json.dumps(dict(description, weights="0" * 64)))
+    paths, why_not = faces_lite.find_detector(str(tmp_path))
+    assert paths is None and "face-rnet.tflite: built from other mtcnn weights" in why_not
+
+
+def test_litert_pyramid_levels_are_tensorflows_area_resize():
+    # mtcnn resizes every pyramid level with tf.image.resize(method="area") at its float size (truncated)
+    import tensorflow as tf
+
+    image = faces_lite.normalize(np.random.default_rng(3).integers(0, 256, (97, 131, 3), dtype=np.uint8))
+    pyramid = faces_lite.AreaPyramid(image)
+    for scale in faces_lite.pyramid_scales(97, 131):
+        expected = tf.image.resize(image[np.newaxis], np.asarray([97, 131]) * scale, method="area")[0].numpy()
+        level = pyramid.level(scale)
+        assert level.shape == expected.shape
+        np.testing.assert_allclose(level, expected, atol=2e-5)
+
+
+def test_litert_crops_are_tensorflows_crop_and_resize():
+    # R- and O-Net's inputs: tf.image.crop_and_resize at the boxes / picture size, 0 outside the picture
+    import tensorflow as tf
+
+    image = faces_lite.normalize(np.random.default_rng(4).integers(0, 256, (60, 80, 3), dtype=np.uint8))
+    boxes = np.array([[10.3, 5.7, 40.1, 35.5], [-8.0, -3.5, 20.0, 24.5], [60.2, 40.0, 95.0, 74.8]])
+    expected = tf.image.crop_and_resize(image[np.newaxis], (boxes[:, [1, 0, 3, 2]] / [60, 80, 60, 80]).astype(np.float32),
+                                        np.zeros(3, np.int32), (24, 24)).numpy()
+    np.testing.assert_allclose(faces_lite.crops(image, boxes, 24), expected, atol=2e-5)
 
 
 def test_photo_is_read_upright_by_its_exif_orientation(tmp_path):

@@ -91,6 +91,17 @@ def test_export_targets_print_only_our_lines(target, example_exports, tmp_path):
     assert_only_our_lines(result.stderr)
 
 
+def test_tflite_crop_prints_only_our_lines(example_exports, tmp_path):
+    # faces found on LiteRT, with build.py's detector files: the runtime's own lines stay off the terminal too
+    args = [*EXAMPLE, "--target", "tflite", "--exportdir", str(example_exports), "--relative", "--crop",
+            "--source_image", "example/wild.png", "--driving_video", "example/driving.mp4", "--frames", "3",
+            "--output", str(tmp_path / "out.mp4")]
+    result = run_process(args)
+    assert result.returncode == 0, result.stderr
+    assert_only_our_lines(result.stderr)
+    assert "animating 2 faces" in result.stdout, result.stdout
+
+
 def test_quiet_prints_nothing_and_verbose_shows_tensorflow(tmp_path):
     quiet = run_process(fixture_args(tmp_path / "q.mp4", "--frames", "2", "--quiet"))
     assert quiet.returncode == 0 and quiet.stderr == "" and quiet.stdout == "", quiet.stderr
