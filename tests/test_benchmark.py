@@ -34,12 +34,17 @@ def run_readme_command(words):
     return result.stdout
 
 
-@pytest.fixture(scope="module")
-def quick_report():
-    words = performance_command("benchmark.py")
+def run_readme_benchmark(**which):
+    """The README's benchmark.py command (see performance_command): its words, stdout and --json report."""
+    words = performance_command("benchmark.py", **which)
     stdout = run_readme_command(words)
     json_path = REPO / words[words.index("--json") + 1]
     return words, stdout, json.loads(json_path.read_text())
+
+
+@pytest.fixture(scope="module")
+def quick_report():
+    return run_readme_benchmark()
 
 
 def test_quick_benchmark_reports_every_requested_row(quick_report):
@@ -153,10 +158,7 @@ def test_bfloat16_end_to_end_rows_run_run_py_at_bfloat16_and_count_against_their
 
 @pytest.fixture(scope="module")
 def crop_report():
-    words = performance_command("benchmark.py", crop=True)
-    stdout = run_readme_command(words)
-    json_path = REPO / words[words.index("--json") + 1]
-    return words, stdout, json.loads(json_path.read_text())
+    return run_readme_benchmark(crop=True)
 
 
 def test_crop_rows_time_each_target_and_split_what_crop_adds(crop_report):
