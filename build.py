@@ -17,8 +17,9 @@ Under --outdir (default: this repository):
                                           at the signature); kp_detector and process_kp_driving stay float32
 <module> is kp_detector, process_kp_driving and generator (the SPEC signatures), plus source_encoder and
 generator_cached: the generator split into its source-only work, which run.py runs once per video,
-and the rest, per batch (SavedModel, TF.js and ONNX, not TF Lite: see export_files.NO_TFLITE_MODULES). Each JSON records a
-digest of the weights, so run.py uses that pair only with a generator of the same weights.
+and the rest, per batch (every format; the tflite target runs the pair only where LiteRT can keep XNNPACK
+to one op per partition: see export_files.runs_cached_pair). Each JSON records a digest of the weights,
+so run.py uses that pair only with a generator of the same weights.
   js/<model>/<module>/                    with --tfjs: TF.js graph model + signature.json (output order)
   onnx/<model>/<module>.onnx              with --onnx: converted from the SavedModel by tf2onnx (opset 17)
   onnx/<model>/<module>.json              its input/output names, shapes and dtypes
@@ -647,7 +648,7 @@ def tflite_variants(args):
 
 def writes_tflite(args):
     """Whether this build writes TF Lite files: then it writes the face detector's too (export_face_detector)."""
-    return not args.nolite and any(module not in export_files.NO_TFLITE_MODULES for module in selected_modules(args))
+    return not args.nolite
 
 
 def build_model(name, config_path, checkpoint_path, args):
@@ -737,7 +738,7 @@ def export_module(module, name, module_name, args, started, calibration=None):
                                                export_files.precision_module(module_name, info["precision"]))
     export_savedmodel(module, saved_model, info)
     report(saved_model, started, args.outdir)
-    if not args.nolite and module_name not in export_files.NO_TFLITE_MODULES:
+    if not args.nolite:
         for float16, int8 in tflite_variants(args):
             started = time.perf_counter()
             path, file_precision = tflite_file(args.outdir, name, module_name, args, float16, int8)

@@ -75,11 +75,13 @@ def read_signature_json(target, path):
 
 # LiteRT 2.3's XNNPACK delegate, when it fuses several ops of these graphs into one delegated partition,
 # can compute wrong outputs from an interpreter's second call on: the demo model's int8 generator gave
-# 8-12 dB frames in 5-6 interpreters of 8 (the first call always right; which interpreters, the
-# process's earlier allocations decided, so loading other .tflite files first looked like the cause).
-# One op per partition (XNNPACK still runs every op it ran, same bits) never went wrong in 30, at no
-# measurable cost (generators at batch 4, alternating rounds on 2 shared cores: within 3% either way).
-# tests/test_precision.py checks it on that generator. tf.lite.Interpreter (no LiteRT) lacks the option.
+# 8-12 dB frames in 5-6 interpreters of 8, its float32 generator_cached frames 0.99 max abs off in 9 of
+# 24 calls (the first call always right; which interpreters, the process's earlier allocations decided,
+# so "after the float32 files" or "where TensorFlow has run" looked like the cause). One op per partition
+# (XNNPACK still runs every op it ran, same bits) never went wrong (0 of 30 int8 interpreters, 0 of 48
+# generator_cached calls), at no measurable cost. tests/test_precision.py and tests/test_exports.py check
+# both graphs. tf.lite.Interpreter (no LiteRT) lacks the option: there the tflite target runs without
+# the cached pair (see runs_cached_pair).
 UNFUSED_DELEGATE = "experimental_disable_delegate_node_fusion"
 
 
@@ -87,7 +89,7 @@ def tflite_interpreter(path=None, model_content=None):
     """A TF Lite interpreter on all cores: LiteRT's (ai_edge_litert), else TensorFlow's tf.lite.Interpreter;
     its delegate gets one op per partition where the class has the option (see UNFUSED_DELEGATE)."""
     interpreter_class = backends.tflite_interpreter_class()
-    options = {UNFUSED_DELEGATE: True} if UNFUSED_DELEGATE in inspect.signature(interpreter_class).parameters else {}
+    options = unfused_delegate_options(interpreter_class)
     try:
         with backends.native_output_hidden():  # "INFO: Created TensorFlow Lite XNNPACK delegate for CPU."
             return interpreter_class(model_path=path, model_content=model_content, num_threads=backends.threads(),
@@ -95,6 +97,11 @@ def tflite_interpreter(path=None, model_content=None):
     except ValueError as err:  # a truncated or foreign file: "The model is not a valid Flatbuffer buffer"
         raise utils.UserError(f"{path or 'TF Lite model'}: LiteRT cannot load it ({utils.first_line(err)}); "
                               f"rebuild it with build.py") from err
+
+
+def unfused_delegate_options(interpreter_class):
+    """{UNFUSED_DELEGATE: True} where `interpreter_class` takes that option, else {}."""
+    return {UNFUSED_DELEGATE: True} if UNFUSED_DELEGATE in inspect.signature(interpreter_class).parameters else {}
 
 
 def savedmodel_function(path):
@@ -160,12 +167,16 @@ def onnx_function(path):
 
     return call
 
-# LiteRT 2.3's XNNPACK delegate returns wrong generator_cached outputs (max abs 0.8) from the second call
-# with new keypoints on, in a process where TensorFlow has run (the first call is right; so is every call
-# without XNNPACK, but 3x slower; the plain generator is right). build.py converts these to SavedModel,
-# TF.js and ONNX (onnxruntime runs them right) but not TF Lite, and find_exports ignores .tflite files of
-# them from older builds, so the tflite target runs the plain generator.
-NO_TFLITE_MODULES = ("source_encoder", "generator_cached")
+def runs_cached_pair(target, precision="float32"):
+    """Whether `target` at `precision` runs the source_encoder + generator_cached pair when it is there.
+
+    Not TF Lite at int8 (the full-integer generator has no cached counterpart: the float32 pair would
+    replace it), nor TF Lite without LiteRT's one-op-per-partition option (with fused XNNPACK partitions
+    generator_cached went wrong from its second call on; see UNFUSED_DELEGATE).
+    """
+    if target != "tflite":
+        return True
+    return precision != "int8" and bool(unfused_delegate_options(backends.tflite_interpreter_class()))
 
 
 class ExportMissing(utils.UserError):
@@ -181,14 +192,13 @@ def find_exports(target, root, model, float16=False, int8=False, precision="floa
 
     `target` is 'savedmodel', 'tflite' (float16 / int8 pick those files) or 'onnx'. Nothing is
     loaded yet, so a caller can check the build options first. Raises ExportMissing for the first
-    absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present, except for TF Lite:
-    LiteRT's XNNPACK delegate gives wrong generator_cached frames (see NO_TFLITE_MODULES),
-    so stale .tflite files of the pair from older builds are never used. precision 'bfloat16' (SavedModel)
+    absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present and the target runs
+    them (runs_cached_pair). precision 'bfloat16' (SavedModel)
     takes the generator modules from their -bfloat16 folders, 'int8' (TF Lite) the generator from its
     -int8full file (precision.INT8_MODULES).
     """
     exports = {}
-    cached_modules = tuple(m for m in CACHED_EXPORT_MODULES if target != "tflite" or m not in NO_TFLITE_MODULES)
+    cached_modules = CACHED_EXPORT_MODULES if runs_cached_pair(target, precision) else ()
     for module in EXPORT_MODULES + cached_modules:
         path = _export_file(target, root, model, precision_module(module, precision), float16, int8)
         present = os.path.isfile(os.path.join(path, "saved_model.pb") if target == "savedmodel" else path)

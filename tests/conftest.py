@@ -227,6 +227,27 @@ def generator_inputs(fx):
             **animate.kp_arguments(fx.kp("kp_source"), "kp_source")}
 
 
+def driving_keypoints(fx, frames, source_image=None):
+    """generator_inputs with the norm_11 keypoints of driving `frames` (a slice) and optionally another source."""
+    inputs = dict(generator_inputs(fx), **animate.kp_arguments({k: v[frames] for k, v in fx.kp("norm_11").items()}, "kp_driving"))
+    if source_image is not None:
+        inputs["source_image"] = source_image
+    return inputs
+
+
+def demo_generator_batches(count, batch_size):
+    """`count` generator inputs of the demo model: the example photo, one source keypoint set, and driving
+    keypoints (with jacobians) scattered around it, different in every batch."""
+    rng = np.random.default_rng(0)
+    source = media.read_image(str(REPO / "example" / "source.png"), (256, 256, 3))[None].astype(np.float32)
+    kp_source = rng.uniform(-0.6, 0.6, (1, 10, 2)).astype(np.float32)
+    eye = np.eye(2, dtype=np.float32)
+    return [{"source_image": source, "kp_source": kp_source, "kp_source_jacobian": np.tile(eye, (1, 10, 1, 1)),
+             "kp_driving": (kp_source + rng.normal(0, 0.05, (batch_size, 10, 2))).astype(np.float32),
+             "kp_driving_jacobian": (eye + rng.normal(0, 0.05, (batch_size, 10, 2, 2))).astype(np.float32)}
+            for _ in range(count)]
+
+
 def process_inputs(fx, relative_jacobian=1.0, adapt=1.0):
     kp_driving = fx.kp("kp_driving")
     return {**animate.kp_arguments(kp_driving, "kp_driving"),

@@ -17,8 +17,8 @@ import pytest
 
 from conftest import (FIXTURE_NAMES, INTERMEDIATE_TOL, KP_TOL, MODEL, PREDICTION_TOL, REPO, VARIANT_FIXTURE, Builds,
                       assert_frames_match, assert_kp_close, assert_one_line_error, direct_frames, generator_inputs,
-                      load_fixture, max_abs, nchw_to_nhwc, process_inputs, read_png_frames, run_args,
-                      run_readme_cli_commands)
+                      driving_keypoints, load_fixture, max_abs, nchw_to_nhwc, process_inputs, read_png_frames,
+                      run_args, run_readme_cli_commands)
 
 import animate
 import build
@@ -109,14 +109,6 @@ def test_onnx_batch_of_one_and_of_three(onnx_builds, name):
     assert max_abs(batch[2:3], third) <= SAME_MODEL_TOL
 
 
-def driving_keypoints(fx, frames, source_image=None):
-    """generator_inputs with the norm_11 keypoints of driving `frames` (a slice) and optionally another source."""
-    inputs = dict(generator_inputs(fx), **animate.kp_arguments({k: v[frames] for k, v in fx.kp("norm_11").items()}, "kp_driving"))
-    if source_image is not None:
-        inputs["source_image"] = source_image
-    return inputs
-
-
 # --------------------------------------------------------------------------------------------------
 # What every .onnx and its JSON must be
 # --------------------------------------------------------------------------------------------------
@@ -191,8 +183,8 @@ def onnx_cached_root(onnx_builds):
 
 @requires_onnx
 def test_onnx_cached_pair_equals_generator_call_after_call(onnx_cached_root):
-    # LiteRT's XNNPACK got generator_cached wrong from its second call on (export_files.NO_TFLITE_MODULES):
-    # here sources and keypoints change on every call, in one session.
+    # Sources and keypoints change on every call, in one session (LiteRT's fused XNNPACK partitions once got
+    # generator_cached wrong from its second call on: export_files.UNFUSED_DELEGATE).
     fx = load_fixture(VARIANT_FIXTURE)
     exports = export_files.find_exports("onnx", onnx_cached_root, MODEL)
     assert set(exports) == set(export_files.EXPORT_MODULES + export_files.CACHED_EXPORT_MODULES)

@@ -12,8 +12,8 @@ import json
 import numpy as np
 import pytest
 
-from conftest import (KP_TOL, MODEL, PREDICTION_TOL, REPO, assert_one_line_error, generator_inputs, load_fixture,
-                      max_abs, nchw_to_nhwc, run_args, run_readme_cli_commands)
+from conftest import (KP_TOL, MODEL, PREDICTION_TOL, REPO, assert_one_line_error, demo_generator_batches,
+                      generator_inputs, load_fixture, max_abs, nchw_to_nhwc, run_args, run_readme_cli_commands)
 
 BFLOAT16_PREDICTION_MEAN_ABS = 0.005
 BFLOAT16_KP_MAX_ABS = 0.01
@@ -246,21 +246,6 @@ def demo_int8_generator(tmp_path_factory):
                        str(example / "driving.mp4")])
     assert code == 0
     return root / "tflite" / "demo" / "generator-int8full.tflite"
-
-
-def demo_generator_batches(count, batch_size):
-    """`count` generator inputs of the demo model: the example photo, one source keypoint set, and driving
-    keypoints (with jacobians) scattered around it, different in every batch."""
-    import media
-
-    rng = np.random.default_rng(0)
-    source = media.read_image(str(REPO / "example" / "source.png"), (256, 256, 3))[None].astype(np.float32)
-    kp_source = rng.uniform(-0.6, 0.6, (1, 10, 2)).astype(np.float32)
-    eye = np.eye(2, dtype=np.float32)
-    return [{"source_image": source, "kp_source": kp_source, "kp_source_jacobian": np.tile(eye, (1, 10, 1, 1)),
-             "kp_driving": (kp_source + rng.normal(0, 0.05, (batch_size, 10, 2))).astype(np.float32),
-             "kp_driving_jacobian": (eye + rng.normal(0, 0.05, (batch_size, 10, 2, 2))).astype(np.float32)}
-            for _ in range(count)]
 
 
 def test_tflite_generator_gives_every_call_what_a_fresh_interpreter_gives(demo_int8_generator):
