@@ -21,6 +21,7 @@ Sections: 1. detection, 2. crop geometry, 3. face tracks over a video and the st
 so importing this module is cheap and the CLIs can check their arguments first.
 """
 import argparse
+import contextlib
 import dataclasses
 import functools
 import math
@@ -122,6 +123,17 @@ def use_litert_detector(paths):
     global _detector_files
     _detector_files = paths
     detector.cache_clear()
+
+
+@contextlib.contextmanager
+def litert_detector(paths):
+    """use_litert_detector(paths) for a with-block, then back to the detector chosen before."""
+    previous = _detector_files
+    use_litert_detector(paths)
+    try:
+        yield
+    finally:
+        use_litert_detector(previous)
 
 
 @functools.lru_cache(maxsize=1)

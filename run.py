@@ -333,10 +333,15 @@ def run(args, plan):
     options, and a failing job fails alone; --workers renders on Ray (cluster.py), else in this process
     with the model loaded once.
     """
+    with faces.litert_detector(plan.face_detector):  # for this run only: run.main may be called again
+        return run_jobs(args, plan)
+
+
+def run_jobs(args, plan):
+    """run()'s work, with the face detector chosen."""
     import time
 
     started = time.perf_counter()
-    faces.use_litert_detector(plan.face_detector)
     if args.list_faces:
         if plan.face_detector is None:
             status("loading TensorFlow")

@@ -614,6 +614,8 @@ def test_a_broken_face_detector_file_is_one_line(builds, tmp_path, capsys):
     (tmp_path / "root" / "tflite" / "face-onet.tflite").write_bytes(b"not a model")
     code = run.main(crop_run_args(tmp_path / "root", tmp_path / "frames"))
     assert_one_line_error(capsys, code, "face-onet.tflite: LiteRT cannot load it", "rebuild it with build.py")
+    # the run's detector choice ends with it: the next detection in this process does not load that file
+    assert isinstance(faces.detector(), faces.MtcnnDetector)
 
 
 # --------------------------------------------------------------------------------------------------
