@@ -969,8 +969,29 @@ def write_random_checkpoint(original, config_path, out_path):
     with open(config_path) as f:
         config = yaml.safe_load(f)
     generator, kp_detector, discriminator = build_models(original, config)
-    save_checkpoint(generator, kp_detector, discriminator, None, 0, out_path, legacy=True)
-    print(f'wrote {out_path} ({Path(out_path).stat().st_size / 1e6:.1f} MB, random init, legacy format)')
+    models = {'generator': generator, 'kp_detector': kp_detector, 'discriminator': discriminator}
+    save_checkpoint(generator, kp_detector, discriminator, zero_step_adam(models), 0, out_path, legacy=True)
+    print(f'wrote {out_path} ({Path(out_path).stat().st_size / 1e6:.1f} MB, random init, legacy format, '
+          'with Adam states)')
+
+
+def zero_step_adam(models):
+    """Adam state dicts for every parameter, laid out as torch.optim.Adam's state_dict() (two moments and a
+    step per parameter: the published checkpoints' optimizer_* entries, two thirds of their bytes, which a
+    loader should skip). Written out directly: torch.optim imports torch._dynamo, which trips over the
+    modules import_original() stubs."""
+    class StateDict:
+        def __init__(self, model):
+            parameters = list(model.parameters())
+            self.state = {index: {'step': torch.tensor(1.0), 'exp_avg': torch.zeros_like(p),
+                                  'exp_avg_sq': torch.zeros_like(p)} for index, p in enumerate(parameters)}
+            self.groups = [{'lr': 2e-4, 'betas': (0.5, 0.999), 'eps': 1e-8, 'weight_decay': 0,
+                            'amsgrad': False, 'params': list(range(len(parameters)))}]
+
+        def state_dict(self):
+            return {'state': self.state, 'param_groups': self.groups}
+
+    return {name: StateDict(model) for name, model in models.items()}
 
 
 def main():
