@@ -25,8 +25,9 @@ to its AVX2 kernels. The streaming check runs run.py on synthetic 64- and
 1,024-frame clips with the small example model and compares their peak RSS.
 
 --end_to_end N,M times what users wait for: a fresh run.py process per target (direct with an empty and
-with a filled model cache, savedmodel, tflite, onnx) and the original's demo.py path, from the command's
-start to the first frame, to the output file written, and to exit, on clips of N and M frames.
+with a filled model cache, savedmodel, tflite, tflite-int8, onnx, the bfloat16 rows) and the original's
+demo.py path, from the command's start to the first frame, to the output file written, and to exit, on
+clips of N and M frames.
 
 --crop N times what run.py --crop adds (issue 14's budget: at most 15% of the end-to-end time): per target
 (direct, savedmodel, tflite, onnx among --targets), a fresh run.py on the cropped inputs (the source image,
@@ -584,7 +585,7 @@ def write_clip(source_video, path, count, place=None):
 # The rows, per requested target: the direct target twice, with its model cache empty (cold: the run builds
 # the models and writes the entry after its output) and filled by that run (warm).
 END_TO_END_ROWS = {"direct": ("direct-cold", "direct-warm"), "savedmodel": ("savedmodel",), "tflite": ("tflite",),
-                   "onnx": ("onnx",), "original": ("original",),
+                   "tflite-int8": ("tflite-int8",), "onnx": ("onnx",), "original": ("original",),
                    "direct-bfloat16": ("direct-bfloat16-cold", "direct-bfloat16-warm"),
                    "savedmodel-bfloat16": ("savedmodel-bfloat16",)}
 CACHE_STATES = ("-cold", "-warm")
@@ -605,6 +606,7 @@ def run_py_command(args, row, clip, output, exportdir, source=None):
                "--checkpoint", args.checkpoint, "--source_image", source or args.source_image,
                "--driving_video", clip, "--relative", "--adapt", "--output", output]
     command += ["--precision", "bfloat16"] if "-bfloat16" in row else []
+    command += ["--int8"] if row == "tflite-int8" else []  # dynamic range: the int8 that passed the quality gate
     return command + (["--exportdir", exportdir] if target != "direct" else [])
 
 
@@ -700,6 +702,8 @@ def build_end_to_end_exports(args, exportdir, rows):
     builds = []
     if any(row in ("savedmodel", "tflite", "onnx") for row in rows):
         builds.append(base + ([] if "tflite" in rows else ["--nolite"]) + (["--onnx"] if "onnx" in rows else []))
+    if "tflite-int8" in rows:
+        builds.append(base + ["--int8"])
     if "savedmodel-bfloat16" in rows:
         builds.append(base + ["--precision", "bfloat16", "--nolite"])
     for command in builds:

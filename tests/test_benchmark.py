@@ -154,6 +154,20 @@ def test_bfloat16_end_to_end_rows_run_run_py_at_bfloat16_and_count_against_their
     assert benchmark.startup_overhead(row, [{"target": "direct-bfloat16", "batch": 4, "fps": 5.0}]) == 2.0
 
 
+def test_int8_end_to_end_row_runs_the_dynamic_range_export_against_its_steady_row():
+    import types
+
+    import benchmark
+
+    assert benchmark.end_to_end_rows(["tflite", "tflite-int8", "tflite-int8full"]) == ["tflite", "tflite-int8"]
+    args = types.SimpleNamespace(config="c.yaml", checkpoint="m.pth.tar", source_image="s.png")
+    command = benchmark.run_py_command(args, "tflite-int8", "clip.mp4", "out.mp4", "exports")
+    assert command[command.index("--target") + 1] == "tflite" and "--int8" in command
+    assert "--int8" not in benchmark.run_py_command(args, "tflite", "clip.mp4", "out.mp4", "exports")
+    row = {"target": "tflite-int8", "frames": 10, "written_s": 4.0}
+    assert benchmark.startup_overhead(row, [{"target": "tflite-int8", "batch": 4, "fps": 5.0}]) == 2.0
+
+
 # --crop: what run.py --crop adds, timed in fresh processes (the README's command on the example model)
 
 @pytest.fixture(scope="module")
