@@ -646,9 +646,11 @@ def tflite_variants(args):
     return variants
 
 
-def writes_tflite(args):
-    """Whether this build writes TF Lite files: then it writes the face detector's too (export_face_detector)."""
-    return not args.nolite
+def writes_face_detector(args):
+    """Whether this build writes files of a target that runs without TensorFlow (TF Lite, ONNX): then it writes
+    the face detector's TF Lite files too (export_face_detector), so that run.py --crop on those targets
+    finds faces on LiteRT instead of loading TensorFlow for mtcnn."""
+    return not args.nolite or args.onnx
 
 
 def build_model(name, config_path, checkpoint_path, args):
@@ -773,7 +775,7 @@ def main(argv=None):
             raise utils.UserError("no model to build: no config in config/ has its checkpoint in checkpoint/")
         for name, config_path, checkpoint_path in jobs:
             build_model(name, config_path, checkpoint_path, args)
-        if writes_tflite(args):
+        if writes_face_detector(args):
             export_face_detector(args.outdir)
     except KeyboardInterrupt:  # first, so that it never needs the modules named below
         print("interrupted: exports being written were discarded", file=sys.stderr)

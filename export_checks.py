@@ -66,8 +66,8 @@ def check_exports(args, checkpoint_path):
 
 
 def litert_face_detector(args, checkpoint_path):
-    """build.py's LiteRT face detector files (faces_lite.find_detector) for a --target tflite run that
-    finds faces, so that TensorFlow never loads; None when the export folder lacks them (built before
+    """build.py's LiteRT face detector files (faces_lite.find_detector) for a --target tflite / onnx run
+    that finds faces, so that TensorFlow never loads; None when the export folder lacks them (built before
     build.py wrote them) or they were built from other mtcnn weights: detection then falls back to
     mtcnn on TensorFlow, with a note naming the build that writes them."""
     paths, why_not = faces_lite.find_detector(args.exportdir)

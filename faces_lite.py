@@ -1,4 +1,4 @@
-"""MTCNN on LiteRT: the face detector of `run.py --target tflite --crop`, so that run never imports TensorFlow.
+"""MTCNN on LiteRT: the face detector of `run.py --target tflite/onnx --crop`, so those runs never import TensorFlow.
 
 build.py writes MTCNN's three networks (P-, R- and O-Net, converted from the mtcnn package's own weights)
 as tflite/face-pnet.tflite, face-rnet.tflite and face-onet.tflite (each with its JSON) beside the models'

@@ -256,9 +256,10 @@ def prepare(args):
 
 
 def litert_face_detector(args, checkpoint_path):
-    """The face detector files of a --target tflite run that finds faces (export_checks.litert_face_detector),
-    else None: the other targets load TensorFlow anyway, and its mtcnn finds the same faces."""
-    if args.target != "tflite" or not (detects_faces(args) or args.list_faces):
+    """The face detector files of a --target tflite / onnx run that finds faces
+    (export_checks.litert_face_detector), else None: direct and savedmodel load TensorFlow anyway, and its
+    mtcnn finds the same faces."""
+    if args.target not in ("tflite", "onnx") or not (detects_faces(args) or args.list_faces):
         return None
     return export_checks.litert_face_detector(args, checkpoint_path)
 

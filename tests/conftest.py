@@ -4,6 +4,7 @@ import functools
 import json
 import os
 import re
+import subprocess
 import sys
 from pathlib import Path
 
@@ -159,6 +160,21 @@ def assert_frames_match(ours, reference):
     diff = np.abs(ours.astype(np.int16) - reference.astype(np.int16))
     assert diff.max() <= 1
     assert (diff == 0).mean() >= 0.999
+
+
+# run.main in a fresh process; its last stdout line: the exit code and which of tensorflow / keras it imported
+_RUN_MAIN_REPORTING_IMPORTS = (
+    "import json, sys\n"
+    "import run\n"
+    "code = run.main(json.loads(sys.argv[1]))\n"
+    "print(code, sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))\n")
+
+
+def run_main_in_fresh_process(args, timeout=300):
+    """run.py's main(args) in a fresh Python process (the CompletedProcess); its stdout ends with
+    '0 []' when it succeeded without importing TensorFlow or Keras."""
+    return subprocess.run([sys.executable, "-c", _RUN_MAIN_REPORTING_IMPORTS, json.dumps(args)], cwd=REPO,
+                          capture_output=True, text=True, timeout=timeout)
 
 
 def readme_commands(section):

@@ -21,7 +21,7 @@ import yaml
 from conftest import (FIXTURE_NAMES, INTERMEDIATE_TOL, MODEL, PREDICTION_TOL, REPO, VARIANT_FIXTURE, Builds,
                       assert_frames_match, assert_kp_close, assert_one_line_error, direct_frames, generator_inputs,
                       demo_generator_batches, driving_keypoints, load_fixture, max_abs, nchw_to_nhwc, process_inputs,
-                      read_png_frames, run_args, tfjs_available)
+                      read_png_frames, run_args, run_main_in_fresh_process, tfjs_available)
 
 import backends
 import build
@@ -520,13 +520,6 @@ def test_hardcoded_flags_that_do_not_fit_the_run_are_one_line(builds, tmp_path, 
     assert_one_line_error(capsys, code, "--hardcode 10", "python build.py")
 
 
-RUN_WITHOUT_TENSORFLOW = (
-    "import json, sys\n"
-    "import run\n"
-    "code = run.main(json.loads(sys.argv[1]))\n"
-    "print(code, sorted(name for name in ('tensorflow', 'keras') if name in sys.modules))\n")
-
-
 @pytest.mark.parametrize("hardcode", [None, "10"])
 def test_tflite_run_never_imports_tensorflow(builds, tmp_path, hardcode):
     """The tflite target runs on LiteRT alone, a --hardcode export too (its flags are dropped from the
@@ -535,8 +528,7 @@ def test_tflite_run_never_imports_tensorflow(builds, tmp_path, hardcode):
     flags = ("--hardcode", hardcode) if hardcode else ()
     args = run_args(fx, tmp_path / "frames", "--relative", "--target", "tflite",
                     "--exportdir", str(builds.root(VARIANT_FIXTURE, flags)))
-    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TENSORFLOW, json.dumps(args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = run_main_in_fresh_process(args)
     assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
     plain = run_args(fx, tmp_path / "plain", "--relative", "--target", "tflite",
                      "--exportdir", str(builds.root(VARIANT_FIXTURE)))
@@ -580,8 +572,7 @@ def test_a_build_without_tflite_writes_no_face_detector(tmp_path):
 
 def test_tflite_crop_finds_faces_without_tensorflow(builds, tmp_path):
     args = crop_run_args(builds.root(VARIANT_FIXTURE), tmp_path / "frames")
-    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TENSORFLOW, json.dumps(args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = run_main_in_fresh_process(args)
     assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
     assert "animating 2 faces" in result.stdout and "note:" not in result.stderr, result.stdout + result.stderr
     assert len(read_png_frames(tmp_path / "frames")) == 2
@@ -591,8 +582,7 @@ def test_tflite_list_faces_finds_them_without_tensorflow(builds):
     fx = load_fixture(VARIANT_FIXTURE)
     args = ["--config", str(fx.config_path), "--target", "tflite", "--exportdir", str(builds.root(VARIANT_FIXTURE)),
             "--source_image", WILD_PHOTO, "--driving_video", WILD_DRIVING, "--list_faces"]
-    result = subprocess.run([sys.executable, "-c", RUN_WITHOUT_TENSORFLOW, json.dumps(args)], cwd=REPO,
-                            capture_output=True, text=True, timeout=300)
+    result = run_main_in_fresh_process(args)
     assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
     assert "wild.png: 2 faces" in result.stdout and "driving.mp4: 1 face track" in result.stdout, result.stdout
 

@@ -18,10 +18,11 @@ import pytest
 from conftest import (FIXTURE_NAMES, INTERMEDIATE_TOL, KP_TOL, MODEL, PREDICTION_TOL, REPO, VARIANT_FIXTURE, Builds,
                       assert_frames_match, assert_kp_close, assert_one_line_error, direct_frames, generator_inputs,
                       driving_keypoints, load_fixture, max_abs, nchw_to_nhwc, process_inputs, read_png_frames,
-                      run_args, run_readme_cli_commands)
+                      run_args, run_main_in_fresh_process, run_readme_cli_commands)
 
 import animate
 import build
+import faces_lite
 import ops_md  # tools/, on sys.path through conftest
 import run
 import export_files
@@ -297,6 +298,24 @@ def test_failed_onnx_conversion_leaves_previous_export_intact(tmp_path, capsys, 
     assert previous.read_bytes() == b"previous"
     assert not Path(export_files.signature_json_path("onnx", previous)).exists()
     assert not [p for p in out.rglob("*") if ".tmp" in p.name]
+
+
+# --------------------------------------------------------------------------------------------------
+# --crop: faces found on LiteRT with the detector files build.py --onnx writes
+# --------------------------------------------------------------------------------------------------
+
+@requires_onnx
+def test_onnx_crop_finds_faces_on_litert_without_tensorflow(onnx_builds, tmp_path):
+    root = onnx_builds.root(VARIANT_FIXTURE)  # --onnx --nolite: no model TF Lite files, the detector's all the same
+    assert faces_lite.find_detector(str(root))[1] is None
+    fx = load_fixture(VARIANT_FIXTURE)
+    args = ["--config", str(fx.config_path), "--target", "onnx", "--exportdir", str(root), "--source_image",
+            str(REPO / "example" / "wild.png"), "--driving_video", str(REPO / "example" / "driving.mp4"), "--crop",
+            "--frames", "2", "--relative", "--output", f"{tmp_path / 'frames'}/"]
+    result = run_main_in_fresh_process(args)
+    assert result.stdout.strip().splitlines()[-1] == "0 []", result.stdout + result.stderr
+    assert "animating 2 faces" in result.stdout and "note:" not in result.stderr, result.stdout + result.stderr
+    assert len(read_png_frames(tmp_path / "frames")) == 2
 
 
 # --------------------------------------------------------------------------------------------------
