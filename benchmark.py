@@ -33,9 +33,9 @@ clips of N and M frames.
 (direct, savedmodel, tflite, onnx among --targets), a fresh run.py on the cropped inputs (the source image,
 an N-frame clip of the driving video) against a fresh run.py --crop on the same pictures in the wild
 (wild_inputs.py: the source pasted on a 1920x1080 photo, the clip placed in a 1280x720 video), and the
-split of a third, profiled --crop run: TensorFlow's import (mtcnn's face detector's, on onnx, which does
-not need it otherwise; tflite finds faces on LiteRT), building the detector, detection on the photo and on the clip, and per frame the
-crop + resize, animation, paste-back and encoding.
+split of a third, profiled --crop run: TensorFlow's import where only mtcnn's face detector needs it (tflite
+and onnx find faces on LiteRT with build.py's detector files, so "-" there), building the detector,
+detection on the photo and on the clip, and per frame the crop + resize, animation, paste-back and encoding.
 
 Prints a markdown table and writes JSON (--json). The machine is shared and noisy: compare rows of
 one run, not numbers across runs.
