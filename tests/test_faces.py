@@ -131,11 +131,8 @@ def litert_files(tmp_path_factory):
 
 
 def detected_on_litert(paths, picture, **options):
-    faces.use_litert_detector(paths)
-    try:
+    with faces.litert_detector(paths):
         return faces.detect_faces(picture, **options)
-    finally:
-        faces.use_litert_detector(None)
 
 
 WILD_PICTURES = {
