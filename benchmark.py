@@ -700,10 +700,10 @@ def build_end_to_end_exports(args, exportdir, rows):
     base = [sys.executable, os.path.join(REPO_DIR, "build.py"), "--config", args.config, "--checkpoint",
             args.checkpoint, "--outdir", exportdir]
     builds = []
-    if any(row in ("savedmodel", "tflite", "onnx") for row in rows):
-        builds.append(base + ([] if "tflite" in rows else ["--nolite"]) + (["--onnx"] if "onnx" in rows else []))
-    if "tflite-int8" in rows:
-        builds.append(base + ["--int8"])
+    tflite = "tflite" in rows or "tflite-int8" in rows
+    if tflite or any(row in ("savedmodel", "onnx") for row in rows):
+        builds.append(base + ([] if tflite else ["--nolite"]) + (["--int8"] if "tflite-int8" in rows else [])
+                      + (["--onnx"] if "onnx" in rows else []))
     if "savedmodel-bfloat16" in rows:
         builds.append(base + ["--precision", "bfloat16", "--nolite"])
     for command in builds:
