@@ -11,7 +11,8 @@ Under --outdir (default: this repository):
   tflite/<model>/<module>.tflite          builtin ops only, converted from the SavedModel
   tflite/<model>/<module>.json            signature input/output names, shapes, dtypes, tensor indices
   tflite/<model>/<module>-float16.tflite  (+ .json) with --float16, beside the float32 file
-  tflite/<model>/<module>-int8.tflite     (+ .json) with --int8: dynamic-range quantized, not exact
+  tflite/<model>/<module>-int8.tflite     (+ .json) with --int8: dynamic-range quantized, not exact; for the
+                                          generator modules only (kp_detector stays float32: keypoints)
   tflite/<model>/generator-int8full.tflite (+ .json) with --precision int8 --calibration VIDEO: its
                                           convolutions full-integer (int8 weights and activations, float32
                                           at the signature); kp_detector and process_kp_driving stay float32
@@ -636,12 +637,13 @@ def report(path, started, outdir):
     print(f"  {os.path.relpath(path, outdir)}  {size_text}  {time.perf_counter() - started:.1f} s", flush=True)
 
 
-def tflite_variants(args):
-    """(float16, int8) of each .tflite to write: float32 always, float16 and int8 on request."""
+def tflite_variants(args, module_name):
+    """(float16, int8) of each .tflite of `module_name` to write: float32 always, float16 on request, int8 on
+    request for precision.DYNAMIC_INT8_MODULES."""
     variants = [(False, False)]
     if args.float16:
         variants.append((True, False))
-    if args.int8:
+    if args.int8 and module_name in precision.DYNAMIC_INT8_MODULES:
         variants.append((False, True))
     return variants
 
@@ -741,7 +743,7 @@ def export_module(module, name, module_name, args, started, calibration=None):
     export_savedmodel(module, saved_model, info)
     report(saved_model, started, args.outdir)
     if not args.nolite:
-        for float16, int8 in tflite_variants(args):
+        for float16, int8 in tflite_variants(args, module_name):
             started = time.perf_counter()
             path, file_precision = tflite_file(args.outdir, name, module_name, args, float16, int8)
             full_int8 = file_precision == "int8"

@@ -78,13 +78,14 @@ def litert_face_detector(args, checkpoint_path):
 
 
 def export_exists(args, name):
-    """Whether the exports --target needs at precision `name` are all there (the direct target needs none);
-    --precision auto picks only a precision that was built."""
+    """Whether the exports --target needs at precision `name` (or precision.DYNAMIC_INT8) are all there (the
+    direct target needs none); --precision auto picks only a precision that was built."""
     if args.target == "direct":
         return True
     model = export_files.export_model_name(args.model or utils.DEFAULT_MODEL, args.config)
+    run_precision, int8 = precision.run_settings(name)
     try:
-        export_files.find_exports(args.target, args.exportdir, model, args.float16, args.int8, name)
+        export_files.find_exports(args.target, args.exportdir, model, args.float16, int8, run_precision)
     except export_files.ExportMissing:
         return False
     return True

@@ -11,7 +11,7 @@ import numpy as np
 
 import backends
 import utils
-from precision import BFLOAT16_MODULES, INT8_MODULES
+from precision import BFLOAT16_MODULES, DYNAMIC_INT8_MODULES, INT8_MODULES
 
 
 EXPORT_MODULES = ("kp_detector", "process_kp_driving", "generator")
@@ -190,7 +190,7 @@ class ExportMissing(utils.UserError):
 def find_exports(target, root, model, float16=False, int8=False, precision="float32"):
     """{module: (path, signature description)} of the exports of `model` under `root`.
 
-    `target` is 'savedmodel', 'tflite' (float16 / int8 pick those files) or 'onnx'. Nothing is
+    `target` is 'savedmodel', 'tflite' (float16 picks those files; int8 those of DYNAMIC_INT8_MODULES) or 'onnx'. Nothing is
     loaded yet, so a caller can check the build options first. Raises ExportMissing for the first
     absent EXPORT_MODULES export; CACHED_EXPORT_MODULES are included when present and the target runs
     them (runs_cached_pair). precision 'bfloat16' (SavedModel)
@@ -221,6 +221,7 @@ def precision_module(module, precision):
 
 
 def _export_file(target, root, model, module, float16, int8):
+    int8 = int8 and module in DYNAMIC_INT8_MODULES  # the others run their float32 files
     if target == "savedmodel":
         return savedmodel_path(root, model, module)
     if target == "onnx":

@@ -242,7 +242,8 @@ def prepare(args):
     second instead of after TensorFlow and the model have loaded.
     """
     warn_about_flags(args)
-    args.precision = resolve_precision(args)
+    args.precision, dynamic_int8 = precision.run_settings(resolve_precision(args))
+    args.int8 = args.int8 or dynamic_int8
     config_path, checkpoint_path = resolve_model(args)
     config = model_config.load(config_path)
     exports = export_checks.check_exports(args, checkpoint_path) if args.target != "direct" else None
@@ -265,12 +266,12 @@ def litert_face_detector(args, checkpoint_path):
 
 
 def resolve_precision(args):
-    """The precision to run: --precision auto's choice (said in one note line), else the one asked for,
-    or float32 with a warning where this CPU would emulate it."""
+    """The precision to run: --precision auto's choice (said in one note line; precision.DYNAMIC_INT8 stands
+    for --int8), else the one asked for, or float32 with a warning where this CPU would emulate it."""
     if args.precision != precision.AUTO:
         return precision.effective(args.precision, warn)
     chosen, why = precision.auto(args.target, functools.partial(export_checks.export_exists, args))
-    note(f"--precision auto chose {chosen} for --target {args.target}: {why}")
+    note(f"--precision auto chose {precision.choice_text(chosen)} for --target {args.target}: {why}")
     return chosen
 
 

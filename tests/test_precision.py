@@ -8,6 +8,7 @@ those same references (on the bundled trained demo model and a real driving vide
 issue 16's int8 bound: prediction mean abs <= 0.01 against the same references.
 """
 import json
+import os
 
 import numpy as np
 import pytest
@@ -142,12 +143,13 @@ INT8_PREDICTION_MEAN_ABS = 0.01  # issue 16's bound for int8
 
 @pytest.fixture(scope="module")
 def int8_root(tmp_path_factory):
-    """The vox fixture's float32 TF Lite files and, beside them, its int8 ones calibrated on its own clip."""
+    """The vox fixture's float32 TF Lite files and, beside them, its int8 ones: full-integer calibrated on its own
+    clip, and dynamic range (--int8)."""
     import build
 
     fx = load_fixture("vox")
     root = tmp_path_factory.mktemp("exports-int8")
-    for flags in ((), ("--precision", "int8", "--calibration", str(fx.dir / "driving.mp4"))):
+    for flags in ((), ("--precision", "int8", "--calibration", str(fx.dir / "driving.mp4"), "--int8")):
         for module in BUILT_MODULES:
             code = build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), "--outdir",
                                str(root), "--module", module, *flags])
@@ -173,9 +175,10 @@ def test_int8_tflite_files_have_names_of_their_own(int8_root):
     folder = int8_root / "tflite" / MODEL
     assert (folder / "generator-int8full.tflite").is_file()
     assert (folder / "generator.tflite").is_file()  # the float32 file is left alone
-    assert not (folder / "generator-int8.tflite").exists()  # dynamic range (--int8) is another file
-    for module in ("kp_detector", "process_kp_driving"):  # keypoints stay float32
+    assert (folder / "generator-int8.tflite").is_file()  # dynamic range (--int8) is another file
+    for module in ("kp_detector", "process_kp_driving"):  # keypoints stay float32, full-integer and dynamic
         assert not (folder / f"{module}-int8full.tflite").exists()
+        assert not (folder / f"{module}-int8.tflite").exists()
 
 
 def test_int8_tflite_runs_its_convolutions_on_int8_tensors(int8_root):
@@ -196,6 +199,18 @@ def test_int8_tflite_generator_stays_near_the_original(int8_root):
     assert mean_abs(reduced, nchw_to_nhwc(fx.ref["prediction"])) <= INT8_PREDICTION_MEAN_ABS
 
 
+def test_dynamic_int8_runs_the_float32_keypoint_files_and_stays_near_the_original(int8_root):
+    import export_files
+
+    fx = load_fixture("vox")
+    found = export_files.find_exports("tflite", int8_root, MODEL, int8=True)
+    assert {module: os.path.basename(path) for module, (path, _) in found.items()} == {
+        "kp_detector": "kp_detector.tflite", "process_kp_driving": "process_kp_driving.tflite",
+        "generator": "generator-int8.tflite"}
+    reduced = export_files.load_export("tflite", found["generator"][0])(**generator_inputs(fx))["prediction"]
+    assert mean_abs(reduced, nchw_to_nhwc(fx.ref["prediction"])) <= INT8_PREDICTION_MEAN_ABS
+
+
 def test_run_tflite_int8_writes_the_video(int8_root, tmp_path):
     import run
 
@@ -205,6 +220,19 @@ def test_run_tflite_int8_writes_the_video(int8_root, tmp_path):
     assert code == 0
     frames = list((tmp_path / "out").iterdir())
     assert frames and all(path.stat().st_size > 0 for path in frames)
+
+
+def test_run_auto_on_tflite_runs_the_int8_files_that_passed_the_gate(int8_root, tmp_path, capsys, monkeypatch):
+    import precision
+    import run
+
+    monkeypatch.setattr(precision, "cpu_flags", lambda path="/proc/cpuinfo": {"avx512_vnni"})
+    expected = next((name for name in precision.AUTO_CANDIDATES["tflite"] if measured_verdict(name)), "float32")
+    code = run.main(run_args(load_fixture("vox"), tmp_path / "out", "--target", "tflite", "--exportdir",
+                             str(int8_root), "--precision", "auto"))
+    assert code == 0 and any(path.stat().st_size > 0 for path in (tmp_path / "out").iterdir())
+    [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: --precision auto")]
+    assert f"chose {precision.choice_text(expected)} for --target tflite" in line
 
 
 def test_tflite_int8_missing_export_names_the_build_command(tmp_path, capsys):
@@ -275,7 +303,8 @@ QUALITY_JSON = REPO / "docs" / "quality.json"  # tools/quality.py's measured ver
 CPU_FLAG_SETS = (set(), {"avx2", "fma", "avx512f"}, {"avx512f", "avx512_bf16"}, {"amx_bf16"}, {"avx512_vnni"},
                  {"avx2", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_int8"})
 # The instructions a precision is native on, spelled here rather than read from precision.py.
-NATIVE_FLAGS = {"bfloat16": {"avx512_bf16", "amx_bf16"}, "int8": {"avx512_vnni", "avx_vnni", "amx_int8"}}
+NATIVE_FLAGS = {"bfloat16": {"avx512_bf16", "amx_bf16"}, "int8": {"avx512_vnni", "avx_vnni", "amx_int8"},
+                "int8-dynamic": {"avx512_vnni", "avx_vnni", "amx_int8"}}
 
 
 def measured_verdict(name):
@@ -289,7 +318,8 @@ def test_auto_never_picks_a_precision_the_cpu_lacks(target, flags):
     import precision
 
     chosen, why = precision.auto(target, lambda name: True, flags)
-    assert chosen in precision.RUN_PAIRS[target], why
+    run_precision, dynamic_int8 = precision.run_settings(chosen)
+    assert run_precision in precision.RUN_PAIRS[target] and (target == "tflite" or not dynamic_int8), why
     if chosen != "float32":
         assert flags & NATIVE_FLAGS[chosen], why
         assert measured_verdict(chosen), why  # and only a precision that passed the gate
@@ -303,16 +333,28 @@ def test_auto_runs_bfloat16_where_the_cpu_has_it_and_the_gate_passed(target):
     assert chosen == ("bfloat16" if measured_verdict("bfloat16") else "float32"), why
 
 
-def test_auto_runs_int8_tflite_only_when_it_passed_the_gate_and_was_built(monkeypatch):
+def test_auto_on_tflite_runs_the_fastest_int8_that_passed_the_gate_and_was_built(monkeypatch):
     import precision
 
-    vnni = {"avx512_vnni"}
+    vnni, dynamic = {"avx512_vnni"}, precision.DYNAMIC_INT8
+    monkeypatch.setitem(precision.GATE, dynamic, (True, "a simulated pass"))
     monkeypatch.setitem(precision.GATE, "int8", (True, "a simulated pass"))
-    assert precision.auto("tflite", lambda name: False, vnni)[0] == "float32"  # no int8full export
+    assert precision.auto("tflite", lambda name: False, vnni)[0] == "float32"  # neither was built
+    assert precision.auto("tflite", lambda name: True, vnni)[0] == dynamic  # the faster one first
+    assert precision.auto("tflite", lambda name: name == "int8", vnni)[0] == "int8"
+    assert precision.auto("tflite", lambda name: True, {"avx512f"})[0] == "float32"
+    monkeypatch.setitem(precision.GATE, dynamic, (False, "a simulated failure"))
     assert precision.auto("tflite", lambda name: True, vnni)[0] == "int8"
-    monkeypatch.setitem(precision.GATE, "int8", (False, "a simulated failure"))
+    monkeypatch.setitem(precision.GATE, "int8", (False, "another simulated failure"))
     chosen, why = precision.auto("tflite", lambda name: True, vnni)
-    assert chosen == "float32" and "a simulated failure" in why
+    assert chosen == "float32" and "a simulated failure" in why and "another simulated failure" in why
+
+
+def test_auto_choice_of_dynamic_int8_runs_float32_files_with_int8():
+    import precision
+
+    assert precision.run_settings(precision.DYNAMIC_INT8) == ("float32", True)
+    assert precision.run_settings("bfloat16") == ("bfloat16", False)
 
 
 def test_gate_verdicts_in_the_code_are_the_measured_ones():
@@ -348,11 +390,12 @@ def test_run_auto_on_tflite_without_int8_exports_runs_float32(capsys, monkeypatc
     import utils
 
     monkeypatch.setitem(precision.GATE, "int8", (True, "a simulated pass"))
+    monkeypatch.setitem(precision.GATE, precision.DYNAMIC_INT8, (True, "a simulated pass"))
     with pytest.raises(utils.UserError):  # no float32 exports either: the usual missing-export error follows
         auto_notes(capsys, monkeypatch, tmp_path, {"avx512_vnni"}, "--target", "tflite", "--exportdir",
                    str(tmp_path))
     [line] = [line for line in capsys.readouterr().err.splitlines() if line.startswith("note: --precision auto")]
-    assert "chose float32 for --target tflite" in line and "no int8 export" in line
+    assert "chose float32 for --target tflite" in line and "no int8 export" in line and "build.py --int8" in line
 
 
 def test_auto_is_never_the_default(tmp_path):

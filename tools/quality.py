@@ -13,7 +13,8 @@ Each precision runs on its natural target, against float32 on the direct target 
                          emulate it: no AVX512_BF16 / AMX-BF16)
   int8           tflite  full-integer generator-int8full.tflite (build.py --precision int8 --calibration
                          on the model's own clip), keypoints float32
-  int8-dynamic   tflite  build.py --int8: int8 weights, float32 activations, every module
+  int8-dynamic   tflite  build.py --int8: int8 weights, float32 activations, in the generator (kp_detector
+                         float32: precision.DYNAMIC_INT8_MODULES)
 The int8 files are built into a temporary folder. Per model and precision: the animation of the first
 --frames driving frames (relative, adapt) -> prediction max / mean abs difference and PSNR against
 float32, the driving keypoints' largest shift in pixels; the reconstruction of those frames from the
@@ -135,7 +136,7 @@ def read_inputs(case, frame_shape, frame_count):
 
 def build_int8_exports(case, outdir):
     """The TF Lite files both int8 precisions run: float32 keypoint modules, generator-int8full.tflite
-    calibrated on case.calibration, and every module's dynamic-range -int8 file.
+    calibrated on case.calibration, and the dynamic-range -int8 files build.py --int8 writes.
 
     build.py runs in a process of its own, as a user runs it; its progress lines go to stderr, so that
     stdout holds only the table. Fixed (2026-12-03): the same int8 files, run in one process after the
