@@ -4,8 +4,8 @@
 
 The bundled demo model animates example/source.png with example/driving.mp4 (relative, adapt, as the
 README's first command) at float32 and bfloat16 on the direct target and at int8 on the tflite target
-(full-integer generator-int8full.tflite, built into a temporary folder by build.py --precision int8
---calibration example/driving.mp4, as tools/quality.py builds it). The picture is driving frame --frame
+(dynamic range, run.py --int8: what --precision auto runs on tflite; built into a temporary folder as
+tools/quality.py builds it). The picture is driving frame --frame
 as five labelled panels: float32 | bfloat16 | int8 | |bfloat16 - float32| x A | |int8 - float32| x A,
 where a difference panel is the largest of the three channels' absolute differences, times A
 (--amplify), in grey (white = a difference of 1/A or more).
@@ -23,6 +23,7 @@ sys.path.insert(0, TOOLS_DIR)
 import quality  # noqa: E402  (tools/ is not a package; quality.py puts the repository on the path)
 
 LABEL_HEIGHT = 14  # pixels of the label strip above each panel
+INT8 = "int8-dynamic"  # the int8 the picture shows: tools/quality.py's name for run.py --int8
 
 
 def parse_args(argv=None):
@@ -38,7 +39,7 @@ def parse_args(argv=None):
 
 
 def predictions(frame_index):
-    """{precision: the prediction [H, W, 3] of driving frame frame_index} for float32, bfloat16 and int8."""
+    """{precision: the prediction [H, W, 3] of driving frame frame_index} for float32, bfloat16 and INT8."""
     import animate
     import checkpoint_loader
     import model_config
@@ -52,7 +53,7 @@ def predictions(frame_index):
     found = {}
     with tempfile.TemporaryDirectory(prefix="precision-png-") as exportdir:
         quality.build_int8_exports(case, exportdir)
-        for name in ("float32", "bfloat16", "int8"):
+        for name in ("float32", "bfloat16", INT8):
             models = quality.models_at(name, case, config, state_dicts, exportdir)
             found[name] = list(animate.animate(models, source, frames, relative=True, adapt=True,
                                                batch_size=quality.BATCH))[frame_index]
@@ -79,9 +80,9 @@ def labelled(panel, text):
 
 def picture(found, amplify):
     factor = f"{amplify:g}"
-    panels = [(found["float32"], "float32"), (found["bfloat16"], "bfloat16"), (found["int8"], "int8 (TF Lite)"),
+    panels = [(found["float32"], "float32"), (found["bfloat16"], "bfloat16"), (found[INT8], "int8 (--int8)"),
               (difference_panel(found["bfloat16"], found["float32"], amplify), f"|bfloat16 - float32| x{factor}"),
-              (difference_panel(found["int8"], found["float32"], amplify), f"|int8 - float32| x{factor}")]
+              (difference_panel(found[INT8], found["float32"], amplify), f"|int8 - float32| x{factor}")]
     return np.concatenate([labelled(panel, text) for panel, text in panels], axis=1)
 
 
