@@ -190,15 +190,13 @@ def direct_modules(config, state_dicts, where="checkpoint", prescale=False, prec
 
     One loaded generator serves the three generator modules. state_dicts None keeps random weights
     (benchmark.py). precision 'bfloat16' runs the generator's heavy convolutions in bfloat16
-    (modules.Bfloat16Generator); keypoints stay float32. This is the expensive step (Keras build, weight
+    (modules.load_generator's section 6 blocks); keypoints stay float32. This is the expensive step (Keras build, weight
     assignment, fused rewrites) that model_cache saves as one SavedModel.
     """
     import modules
 
     kp_detector = modules.build_module("kp_detector", config, state_dicts, where, prescale=prescale)
-    generator = modules.load_generator(config, state_dicts, where)
-    if precision == "bfloat16":
-        generator = modules.bfloat16_generator(generator)
+    generator = modules.load_generator(config, state_dicts, where, precision)
     return {"kp_detector": kp_detector,
             "process_kp_driving": modules.build_module("process_kp_driving", config),
             "generator": modules.GeneratorModule(generator, prescale=prescale),

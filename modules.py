@@ -759,12 +759,15 @@ def load_kp_detector(config: ModelConfig, state_dicts=None, where="checkpoint") 
     return fused_kp_detector_from(config, state_dicts, where)
 
 
-def load_generator(config: ModelConfig, state_dicts=None, where="checkpoint") -> OcclusionAwareGenerator:
+def load_generator(config: ModelConfig, state_dicts=None, where="checkpoint",
+                   precision="float32") -> OcclusionAwareGenerator:
     """The fused OcclusionAwareGenerator (section 5), built straight from load_state_dicts(path)'s tensors
-    (None: from a randomly initialised faithful model, for benchmarks)."""
+    (None: from a randomly initialised faithful model, for benchmarks). precision 'bfloat16' gives it
+    section 6's bfloat16 convolutions (all of BFLOAT16_PARTS), built block by block."""
+    parts = BFLOAT16_PARTS if precision == "bfloat16" else ()
     if state_dicts is None:
-        return fused_generator(create_generator(config))
-    return fused_generator_from(config, state_dicts, where)
+        return fused_generator(create_generator(config), parts)
+    return fused_generator_from(config, state_dicts, where, parts)
 
 
 def build_module(name, config: ModelConfig, state_dicts=None, where="checkpoint", static_batch_size=None,
@@ -778,9 +781,7 @@ def build_module(name, config: ModelConfig, state_dicts=None, where="checkpoint"
         check_prescale(config)
     if name == "kp_detector":
         return KPDetectorModule(load_kp_detector(config, state_dicts, where), static_batch_size, prescale)
-    generator = load_generator(config, state_dicts, where)
-    if precision == "bfloat16":
-        generator = bfloat16_generator(generator)
+    generator = load_generator(config, state_dicts, where, precision)
     if name == "generator":
         return GeneratorModule(generator, static_batch_size, prediction_only, prescale)
     if name == "source_encoder":
@@ -821,8 +822,8 @@ class Holding(keras.initializers.Initializer):
     config), and holding on would keep a second copy of every weight alive.
     """
 
-    def __init__(self, value):
-        self.value = np.asarray(value, np.float32)
+    def __init__(self, value, dtype=np.float32):
+        self.value = np.asarray(value, dtype)
 
     def __call__(self, shape, dtype=None):
         value, self.value = self.value, None
@@ -1104,12 +1105,12 @@ def take_folded(porter, prefix, kernel_size, in_channels, out_channels):
     return fold_batch_norm(*conv, take_batch_norm(porter, f"{prefix}.norm", out_channels))
 
 
-def fused_res_block(porter, prefix, features, name):
+def fused_res_block(porter, prefix, features, name, block_type=FoldedResBlock):
     norm1 = take_batch_norm(porter, f"{prefix}.norm1", features)
     conv1 = take_conv(porter, f"{prefix}.conv1", 3, features, features)
     norm2 = take_batch_norm(porter, f"{prefix}.norm2", features)
     conv2 = take_conv(porter, f"{prefix}.conv2", 3, features, features)
-    return FoldedResBlock(norm1, fold_batch_norm(*conv1, norm2), conv2, name)
+    return block_type(norm1, fold_batch_norm(*conv1, norm2), conv2, name)
 
 
 def fused_anti_alias(porter, prefix, channels, scale):
@@ -1120,20 +1121,21 @@ def fused_anti_alias(porter, prefix, channels, scale):
     return layer
 
 
-def fused_hourglass(porter, prefix, block_expansion, in_features, num_blocks, max_features, name):
-    """Hourglass(...) with folded down blocks and sub-pixel up blocks."""
+def fused_hourglass(porter, prefix, block_expansion, in_features, num_blocks, max_features, name, bfloat16=False):
+    """Hourglass(...) with folded down blocks and sub-pixel up blocks (in bfloat16: section 6's)."""
+    down_block, up_block, _ = block_types(bfloat16)
     skips, channels, down_blocks = [], in_features, []
     for i in range(num_blocks):
         width = _level_width(block_expansion, max_features, i + 1)
         kernel, bias = take_folded(porter, f"{prefix}.encoder.down_blocks.{i}", 3, channels, width)
-        down_blocks.append(FoldedDownBlock(kernel, bias, name=f"down_{i}"))
+        down_blocks.append(down_block(kernel, bias, name=f"down_{i}"))
         skips.append(channels)
         channels = width
     up_blocks = []
     for n, level in enumerate(reversed(range(num_blocks))):
         width = _level_width(block_expansion, max_features, level)
         kernel, bias = take_folded(porter, f"{prefix}.decoder.up_blocks.{n}", 3, channels, width)
-        up_blocks.append(SubPixelUpBlock(kernel, bias, name=f"up_{n}"))
+        up_blocks.append(up_block(kernel, bias, name=f"up_{n}"))
         channels = width + skips.pop()  # the up block's output concatenated with the encoder's at that level
     return FusedHourglass(down_blocks, up_blocks, channels, name)
 
@@ -1154,14 +1156,14 @@ def build_fused_kp_detector(config: ModelConfig, porter) -> FusedKPDetector:
     return FusedKPDetector(config, predictor, kp, jacobian, down)
 
 
-def build_fused_dense_motion(config: ModelConfig, porter, prefix) -> FusedDenseMotionNetwork:
+def build_fused_dense_motion(config: ModelConfig, porter, prefix, bfloat16_parts=()) -> FusedDenseMotionNetwork:
     params = config.generator.dense_motion
     down = None
     if params.scale_factor != 1:
         down = fused_anti_alias(porter, f"{prefix}.down", config.num_channels, params.scale_factor)
     in_features = (config.num_kp + 1) * (config.num_channels + 1)
     hourglass = fused_hourglass(porter, f"{prefix}.hourglass", params.block_expansion, in_features, params.num_blocks,
-                                params.max_features, "hourglass")
+                                params.max_features, "hourglass", "dense_motion" in bfloat16_parts)
     features = hourglass.out_filters
     mask = conv_holding(*take_conv(porter, f"{prefix}.mask", 7, features, config.num_kp + 1), 3, "mask")
     occlusion = None
@@ -1170,32 +1172,40 @@ def build_fused_dense_motion(config: ModelConfig, porter, prefix) -> FusedDenseM
     return FusedDenseMotionNetwork(config, hourglass, mask, occlusion, down)
 
 
-def build_fused_generator(config: ModelConfig, porter) -> FusedGenerator:
+def build_fused_generator(config: ModelConfig, porter, bfloat16_parts=()) -> FusedGenerator:
+    """The fused generator; the `bfloat16_parts` (of BFLOAT16_PARTS) get section 6's bfloat16 blocks, made
+    straight from the checkpoint's arrays: no float32 variables are created for them."""
+    unknown = set(bfloat16_parts) - set(BFLOAT16_PARTS)
+    if unknown:
+        raise ValueError(f"unknown bfloat16 parts {sorted(unknown)}; choose from {', '.join(BFLOAT16_PARTS)}")
     params = config.generator
     width = functools.partial(_level_width, params.block_expansion, params.max_features)
-    dense_motion_network = build_fused_dense_motion(config, porter, "dense_motion_network")
+    down_block, _, _ = block_types("encoder" in bfloat16_parts)
+    _, up_block, _ = block_types("decoder" in bfloat16_parts)
+    _, _, res_block = block_types("bottleneck" in bfloat16_parts)
+    dense_motion_network = build_fused_dense_motion(config, porter, "dense_motion_network", bfloat16_parts)
     first = FoldedSameBlock(*take_folded(porter, "first", 7, config.num_channels, params.block_expansion), name="first")
     channels, down_blocks = params.block_expansion, []
     for i in range(params.num_down_blocks):
         kernel, bias = take_folded(porter, f"down_blocks.{i}", 3, channels, width(i + 1))
-        down_blocks.append(FoldedDownBlock(kernel, bias, name=f"down_{i}"))
+        down_blocks.append(down_block(kernel, bias, name=f"down_{i}"))
         channels = width(i + 1)
     bottleneck_width = channels  # the residual blocks keep it
     up_blocks = []
     for i in range(params.num_down_blocks):
         out_channels = width(params.num_down_blocks - i - 1)
         kernel, bias = take_folded(porter, f"up_blocks.{i}", 3, channels, out_channels)
-        up_blocks.append(SubPixelUpBlock(kernel, bias, name=f"up_{i}"))
+        up_blocks.append(up_block(kernel, bias, name=f"up_{i}"))
         channels = out_channels
-    bottleneck = [fused_res_block(porter, f"bottleneck.r{i}", bottleneck_width, name=f"r{i}")
+    bottleneck = [fused_res_block(porter, f"bottleneck.r{i}", bottleneck_width, f"r{i}", res_block)
                   for i in range(params.num_bottleneck_blocks)]
     final = RowSplitConv(*take_conv(porter, "final", 7, channels, config.num_channels), name="final")
     return FusedGenerator(config, dense_motion_network, first, down_blocks, up_blocks, bottleneck, final)
 
 
-def _build_checked(build, config, state_dict, where):
+def _build_checked(build, config, state_dict, where, *options):
     porter = checkpoint_loader.WeightPorter(state_dict, where)
-    model = build(config, porter)
+    model = build(config, porter, *options)
     porter.finish()  # every tensor used
     return model
 
@@ -1206,10 +1216,12 @@ def fused_kp_detector_from(config: ModelConfig, state_dicts, where="checkpoint")
     return _build_checked(build_fused_kp_detector, config, state_dicts["kp_detector"], f"{where} [kp_detector]")
 
 
-def fused_generator_from(config: ModelConfig, state_dicts, where="checkpoint") -> FusedGenerator:
+def fused_generator_from(config: ModelConfig, state_dicts, where="checkpoint", bfloat16_parts=()) -> FusedGenerator:
     """The OcclusionAwareGenerator run.py runs, from load_state_dicts(path): BatchNorms folded, sub-pixel up
-    blocks (in its dense motion hourglass too), the final conv split by rows."""
-    return _build_checked(build_fused_generator, config, state_dicts["generator"], f"{where} [generator]")
+    blocks (in its dense motion hourglass too), the final conv split by rows; `bfloat16_parts` as
+    build_fused_generator's."""
+    return _build_checked(build_fused_generator, config, state_dicts["generator"], f"{where} [generator]",
+                          bfloat16_parts)
 
 
 def fused_kp_detector(faithful: KPDetector) -> FusedKPDetector:
@@ -1218,10 +1230,10 @@ def fused_kp_detector(faithful: KPDetector) -> FusedKPDetector:
     return fused_kp_detector_from(faithful.config, weights, "faithful model")
 
 
-def fused_generator(faithful: OcclusionAwareGenerator) -> FusedGenerator:
+def fused_generator(faithful: OcclusionAwareGenerator, bfloat16_parts=()) -> FusedGenerator:
     """fused_generator_from a built faithful OcclusionAwareGenerator's weights."""
     weights = {"generator": checkpoint_loader.read_generator_weights(faithful)}
-    return fused_generator_from(faithful.config, weights, "faithful model")
+    return fused_generator_from(faithful.config, weights, "faithful model", bfloat16_parts)
 
 
 class SourceEncoderModule(SignatureModule):
@@ -1289,36 +1301,41 @@ BFLOAT16_PARTS = ("bottleneck", "decoder", "dense_motion", "encoder")
 
 
 def bfloat16_weight(layer, name, value):
-    """A non-trainable bfloat16 weight of `layer` holding `value` (rounded from float32)."""
-    value = np.asarray(value, np.float32)
-    weight = layer.add_weight(name=name, shape=value.shape, initializer="zeros", trainable=False, dtype="bfloat16")
-    weight.assign(tf.cast(value, tf.bfloat16))
-    return weight
+    """A non-trainable bfloat16 weight of `layer` holding `value` (rounded from float32).
+
+    The variable is created holding the rounded tensor: a zero-filled variable assigned over would add
+    a third copy to the peak memory of the build.
+    """
+    rounded = tf.cast(np.asarray(value, np.float32), tf.bfloat16)
+    return layer.add_weight(name=name, shape=rounded.shape, trainable=False, dtype="bfloat16",
+                            initializer=Holding(rounded.numpy(), rounded.dtype.as_numpy_dtype))
 
 
 def batch_norm_affine(norm):
-    """(scale, shift) float32 of an eval-mode BatchNorm: norm(x) = x * scale + shift."""
-    gamma, beta, mean, var = (np.asarray(w, np.float64)
-                              for w in (norm.gamma, norm.beta, norm.moving_mean, norm.moving_variance))
-    scale = gamma / np.sqrt(var + norm.epsilon)
+    """(scale, shift) float32 of an eval-mode BatchNorm, norm = (gamma, beta, running mean, running
+    variance): norm(x) = x * scale + shift."""
+    gamma, beta, mean, var = (np.asarray(np.asarray(w, np.float32), np.float64) for w in norm)
+    scale = gamma / np.sqrt(var + TORCH_BATCH_NORM_EPSILON)
     return scale.astype(np.float32), (beta - mean * scale).astype(np.float32)
 
 
-def same_conv_weights(conv):
-    """(kernel, bias) of a conv2d() result whose padding keeps the size ('same'); others are refused."""
-    if isinstance(conv, keras.Sequential):
-        raise ValueError(f"{conv.name}: the bfloat16 rewrite needs 'same' padding")
-    return conv.kernel, conv.bias
+def check_same_padding(kernel, padding, name):
+    """The bfloat16 convs pad 'same': refuse a conv whose padding would not keep the size."""
+    if 2 * padding != kernel.shape[0] - 1:
+        raise ValueError(f"{name}: the bfloat16 rewrite needs 'same' padding")
 
 
 class Bfloat16ResBlock(keras.layers.Layer):
-    """FoldedResBlock with both convs in bfloat16; the residual stream (input and sum) stays float32."""
+    """FoldedResBlock (same arguments) with both convs in bfloat16; the residual stream (input and sum)
+    stays float32."""
 
-    def __init__(self, block: FoldedResBlock):
-        super().__init__(name=block.name)
-        scale, shift = batch_norm_affine(block.norm1)
+    def __init__(self, norm1, conv1, conv2, name):
+        super().__init__(name=name)
+        scale, shift = batch_norm_affine(norm1)
         self.scale, self.shift = new_weight(self, "scale", scale), new_weight(self, "shift", shift)
-        (kernel1, bias1), (kernel2, bias2) = same_conv_weights(block.conv1), same_conv_weights(block.conv2)
+        (kernel1, bias1), (kernel2, bias2) = conv1, conv2
+        for kernel in (kernel1, kernel2):
+            check_same_padding(kernel, 1, name)  # FoldedResBlock's padding
         self.kernel1, self.bias1 = bfloat16_weight(self, "kernel1", kernel1), bfloat16_weight(self, "bias1", bias1)
         self.kernel2, self.bias2 = bfloat16_weight(self, "kernel2", kernel2), bfloat16_weight(self, "bias2", bias2)
 
@@ -1330,23 +1347,24 @@ class Bfloat16ResBlock(keras.layers.Layer):
 
 
 class Bfloat16SubPixelUpBlock(keras.layers.Layer):
-    """SubPixelUpBlock in bfloat16, float32 in and out."""
+    """SubPixelUpBlock (same arguments: the folded 3x3 kernel and bias) in bfloat16, float32 in and out."""
 
-    def __init__(self, block: SubPixelUpBlock):
-        super().__init__(name=block.name)
-        self.kernel = bfloat16_weight(self, "kernel", block.kernel)
-        self.bias = bfloat16_weight(self, "bias", block.bias)
+    def __init__(self, kernel, bias, name):
+        super().__init__(name=name)
+        # Rounded from the float32 values SubPixelUpBlock would hold, so both round alike.
+        self.kernel = bfloat16_weight(self, "kernel", np.asarray(upsampled_conv_kernel(kernel), np.float32))
+        self.bias = bfloat16_weight(self, "bias", np.tile(np.asarray(bias, np.float32), 4))
 
     def call(self, x):
         return tf.cast(upsampled_conv_relu(tf.cast(x, tf.bfloat16), self.kernel, self.bias), tf.float32)
 
 
 class Bfloat16DownBlock(keras.layers.Layer):
-    """FoldedDownBlock (conv -> ReLU -> 2x2 average pool) in bfloat16, float32 in and out."""
+    """FoldedDownBlock (same arguments; conv -> ReLU -> 2x2 average pool) in bfloat16, float32 in and out."""
 
-    def __init__(self, block: FoldedDownBlock):
-        super().__init__(name=block.name)
-        kernel, bias = same_conv_weights(block.conv)
+    def __init__(self, kernel, bias, name):
+        super().__init__(name=name)
+        check_same_padding(kernel, kernel.shape[0] // 2, name)  # FoldedDownBlock's padding
         self.kernel, self.bias = bfloat16_weight(self, "kernel", kernel), bfloat16_weight(self, "bias", bias)
 
     def call(self, x):
@@ -1354,43 +1372,9 @@ class Bfloat16DownBlock(keras.layers.Layer):
         return tf.cast(tf.nn.avg_pool2d(out, 2, 2, "VALID"), tf.float32)
 
 
-def bfloat16_hourglass(hourglass: FusedHourglass) -> FusedHourglass:
-    """A fused hourglass with its down and up blocks in bfloat16 (the skips between them stay float32)."""
-    return FusedHourglass([Bfloat16DownBlock(block) for block in hourglass.encoder.down_blocks],
-                          [Bfloat16SubPixelUpBlock(block) for block in hourglass.decoder.up_blocks],
-                          hourglass.out_filters, hourglass.name)
-
-
-class Bfloat16Generator(OcclusionAwareGenerator):
-    """A fused generator with the `parts` (of BFLOAT16_PARTS) in bfloat16; everything else is shared with it.
-
-    bottleneck: the residual blocks at the lowest resolution (most of the FLOPs); decoder: the
-    generator's up blocks; dense_motion: the dense motion hourglass; encoder: the generator's own
-    down blocks (the source encoder, run once per video).
-    """
-
-    def __init__(self, fused: FusedGenerator, parts=BFLOAT16_PARTS):
-        unknown = set(parts) - set(BFLOAT16_PARTS)
-        if unknown:
-            raise ValueError(f"unknown bfloat16 parts {sorted(unknown)}; choose from {', '.join(BFLOAT16_PARTS)}")
-        keras.Model.__init__(self, name=fused.name)
-        self.config = fused.config
-        self.dense_motion_network = fused.dense_motion_network
-        if "dense_motion" in parts:  # heatmaps, sparse motions, the warp, mask and occlusion stay float32
-            network = fused.dense_motion_network
-            self.dense_motion_network = FusedDenseMotionNetwork(fused.config, bfloat16_hourglass(network.hourglass),
-                                                                network.mask, network.occlusion,
-                                                                getattr(network, "down", None))
-        self.first = fused.first
-        self.down_blocks = ([Bfloat16DownBlock(block) for block in fused.down_blocks] if "encoder" in parts
-                            else fused.down_blocks)
-        self.up_blocks = ([Bfloat16SubPixelUpBlock(block) for block in fused.up_blocks] if "decoder" in parts
-                          else fused.up_blocks)
-        self.bottleneck = ([Bfloat16ResBlock(block) for block in fused.bottleneck] if "bottleneck" in parts
-                           else fused.bottleneck)
-        self.final = fused.final
-
-
-def bfloat16_generator(fused: FusedGenerator, parts=BFLOAT16_PARTS) -> Bfloat16Generator:
-    """The generator --precision bfloat16 runs (see Bfloat16Generator)."""
-    return Bfloat16Generator(fused, parts)
+def block_types(bfloat16):
+    """(down, up, residual) block classes of the fused builders, float32 or bfloat16; each takes the same
+    arrays, so a bfloat16 part is built without float32 variables."""
+    if bfloat16:
+        return Bfloat16DownBlock, Bfloat16SubPixelUpBlock, Bfloat16ResBlock
+    return FoldedDownBlock, SubPixelUpBlock, FoldedResBlock

@@ -3,7 +3,7 @@
 Imports nothing heavy: run.py and build.py check a precision before TensorFlow loads.
 
 float32 is the exact default. bfloat16 runs the generator's heavy convolutions in bfloat16
-(modules.Bfloat16Generator: the bottleneck, its up blocks, the dense motion hourglass and the source
+(modules.load_generator's section 6 blocks: the bottleneck, its up blocks, the dense motion hourglass and the source
 encoder), keypoints and everything geometric in float32. int8 is full-integer TF Lite for the generator's
 convolutions (int8 weights and activations, float32 at the signature), calibrated on a video's frames
 (build.py --calibration) and written as generator-int8full.tflite; keypoints stay float32. `--int8` (TF
