@@ -409,6 +409,7 @@ def render_in_process(args, plan, todo, timings):
         load = (load_models_and_cache_writer if timings is None
                 else timings.timed("load models", load_models_and_cache_writer))
         models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports, read)
+        read = None  # it holds the checkpoint's tensors (250 MB at full size), which the models no longer need
         if cropped is not None:
             cropped()  # the crops are ready, or what went wrong (no face found) is raised here
         if timings is not None:
