@@ -80,37 +80,16 @@ def code_digest():
     return digest.hexdigest()
 
 
-# The distributions TensorFlow ships as, looked up by name first: scanning every installed distribution
-# for the one that provides the tensorflow package takes a quarter of a second.
-TENSORFLOW_DISTRIBUTIONS = ("tensorflow-cpu", "tensorflow", "tensorflow-intel", "tf-nightly-cpu", "tf-nightly")
-
-
-def tensorflow_version():
-    """The installed TensorFlow's version, read from its package metadata, so that a key can be made (and an
-    entry checked) on a thread while TensorFlow itself is still being imported; __version__ where no
-    distribution names the tensorflow package."""
-    import importlib.metadata
-
-    for names in (TENSORFLOW_DISTRIBUTIONS, None):
-        if names is None:  # not under a usual name: the slow scan
-            names = importlib.metadata.packages_distributions().get("tensorflow", ())
-        for name in names:
-            try:
-                return importlib.metadata.version(name)
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    import backends
-    return backends.tensorflow().__version__
-
-
 def cache_key(config, checkpoint_path, state_dicts, prescale=False, device=None, precision="float32"):
-    """The entry's key: a JSON-able dict of everything the traced models depend on. Imports no TensorFlow."""
+    """The entry's key: a JSON-able dict of everything the traced models depend on."""
+    import backends
+
     key = {"format": FORMAT,
            "checkpoint": {**checkpoint_identity(checkpoint_path), "tensors_sha256": tensors_digest(state_dicts)},
            "config": dataclasses.asdict(config),
            "code_sha256": code_digest(),
            "options": {"prescale": bool(prescale), "device": device, "precision": precision},
-           "tensorflow": tensorflow_version()}
+           "tensorflow": backends.tensorflow().__version__}
     return json.loads(json.dumps(key))  # as the manifest will read back (tuples become lists)
 
 
@@ -239,40 +218,21 @@ class ModelCache:
     def load(self, key):
         """{module name: numpy callable} from the entry for `key`, or None when there is none (or it was
         corrupt: then it is removed, with a warning, for the caller to rebuild)."""
-        return self.load_checked(self.checked_entry(key))
-
-    def checked_entry(self, key):
-        """The path of the entry for `key` once every file matches its manifest, else None (a corrupt entry is
-        removed with a warning). Imports no TensorFlow: run.py checks the entry (0.4 s of hashing for
-        vox-256's 330 MB) while TensorFlow is imported."""
         path = self.entry_path(key)
         if not os.path.isdir(path):
             return None
         try:
+            # Every file checked before TensorFlow parses any of it (0.4 s for vox-256's 330 MB).
             check_digests(path, check_manifest(path, key))
-        except Exception as err:  # noqa: BLE001 (an entry that cannot be checked is rebuilt, never trusted)
-            self.discard(path, err)
-            return None
-        return path
-
-    def load_checked(self, path):
-        """{module name: numpy callable} of an entry checked_entry returned (None: None). An entry that does
-        not load is removed with a warning, and None returned for the caller to rebuild."""
-        if path is None:
-            return None
-        try:
             calls = load_calls(os.path.join(path, SAVED_MODEL))
             if set(calls) != set(MODULES):
                 raise CorruptEntry(f"signatures {sorted(calls)} instead of {list(MODULES)}")
             return calls
         except Exception as err:  # noqa: BLE001 (any failure to load an entry means: rebuild it, never trust it)
-            self.discard(path, err)
+            reason = err if isinstance(err, CorruptEntry) else f"{err.__class__.__name__} while loading"
+            self.warn(f"model cache entry {path} is corrupt ({reason}); rebuilding it")
+            self.remove(path)
             return None
-
-    def discard(self, path, err):
-        reason = err if isinstance(err, CorruptEntry) else f"{err.__class__.__name__} while loading"
-        self.warn(f"model cache entry {path} is corrupt ({reason}); rebuilding it")
-        self.remove(path)
 
     def store(self, key, tf_modules):
         """Save built modules as the entry for `key`; a failure to write is a warning, never the run's end."""
@@ -330,35 +290,16 @@ def is_entry_name(name):
     return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
 
 
-@dataclasses.dataclass(frozen=True)
-class Lookup:
-    """What the cache holds for one model, found without TensorFlow: the key, and the checked entry's path
-    (None on a miss)."""
-    key: dict
-    entry: object
-
-
-def look_up(config, checkpoint_path, state_dicts, prescale=False, device=None, cache=None, precision="float32"):
-    """The Lookup of direct_models' model: the key's hashing and the entry's check, the costly part of a hit
-    that needs no TensorFlow."""
-    cache = cache or ModelCache()
-    key = cache_key(config, checkpoint_path, state_dicts, prescale, device, precision)
-    return Lookup(key, cache.checked_entry(key))
-
-
-def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None, precision="float32",
-                  lookup=None):
+def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None, precision="float32"):
     """(animate.Models for the direct target, write_entry): the models from the cache when it holds them,
     else built (animate.direct_modules) with `write_entry()` to store them for the next run (None after
     a hit). The caller writes the entry once its outputs are written, so a cold run's first frame
-    does not wait for the SavedModel to be saved. `lookup` is look_up's result for the same arguments,
-    when the caller made it already."""
+    does not wait for the SavedModel to be saved."""
     import animate
 
     cache = cache or ModelCache()
-    lookup = lookup or look_up(config, checkpoint_path, state_dicts, prescale, device, cache, precision)
-    key = lookup.key
-    calls = cache.load_checked(lookup.entry)
+    key = cache_key(config, checkpoint_path, state_dicts, prescale, device, precision)
+    calls = cache.load(key)
     if calls is not None:
         return animate.models_from_calls(calls, config.estimate_jacobian, prescale), None
     tf_modules = animate.direct_modules(config, state_dicts, checkpoint_path, prescale, precision)

@@ -387,7 +387,6 @@ def render_in_process(args, plan, todo, timings):
     model was ready."""
     import time
 
-    read = start_reading_checkpoint(args, plan)
     status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
     if args.threads is not None:
         backends.set_threads(args.threads)
@@ -408,8 +407,7 @@ def render_in_process(args, plan, todo, timings):
         status(f"loading the model ({describe_model(args, plan)})")
         load = (load_models_and_cache_writer if timings is None
                 else timings.timed("load models", load_models_and_cache_writer))
-        models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports, read)
-        read = None  # it holds the checkpoint's tensors (250 MB at full size), which the models no longer need
+        models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports)
         if cropped is not None:
             cropped()  # the crops are ready, or what went wrong (no face found) is raised here
         if timings is not None:
@@ -422,31 +420,6 @@ def render_in_process(args, plan, todo, timings):
                     jobs.report_failure(result)
                 results.append(result)
     return results, ready, write_entry
-
-
-def start_reading_checkpoint(args, plan):
-    """The direct target: read_checkpoint on a thread of its own, started before TensorFlow is imported, so
-    that reading the checkpoint and hashing it and the model cache's entry (about a second at full size)
-    overlap the import; a callable that waits for its result. None for the export targets, and with
-    --loadwithtorch, which would import PyTorch beside TensorFlow."""
-    if args.target != "direct" or args.loadwithtorch:
-        return None
-    return in_background(read_checkpoint, args, plan.config.model, plan.checkpoint_path)
-
-
-def read_checkpoint(args, config, checkpoint_path):
-    """(the checkpoint's state dicts, the model cache's model_cache.Lookup or None with --no_cache): the
-    direct target's loading that needs no TensorFlow."""
-    state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
-    lookup = None if args.no_cache else model_cache.look_up(
-        config, checkpoint_path, state_dicts, prescale=args.prescale, device=args.device, cache=model_cache_of(),
-        precision=args.precision)
-    return state_dicts, lookup
-
-
-def model_cache_of():
-    """The model cache, saying what it does in run.py's warning and status lines."""
-    return model_cache.ModelCache(warn=warn, status=inform)
 
 
 def in_background(function, *args):
@@ -1069,17 +1042,17 @@ def load_models(args, config, checkpoint_path, exports=None):
     return load_models_and_cache_writer(args, config, checkpoint_path, exports)[0]
 
 
-def load_models_and_cache_writer(args, config, checkpoint_path, exports=None, read=None):
+def load_models_and_cache_writer(args, config, checkpoint_path, exports=None):
     """(load_models' Models, a callable that writes the direct target's model cache entry after a miss, or
-    None when there is nothing to write). `read` waits for start_reading_checkpoint's result, when there is one."""
+    None when there is nothing to write)."""
     if args.target != "direct":
         return (exports or export_checks.check_exports(args, checkpoint_path)).load(args.target), None
-    state_dicts, lookup = read() if read is not None else read_checkpoint(args, config, checkpoint_path)
+    state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
     if args.no_cache:
         return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale,
                                      precision=args.precision), None
     return model_cache.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale, device=args.device,
-                                     cache=model_cache_of(), precision=args.precision, lookup=lookup)
+                                     cache=model_cache.ModelCache(warn=warn, status=inform), precision=args.precision)
 
 
 def write_model_cache(write_entry):

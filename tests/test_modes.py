@@ -55,12 +55,12 @@ def cached_models(monkeypatch):
     entry written: run() loads through load_models_and_cache_writer)."""
     load = run.load_models_and_cache_writer
 
-    def remembered(args, config, checkpoint_path, exports=None, read=None):
+    def remembered(args, config, checkpoint_path, exports=None):
         if args.target == "direct" and not args.prescale:
             return checkpoint_models(str(checkpoint_path), config)
         key = (args.target, str(checkpoint_path), args.exportdir, args.prescale)
         if key not in _MODELS:
-            _MODELS[key] = load(args, config, checkpoint_path, exports, read)[0]
+            _MODELS[key] = load(args, config, checkpoint_path, exports)[0]
         return _MODELS[key]
 
     monkeypatch.setattr(run, "load_models", remembered)
