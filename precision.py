@@ -145,15 +145,16 @@ def auto(target, export_exists=lambda name: True, flags=None):
     rejected = []
     for candidate in AUTO_CANDIDATES[target]:
         passed, worst = GATE[candidate]
+        name = "--int8" if candidate == DYNAMIC_INT8 else candidate
         needed = FAST_FLAGS[candidate]
         if not any(flag in flags for flag in needed):
-            rejected.append(f"this CPU lacks {flags_text(needed)} for {candidate}")
+            rejected.append(f"this CPU lacks {flags_text(needed)} for {name}")
         elif not passed:
-            rejected.append(f"{candidate} failed the near-lossless gate ({worst}; tools/quality.py)")
+            rejected.append(f"{name} failed the near-lossless gate ({worst}; tools/quality.py)")
         elif not export_exists(candidate):
-            rejected.append(f"no {candidate} export was found (build.py {BUILD_FLAGS[candidate]} makes it)")
+            rejected.append(f"no {name} export was found (build.py {BUILD_FLAGS[candidate]} makes it)")
         else:
             having = flags_text([flag for flag in needed if flag in flags])
-            return candidate, (f"this CPU has {having} and {candidate} passed the near-lossless gate "
+            return candidate, (f"this CPU has {having} and {name} passed the near-lossless gate "
                                f"({worst}; tools/quality.py)")
     return DEFAULT, "; ".join(rejected) or f"--target {target} runs float32 only"
