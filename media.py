@@ -18,8 +18,7 @@ import imageio.v3 as imageio_v3
 import imageio_ffmpeg
 import numpy as np
 from PIL import Image
-from skimage import img_as_float32, img_as_ubyte
-from skimage.transform import resize
+from skimage import img_as_float, img_as_float32, img_as_ubyte
 
 import utils
 
@@ -76,6 +75,12 @@ def _is_cmyk(path):
         return False
 
 
+# skimage's resize to the size a frame already has is its img_as_float, bit for bit, for these dtypes (the
+# interpolation weights are exactly 0 and 1; tests/test_utils.py checks it): a frame of the model's size
+# skips it, and a run whose inputs all have that size never imports scipy.ndimage.
+SAME_SIZE_DTYPES = (np.uint8, np.uint16, np.float32, np.float64)
+
+
 def preprocess_frame(frame, frame_shape):
     """Resize one decoded image or video frame to float32 [H, W, 3] in [0, 1].
 
@@ -90,7 +95,11 @@ def preprocess_frame(frame, frame_shape):
         # 1-bit images: skimage refuses to interpolate bool data.
         frame = frame.astype(np.float64)
     height, width = (int(size) for size in frame_shape[:2])
-    resized = resize(frame, (height, width))
+    if frame.shape[:2] == (height, width) and frame.dtype in SAME_SIZE_DTYPES:
+        resized = img_as_float(frame)
+    else:
+        from skimage.transform import resize  # imports scipy.ndimage: 0.4-0.6 s, paid only when resizing
+        resized = resize(frame, (height, width))
     return to_rgb(resized).astype(np.float32)
 
 
