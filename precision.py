@@ -124,8 +124,8 @@ BUILD_FLAGS = {"bfloat16": "--precision bfloat16 --nolite", "int8": "--precision
 
 
 def choice_text(choice):
-    """How a note names a precision auto chose."""
-    return "--int8 (TF Lite dynamic-range int8)" if choice == DYNAMIC_INT8 else choice
+    """How a note names a precision auto considers: DYNAMIC_INT8 by its flag, --int8."""
+    return "--int8" if choice == DYNAMIC_INT8 else choice
 
 
 def run_settings(choice):
@@ -145,7 +145,7 @@ def auto(target, export_exists=lambda name: True, flags=None):
     rejected = []
     for candidate in AUTO_CANDIDATES[target]:
         passed, worst = GATE[candidate]
-        name = "--int8" if candidate == DYNAMIC_INT8 else candidate
+        name = choice_text(candidate)
         needed = FAST_FLAGS[candidate]
         if not any(flag in flags for flag in needed):
             rejected.append(f"this CPU lacks {flags_text(needed)} for {name}")

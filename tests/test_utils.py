@@ -545,6 +545,5 @@ def test_inputs_of_the_model_size_never_import_scipy():
             "assert 'scipy.ndimage' not in sys.modules, 'imported'; "
             "media.preprocess_frame(np.zeros((300, 256, 3), np.uint8), (256, 256, 3)); "
             "assert 'scipy.ndimage' in sys.modules, 'not imported when resizing'")
-    result = subprocess.run([sys.executable, "-c", code], cwd=os.path.dirname(os.path.dirname(os.path.abspath(
-        __file__))), capture_output=True, text=True)
+    result = subprocess.run([sys.executable, "-c", code], cwd=utils.REPO_DIR, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]

@@ -21,9 +21,10 @@ TOOLS_DIR = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, TOOLS_DIR)
 
 import quality  # noqa: E402  (tools/ is not a package; quality.py puts the repository on the path)
+import precision  # noqa: E402
 
 LABEL_HEIGHT = 14  # pixels of the label strip above each panel
-INT8 = "int8-dynamic"  # the int8 the picture shows: tools/quality.py's name for run.py --int8
+INT8 = precision.DYNAMIC_INT8  # the int8 the picture shows: run.py --int8
 
 
 def parse_args(argv=None):

@@ -40,12 +40,14 @@ REPO_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO_DIR)
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import precision  # noqa: E402  (light: imports nothing but the standard library)
+
 EXAMPLE_DIR = os.path.join(REPO_DIR, "example")
 FIXTURES_DIR = os.path.join(REPO_DIR, "tests", "fixtures")
 SHARED_DATA_DIR = os.path.normpath(os.path.join(REPO_DIR, os.pardir, "shared", "data"))
 DEFAULT_JSON = os.path.join(REPO_DIR, "docs", "quality.json")
 # (precision, target) in the table's order; float32 on direct is the reference the others are measured against.
-PRECISIONS = (("float32", "direct"), ("bfloat16", "direct"), ("int8", "tflite"), ("int8-dynamic", "tflite"))
+PRECISIONS = (("float32", "direct"), ("bfloat16", "direct"), ("int8", "tflite"), (precision.DYNAMIC_INT8, "tflite"))
 REFERENCE = "float32"
 MIN_PSNR_DB = 40.0  # issue 16's gate
 MAX_L1_CHANGE = 0.02
@@ -174,8 +176,6 @@ def models_at(name, case, config, state_dicts, exportdir):
 
 def available_precisions():
     """PRECISIONS this CPU runs natively (bfloat16 emulated would measure nothing a user gets)."""
-    import precision
-
     return [(name, target) for name, target in PRECISIONS if precision.native(name.split("-")[0])]
 
 
@@ -284,8 +284,6 @@ def table(rows):
 
 
 def write_json(path, args, rows, found):
-    import precision
-
     report = {"measured": datetime.date.today().isoformat(), "frames": args.frames,
               "gate": {"min_psnr_db": MIN_PSNR_DB, "max_reconstruction_l1_change": MAX_L1_CHANGE},
               "cpu_flags": sorted(precision.cpu_flags() & set(precision.BFLOAT16_FLAGS + precision.INT8_FLAGS)),
