@@ -130,7 +130,7 @@ def _replay(text):
 def tensorflow():
     """`import tensorflow` (and Keras), without its start-up lines; returns the tensorflow module."""
     if "tensorflow" not in sys.modules:
-        with native_output_hidden():
+        with native_output_hidden(), _ipython_unimportable():
             import tensorflow as tf
             import keras  # noqa: F401  (its import prints through TensorFlow's logger too)
 
@@ -139,6 +139,22 @@ def tensorflow():
                 _quiet_absl_python_logging()
             _apply_tensorflow_threads(tf)
     return sys.modules["tensorflow"]
+
+
+@contextlib.contextmanager
+def _ipython_unimportable():
+    """Keras imports IPython, when it is installed, only to display things in a notebook: 0.3 s of every
+    start-up outside one. Within the block `import IPython` fails as if it were not installed (a None entry
+    in sys.modules), unless IPython is already running; afterwards it imports normally again."""
+    if "IPython" in sys.modules:
+        yield
+        return
+    sys.modules["IPython"] = None
+    try:
+        yield
+    finally:
+        if "IPython" in sys.modules and sys.modules["IPython"] is None:
+            del sys.modules["IPython"]
 
 
 def _quiet_absl_python_logging():

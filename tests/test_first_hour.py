@@ -110,6 +110,19 @@ def test_quiet_prints_nothing_and_verbose_shows_tensorflow(tmp_path):
     assert "oneDNN custom operations are on" in verbose.stderr  # forced on by NOISY_ENV
 
 
+def test_tensorflow_start_up_skips_ipython_and_leaves_it_importable():
+    pytest.importorskip("IPython", reason="IPython is not installed: Keras cannot import it anyway")
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+              "import backends\n"
+              "backends.tensorflow()\n"
+              "print('IPython imported' if 'IPython' in sys.modules else 'IPython not imported')\n"
+              "import IPython\n"
+              "print('IPython importable')\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[:2] == ["IPython not imported", "IPython importable"], result.stdout
+
+
 # --------------------------------------------------------------------------------------------------
 # Fail fast: bad paths are reported before TensorFlow is imported
 # --------------------------------------------------------------------------------------------------
