@@ -802,6 +802,11 @@ async function previewDriving() {
   }
   const { video, close } = await loadVideo(input);
   try {
+    // 'loadeddata' may come before the first frame is decoded, which draws black on a busy machine;
+    // once a seek has finished, the frame at its time is there to draw.
+    const seeked = once(video, 'seeked');
+    video.currentTime = 0;
+    await seeked;
     if (preview !== drivingPreviews) return;
     drawLetterboxed($('driving-canvas'), video, video.videoWidth, video.videoHeight);
     const fps = await videoFps(video);
