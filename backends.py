@@ -138,7 +138,23 @@ def tensorflow():
                 tf.get_logger().setLevel("ERROR")  # "WARNING:tensorflow:..." from tracing and saving
                 _quiet_absl_python_logging()
             _apply_tensorflow_threads(tf)
+            if not keeps_graph_rewrites(tf):
+                tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
     return sys.modules["tensorflow"]
+
+
+def keeps_graph_rewrites(tf, flags=None):
+    """Whether TensorFlow keeps Grappler's graph rewrites: only on a GPU or a CPU with AMX.
+
+    Elsewhere they are off. On vox-256 they cost each model function's first call 0.35-0.6 s (direct and
+    savedmodel, float32 and bfloat16) and bought no steady-state speed on the AVX-512 CPU without AMX
+    where that was measured (README, Performance): the convolutions dominate, and oneDNN's own graph
+    pass still runs. AMX makes the convolutions several times faster, so the bias and activation
+    fusions Grappler adds may pay there; on a GPU its layout rewrites do."""
+    import precision
+
+    flags = precision.cpu_flags() if flags is None else flags
+    return any(flag.startswith("amx") for flag in flags) or bool(tf.config.list_physical_devices("GPU"))
 
 
 @contextlib.contextmanager
