@@ -123,6 +123,19 @@ def test_tensorflow_start_up_skips_ipython_and_leaves_it_importable():
     assert result.stdout.split("\n")[:2] == ["IPython not imported", "IPython importable"], result.stdout
 
 
+def test_graph_rewrites_are_kept_only_on_amx_cpus_and_gpus():
+    import backends
+
+    tf = backends.tensorflow()
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is visible: graph rewrites are kept whatever the CPU")
+    assert backends.keeps_graph_rewrites(tf, {"avx512f", "amx_tile", "amx_bf16"})
+    assert not backends.keeps_graph_rewrites(tf, {"avx2", "avx512f", "avx512_bf16", "avx512_vnni"})
+    assert not backends.keeps_graph_rewrites(tf, set())
+    expected = not backends.keeps_graph_rewrites(tf)
+    assert tf.config.optimizer.get_experimental_options().get("disable_meta_optimizer", False) == expected
+
+
 # --------------------------------------------------------------------------------------------------
 # Fail fast: bad paths are reported before TensorFlow is imported
 # --------------------------------------------------------------------------------------------------
