@@ -146,7 +146,7 @@ def tensorflow():
 def keeps_graph_rewrites(tf, flags=None):
     """Whether TensorFlow keeps Grappler's graph rewrites: only on a GPU or a CPU with AMX.
 
-    Elsewhere they are off. On vox-256 they cost each model function's first call 0.35-0.6 s (direct and
+    Elsewhere they are off. On vox-256 they cost each model function's first call 0.3-0.6 s (direct and
     savedmodel, float32 and bfloat16) and bought no steady-state speed on the AVX-512 CPU without AMX
     where that was measured (README, Performance): the convolutions dominate, and oneDNN's own graph
     pass still runs. AMX makes the convolutions several times faster, so the bias and activation
