@@ -8,7 +8,10 @@ unpickled) plus `manifest.json`, which holds the entry's key and the size and sh
 The key is everything the traced graph depends on: the checkpoint's size, mtime and inode plus a digest
 of the tensors actually read from it (the reader reads only the kp_detector and generator storages, so
 this hashes a third of a published checkpoint, not all of it), the parsed model config, a digest of the
-model code, the options that change the graph (--prescale, --device, --precision) and the TensorFlow version.
+model code and the options that change the graph (--prescale, --device, --precision). The TensorFlow
+version that wrote the entry is in its manifest: an entry from another version is rebuilt (a status line
+says so), so the key, and the check of every file's digest (`ModelCache.verify`), need no TensorFlow and
+run.py does them on a thread while TensorFlow imports.
 
 An entry whose manifest does not match its files is rebuilt with a one-line warning. Writers build into
 a temporary folder inside the cache folder and rename it into place, so readers never see half an entry
@@ -25,9 +28,11 @@ import os
 import shutil
 import tempfile
 
+import backends  # free: TensorFlow itself imports only when an entry is loaded or saved
+
 ENV_VAR = "FOMM_CACHE_DIR"
 FOLDER_NAME = "first-order-model-tf"
-FORMAT = 1  # bump when the entry layout changes
+FORMAT = 2  # bump when the entry layout changes (2: the TensorFlow version moved from the key to the manifest)
 MANIFEST = "manifest.json"
 SAVED_MODEL = "model"
 TEMP_PREFIX = ".tmp-"  # entries being written (or left by a killed writer); --clear_cache removes them
@@ -81,15 +86,13 @@ def code_digest():
 
 
 def cache_key(config, checkpoint_path, state_dicts, prescale=False, device=None, precision="float32"):
-    """The entry's key: a JSON-able dict of everything the traced models depend on."""
-    import backends
-
+    """The entry's key: a JSON-able dict of everything the traced models depend on but the TensorFlow
+    version (which the manifest holds, so that the key needs no TensorFlow)."""
     key = {"format": FORMAT,
            "checkpoint": {**checkpoint_identity(checkpoint_path), "tensors_sha256": tensors_digest(state_dicts)},
            "config": dataclasses.asdict(config),
            "code_sha256": code_digest(),
-           "options": {"prescale": bool(prescale), "device": device, "precision": precision},
-           "tensorflow": backends.tensorflow().__version__}
+           "options": {"prescale": bool(prescale), "device": device, "precision": precision}}
     return json.loads(json.dumps(key))  # as the manifest will read back (tuples become lists)
 
 
@@ -139,14 +142,15 @@ class CorruptEntry(Exception):
 
 
 def check_manifest(folder, key):
-    """The entry's recorded files, after checking its manifest is ours, for this key, and lists every file
-    there with the right size. Raises CorruptEntry saying what is wrong."""
+    """The entry's manifest, after checking it is ours, for this key, and lists every file there with the
+    right size. Raises CorruptEntry saying what is wrong."""
     try:
         with open(os.path.join(folder, MANIFEST), "rb") as f:
             manifest = json.loads(f.read())
     except (OSError, ValueError) as err:
         raise CorruptEntry(f"unreadable manifest ({err.__class__.__name__})") from None
-    if not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("files"), dict):
+    if (not isinstance(manifest, dict) or manifest.get("key") != key or not isinstance(manifest.get("files"), dict)
+            or not isinstance(manifest.get("tensorflow"), str)):
         raise CorruptEntry("its manifest is for another key")
     recorded = manifest["files"]
     if sorted(recorded) != entry_files(folder):
@@ -154,7 +158,7 @@ def check_manifest(folder, key):
     for path, described in recorded.items():
         if os.path.getsize(os.path.join(folder, path)) != described.get("size"):
             raise CorruptEntry(f"{path} has the wrong size")
-    return recorded
+    return manifest
 
 
 def check_digests(folder, recorded):
@@ -171,8 +175,6 @@ def check_digests(folder, recorded):
 def save_modules(tf_modules, path):
     """One SavedModel holding each of MODULES' function as a signature named after it, and each variable
     once (the generator's modules share theirs)."""
-    import backends
-
     tf = backends.tensorflow()
     root = tf.Module()
     variables = {}
@@ -185,8 +187,6 @@ def save_modules(tf_modules, path):
 
 def load_calls(path):
     """{module name: callable over numpy keyword inputs} of a SavedModel save_modules wrote."""
-    import backends
-
     tf = backends.tensorflow()
     loaded = tf.saved_model.load(path)
 
@@ -201,8 +201,17 @@ def load_calls(path):
     return {name: numpy_call(function) for name, function in loaded.signatures.items()}
 
 
+@dataclasses.dataclass
+class Verified:
+    """What `ModelCache.verify` found for a key: no entry (path None), a sound one, or a corrupt one."""
+    key: dict
+    path: str = None
+    tensorflow: str = None  # the version that wrote the entry
+    problem: str = None  # why the entry cannot be trusted
+
+
 class ModelCache:
-    """The cache folder: `load` an entry for a key, `store` built modules under it, `clear` it all.
+    """The cache folder: `verify` then `load` an entry for a key, `store` built modules under it, `clear` it all.
 
     `warn` and `status` print one line each (run.py's warning: and status lines).
     """
@@ -215,24 +224,49 @@ class ModelCache:
     def entry_path(self, key):
         return os.path.join(self.folder, entry_name(key))
 
-    def load(self, key):
-        """{module name: numpy callable} from the entry for `key`, or None when there is none (or it was
-        corrupt: then it is removed, with a warning, for the caller to rebuild)."""
+    def verify(self, key):
+        """Verified: whether an entry for `key` exists and every file of it has its recorded size and sha256
+        (0.3-0.4 s for vox-256's 330 MB). Reads and hashes files only, without TensorFlow and without
+        printing: run.py runs it on a thread while TensorFlow imports."""
         path = self.entry_path(key)
         if not os.path.isdir(path):
+            return Verified(key)
+        try:
+            manifest = check_manifest(path, key)
+            check_digests(path, manifest["files"])
+        except CorruptEntry as err:
+            return Verified(key, path, problem=str(err))
+        except OSError as err:
+            return Verified(key, path, problem=f"{err.__class__.__name__} while reading it")
+        return Verified(key, path, tensorflow=manifest["tensorflow"])
+
+    def load(self, verified):
+        """{module name: numpy callable} from a verified entry, or None when there is none, it was corrupt
+        (removed with a warning) or written by another TensorFlow (removed with a status line); the caller
+        then rebuilds it. TensorFlow parses only files `verify` has checked."""
+        if verified.path is None:
+            return None
+        if verified.problem is not None:
+            return self.discard(verified.path, verified.problem)
+        tf = backends.tensorflow()
+        if verified.tensorflow != tf.__version__:
+            self.status(f"model cache entry {verified.path} was written by TensorFlow {verified.tensorflow}; "
+                        f"rebuilding it for {tf.__version__}")
+            self.remove(verified.path)
             return None
         try:
-            # Every file checked before TensorFlow parses any of it (0.4 s for vox-256's 330 MB).
-            check_digests(path, check_manifest(path, key))
-            calls = load_calls(os.path.join(path, SAVED_MODEL))
+            calls = load_calls(os.path.join(verified.path, SAVED_MODEL))
             if set(calls) != set(MODULES):
                 raise CorruptEntry(f"signatures {sorted(calls)} instead of {list(MODULES)}")
             return calls
         except Exception as err:  # noqa: BLE001 (any failure to load an entry means: rebuild it, never trust it)
-            reason = err if isinstance(err, CorruptEntry) else f"{err.__class__.__name__} while loading"
-            self.warn(f"model cache entry {path} is corrupt ({reason}); rebuilding it")
-            self.remove(path)
-            return None
+            return self.discard(verified.path, err if isinstance(err, CorruptEntry)
+                                else f"{err.__class__.__name__} while loading")
+
+    def discard(self, path, reason):
+        """Warn that an entry is corrupt and remove it, for the caller to rebuild; returns None."""
+        self.warn(f"model cache entry {path} is corrupt ({reason}); rebuilding it")
+        self.remove(path)
 
     def store(self, key, tf_modules):
         """Save built modules as the entry for `key`; a failure to write is a warning, never the run's end."""
@@ -242,7 +276,7 @@ class ModelCache:
             os.makedirs(self.folder, exist_ok=True)
             temp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.folder)
             save_modules(tf_modules, os.path.join(temp, SAVED_MODEL))
-            manifest = {"key": key, "files": describe_files(temp)}
+            manifest = {"key": key, "tensorflow": backends.tensorflow().__version__, "files": describe_files(temp)}
             with open(os.path.join(temp, MANIFEST), "w") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True)
             self.put_in_place(temp, path)
@@ -290,16 +324,20 @@ def is_entry_name(name):
     return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
 
 
-def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None, precision="float32"):
+def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None, precision="float32",
+                  verified=None):
     """(animate.Models for the direct target, write_entry): the models from the cache when it holds them,
     else built (animate.direct_modules) with `write_entry()` to store them for the next run (None after
     a hit). The caller writes the entry once its outputs are written, so a cold run's first frame
-    does not wait for the SavedModel to be saved."""
+    does not wait for the SavedModel to be saved. `verified`: the cache's `verify` of this run's key,
+    when the caller has done it already (run.py, while TensorFlow imported)."""
     import animate
 
     cache = cache or ModelCache()
-    key = cache_key(config, checkpoint_path, state_dicts, prescale, device, precision)
-    calls = cache.load(key)
+    if verified is None:
+        verified = cache.verify(cache_key(config, checkpoint_path, state_dicts, prescale, device, precision))
+    key = verified.key
+    calls = cache.load(verified)
     if calls is not None:
         return animate.models_from_calls(calls, config.estimate_jacobian, prescale), None
     tf_modules = animate.direct_modules(config, state_dicts, checkpoint_path, prescale, precision)

@@ -390,6 +390,10 @@ def render_in_process(args, plan, todo, timings):
     status("loading TensorFlow" if args.target in ("direct", "savedmodel") else f"loading the {args.target} runtime")
     if args.threads is not None:
         backends.set_threads(args.threads)
+    checkpoint = None
+    if args.target == "direct" and not args.loadwithtorch:
+        # Reading and hashing files release the GIL, so they overlap TensorFlow's import (0.3-0.6 s at vox-256)
+        checkpoint = in_background(read_checkpoint, args, plan.config.model, plan.checkpoint_path, name="checkpoint")
     if args.target in ("direct", "savedmodel") or (detects_faces(args) and plan.face_detector is None):
         # mtcnn's face detector runs on TensorFlow too; imported here, not on the thread that finds the faces,
         # so that it never imports while this thread imports the model's runtime
@@ -407,7 +411,7 @@ def render_in_process(args, plan, todo, timings):
         status(f"loading the model ({describe_model(args, plan)})")
         load = (load_models_and_cache_writer if timings is None
                 else timings.timed("load models", load_models_and_cache_writer))
-        models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports)
+        models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports, checkpoint)
         if cropped is not None:
             cropped()  # the crops are ready, or what went wrong (no face found) is raised here
         if timings is not None:
@@ -422,17 +426,17 @@ def render_in_process(args, plan, todo, timings):
     return results, ready, write_entry
 
 
-def in_background(function, *args):
+def in_background(function, *args, name="faces"):
     """Start function(*args) on a thread of its own; returns a callable that waits for it and returns its
     result or raises its exception.
 
     --crop finds faces this way while the model loads: detection spends most of its time in TensorFlow
     ops, which run without the GIL, so with a core free the two overlap (README, Performance: what
-    --crop adds).
+    --crop adds). The direct target reads its checkpoint this way while TensorFlow imports.
     """
     import concurrent.futures
 
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="faces")
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
     future = pool.submit(function, *args)
     pool.shutdown(wait=False)
     return future.result
@@ -1042,17 +1046,32 @@ def load_models(args, config, checkpoint_path, exports=None):
     return load_models_and_cache_writer(args, config, checkpoint_path, exports)[0]
 
 
-def load_models_and_cache_writer(args, config, checkpoint_path, exports=None):
+def load_models_and_cache_writer(args, config, checkpoint_path, exports=None, checkpoint=None):
     """(load_models' Models, a callable that writes the direct target's model cache entry after a miss, or
-    None when there is nothing to write)."""
+    None when there is nothing to write). `checkpoint`: waits for read_checkpoint's result when a thread
+    has been reading it."""
     if args.target != "direct":
         return (exports or export_checks.check_exports(args, checkpoint_path)).load(args.target), None
-    state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
-    if args.no_cache:
+    state_dicts, verified = checkpoint() if checkpoint else read_checkpoint(args, config, checkpoint_path)
+    if verified is None:
         return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale,
                                      precision=args.precision), None
     return model_cache.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale, device=args.device,
-                                     cache=model_cache.ModelCache(warn=warn, status=inform), precision=args.precision)
+                                     cache=model_cache_of_run(), precision=args.precision, verified=verified)
+
+
+def read_checkpoint(args, config, checkpoint_path):
+    """What the direct target reads before it needs TensorFlow: (the checkpoint's tensors, the model cache's
+    verify of this run's entry, or None with --no_cache). Files and hashes only, nothing printed."""
+    state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
+    if args.no_cache:
+        return state_dicts, None
+    key = model_cache.cache_key(config, checkpoint_path, state_dicts, args.prescale, args.device, args.precision)
+    return state_dicts, model_cache_of_run().verify(key)
+
+
+def model_cache_of_run():
+    return model_cache.ModelCache(warn=warn, status=inform)
 
 
 def write_model_cache(write_entry):

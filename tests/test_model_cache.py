@@ -5,10 +5,12 @@ succeed, --no_cache bypasses and --clear_cache empties.
 Every test points FOMM_CACHE_DIR at its own tmp_path (conftest points it at a session folder for the rest
 of the suite), so nothing is written to the user's ~/.cache.
 """
+import json
 import os
 import shutil
 import subprocess
 import sys
+import threading
 
 import numpy as np
 import pytest
@@ -90,7 +92,8 @@ def test_an_entry_records_its_key_and_files(tmp_path, cache):
     render(tmp_path, "frames")
     (entry,) = entries(cache)
     manifest = yaml.safe_load((cache / entry / model_cache.MANIFEST).read_text())  # JSON is YAML
-    assert set(manifest["key"]) == {"format", "checkpoint", "config", "code_sha256", "options", "tensorflow"}
+    assert set(manifest) == {"key", "tensorflow", "files"}
+    assert set(manifest["key"]) == {"format", "checkpoint", "config", "code_sha256", "options"}
     assert set(manifest["key"]["checkpoint"]) == {"size", "mtime_ns", "inode", "tensors_sha256"}
     assert any(path.endswith("saved_model.pb") for path in manifest["files"])
     assert not [name for name in os.listdir(cache) if name.startswith(model_cache.TEMP_PREFIX)]
@@ -177,6 +180,36 @@ def test_a_garbled_manifest_is_rebuilt(tmp_path, cache, builds, capsys):
     (cache / entry / model_cache.MANIFEST).write_text("{not json")
     render(tmp_path, "second")
     assert "corrupt" in capsys.readouterr().err and len(builds) == 2
+
+
+def test_an_entry_from_another_tensorflow_is_rebuilt_without_a_warning(tmp_path, cache, builds, capsys):
+    # The TensorFlow version is the manifest's, not the key's (the key is made before TensorFlow imports).
+    render(tmp_path, "first")
+    (entry,) = entries(cache)
+    manifest_path = cache / entry / model_cache.MANIFEST
+    manifest = json.loads(manifest_path.read_text())
+    manifest["tensorflow"] = "2.0.0"
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    render(tmp_path, "second")
+    err = capsys.readouterr().err
+    assert "written by TensorFlow 2.0.0; rebuilding it" in err and "warning" not in err
+    assert len(builds) == 2 and entries(cache) == [entry]
+    assert json.loads(manifest_path.read_text())["tensorflow"] != "2.0.0"
+
+
+def test_the_checkpoint_is_read_and_the_entry_verified_while_tensorflow_imports(tmp_path, cache, monkeypatch):
+    render(tmp_path, "first")  # fills the cache
+    seen = {}
+    verify = model_cache.ModelCache.verify
+
+    def watched(self, key):
+        seen["thread"] = threading.current_thread().name
+        return verify(self, key)
+
+    monkeypatch.setattr(model_cache.ModelCache, "verify", watched)
+    render(tmp_path, "second")
+    assert seen["thread"].startswith("checkpoint"), seen
 
 
 def test_two_processes_filling_the_cache_at_once_both_succeed(tmp_path, cache):

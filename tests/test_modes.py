@@ -55,7 +55,7 @@ def cached_models(monkeypatch):
     entry written: run() loads through load_models_and_cache_writer)."""
     load = run.load_models_and_cache_writer
 
-    def remembered(args, config, checkpoint_path, exports=None):
+    def remembered(args, config, checkpoint_path, exports=None, checkpoint=None):
         if args.target == "direct" and not args.prescale:
             return checkpoint_models(str(checkpoint_path), config)
         key = (args.target, str(checkpoint_path), args.exportdir, args.prescale)
