@@ -427,8 +427,9 @@ def render_in_process(args, plan, todo, timings):
 
 
 def in_background(function, *args, name="faces"):
-    """Start function(*args) on a thread of its own; returns a callable that waits for it and returns its
-    result or raises its exception.
+    """Start function(*args) on a thread of its own; returns a callable to call once, which waits for it and
+    returns its result or raises its exception, and then holds it no longer (the checkpoint's tensors are
+    garbage once the models are built from them).
 
     --crop finds faces this way while the model loads: detection spends most of its time in TensorFlow
     ops, which run without the GIL, so with a core free the two overlap (README, Performance: what
@@ -439,7 +440,13 @@ def in_background(function, *args, name="faces"):
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
     future = pool.submit(function, *args)
     pool.shutdown(wait=False)
-    return future.result
+
+    def result():
+        nonlocal future
+        done, future = future, None
+        return done.result()
+
+    return result
 
 
 def load_tensorflow(args, timings=None):
@@ -1120,5 +1127,24 @@ def main(argv=None):
     return 0
 
 
+def exit_without_teardown(code):
+    """End the process with `code` once main has returned and TensorFlow is loaded: run the atexit handlers
+    (temporary folders, logging, Ray), flush the standard streams, and skip the interpreter's teardown,
+    which then frees TensorFlow's objects one by one for 0.8-1.0 s after the output is written (strace:
+    CPU, no I/O). Every file run.py writes is closed before main returns."""
+    import atexit
+
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # a closed pipe (| head): nothing more can reach it
+            pass
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_code = main()
+    if "tensorflow" in sys.modules:
+        exit_without_teardown(exit_code)
+    sys.exit(exit_code)

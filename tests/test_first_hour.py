@@ -320,3 +320,15 @@ def test_build_hint_without_a_checkpoint_by_that_name_has_a_placeholder(tmp_path
     err = capsys.readouterr().err
     assert code == 1 and f"--config {config} --checkpoint '<CHECKPOINT>'" in err, err
     assert "vox-cpk" not in err
+
+
+def test_exit_without_teardown_keeps_the_code_the_atexit_handlers_and_buffered_output():
+    # run.py leaves through os._exit once TensorFlow is loaded (its teardown costs 0.8-1.0 s after the
+    # output is written); what a normal exit guarantees must still happen.
+    code = ("import atexit, sys, run\n"
+            "atexit.register(lambda: print('handler ran'))\n"
+            "sys.stdout.write('buffered, no newline')\n"
+            "run.exit_without_teardown(3)\n")
+    result = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 3, result.stderr
+    assert result.stdout == "buffered, no newlinehandler ran\n"
