@@ -392,7 +392,8 @@ def render_in_process(args, plan, todo, timings):
         backends.set_threads(args.threads)
     checkpoint = None
     if args.target == "direct" and not args.loadwithtorch:
-        # Reading and hashing files release the GIL, so they overlap TensorFlow's import (0.3-0.6 s at vox-256)
+        # 0.5 s of file reads and sha256 at vox-256, which release the GIL, so they overlap TensorFlow's import
+        # (the reader's Python part still waits for the GIL: README, Run E)
         checkpoint = in_background(read_checkpoint, args, plan.config.model, plan.checkpoint_path, name="checkpoint")
     if args.target in ("direct", "savedmodel") or (detects_faces(args) and plan.face_detector is None):
         # mtcnn's face detector runs on TensorFlow too; imported here, not on the thread that finds the faces,
