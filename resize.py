@@ -19,7 +19,9 @@ Only the filtered rows and columns the zoom reads are computed, which also makes
 large frames. Other dtypes than unsigned integers (whose values are never negative, which the signed-zero
 argument above needs) go to skimage itself: see `handles`.
 """
+import functools
 import math
+import typing
 
 import numpy as np
 from skimage import img_as_float
@@ -40,14 +42,11 @@ def resize(image, height, width):
     in_height, in_width = image.shape[:2]
     row_taps = ZoomTaps.along(in_height, height)
     col_taps = ZoomTaps.along(in_width, width)
-    rows, row_at = np.unique(row_taps.index, return_inverse=True)
-    cols, col_at = np.unique(col_taps.index, return_inverse=True)
     if height < in_height or width < in_width:  # skimage anti-aliases when any axis shrinks
-        filtered = filtered_at(image, rows, cols, in_height / height, in_width / width)
+        filtered = filtered_at(image, row_taps.sources, col_taps.sources, in_height / height, in_width / width)
     else:
-        filtered = img_as_float(image[rows][:, cols])
-    out = interpolate(filtered, row_at.reshape(row_taps.index.shape), row_taps.weight,
-                      col_at.reshape(col_taps.index.shape), col_taps.weight)
+        filtered = img_as_float(image[row_taps.sources][:, col_taps.sources])
+    out = interpolate(filtered, row_taps.at, row_taps.weight, col_taps.at, col_taps.weight)
     # The float conversion (x * (1 / 255) for uint8) keeps order, so the range is the converted extremes.
     low, high = img_as_float(np.array([image.min(), image.max()], image.dtype))
     return np.clip(out, low, high, out=out)
@@ -122,15 +121,17 @@ def mirror_coordinate(c, length):
     return c
 
 
-class ZoomTaps:
-    """Along one axis of scipy's order-1 zoom: per output index, the two source indices and their weights."""
+class ZoomTaps(typing.NamedTuple):
+    """Along one axis of scipy's order-1 zoom, per output index: its two source samples, as positions `at`
+    in `sources` (the sorted source indices the zoom reads, which are all the filter needs computing), and
+    their weights. Cached per (input size, output size): every frame of a video has the same."""
+    sources: np.ndarray  # [n] int, sorted, unique
+    at: np.ndarray  # [out, 2] int, into sources
+    weight: np.ndarray  # [out, 2] float64
 
-    def __init__(self, index, weight):
-        self.index = index  # [out, 2] int
-        self.weight = weight  # [out, 2] float64
-
-    @classmethod
-    def along(cls, in_size, out_size):
+    @staticmethod
+    @functools.lru_cache(maxsize=16)
+    def along(in_size, out_size):
         zoom = in_size / out_size  # scipy: input.shape / output_shape, in float64 (grid_mode)
         index = np.empty((out_size, 2), np.intp)
         weight = np.empty((out_size, 2), np.float64)
@@ -143,7 +144,11 @@ class ZoomTaps:
             first = 1.0 - (c - start)
             index[k] = start, start + 1
             weight[k] = first, 1.0 - first
-        return cls(mirror_index(index, in_size), weight)
+        sources, at = np.unique(mirror_index(index, in_size), return_inverse=True)
+        taps = ZoomTaps(sources, at.reshape(index.shape), weight)
+        for array in taps:
+            array.setflags(write=False)  # shared by every later call with these sizes
+        return taps
 
 
 def interpolate(filtered, row_at, row_weight, col_at, col_weight):
