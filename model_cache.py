@@ -328,22 +328,17 @@ def is_entry_name(name):
     return len(name) == 32 and all(c in "0123456789abcdef" for c in name)
 
 
-def direct_models(config, state_dicts, checkpoint_path, prescale=False, device=None, cache=None, precision="float32",
-                  verified=None):
-    """(animate.Models for the direct target, write_entry): the models from the cache when it holds them,
+def direct_models(config, state_dicts, checkpoint_path, verified, cache, prescale=False, precision="float32"):
+    """(animate.Models for the direct target, write_entry): the models from the cache when `verified` (the
+    cache's `verify` of this run's key, which run.py does while TensorFlow imports) found a sound entry,
     else built (animate.direct_modules) with `write_entry()` to store them for the next run (None after
     a hit). The caller writes the entry once its outputs are written, so a cold run's first frame
-    does not wait for the SavedModel to be saved. `verified`: the cache's `verify` of this run's key,
-    when the caller has done it already (run.py, while TensorFlow imported)."""
+    does not wait for the SavedModel to be saved."""
     import animate
 
-    cache = cache or ModelCache()
-    if verified is None:
-        verified = cache.verify(cache_key(config, checkpoint_path, state_dicts, prescale, device, precision))
-    key = verified.key
     calls = cache.load(verified)
     if calls is not None:
         return animate.models_from_calls(calls, config.estimate_jacobian, prescale), None
     tf_modules = animate.direct_modules(config, state_dicts, checkpoint_path, prescale, precision)
     models = animate.models_from_calls(animate.numpy_calls(tf_modules), config.estimate_jacobian, prescale)
-    return models, lambda: cache.store(key, tf_modules)
+    return models, lambda: cache.store(verified.key, tf_modules)

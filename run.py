@@ -1064,8 +1064,8 @@ def load_models_and_cache_writer(args, config, checkpoint_path, exports=None, ch
     if verified is None:
         return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale,
                                      precision=args.precision), None
-    return model_cache.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale, device=args.device,
-                                     cache=model_cache_of_run(), precision=args.precision, verified=verified)
+    return model_cache.direct_models(config, state_dicts, checkpoint_path, verified, model_cache_of_run(),
+                                     prescale=args.prescale, precision=args.precision)
 
 
 def read_checkpoint(args, config, checkpoint_path):
