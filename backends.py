@@ -12,11 +12,13 @@ environment).
 Nothing here imports TensorFlow at module import time: `import backends` is free.
 """
 import contextlib
+import importlib.util
 import os
 import re
 import sys
 import tempfile
 import threading
+import types
 
 VERBOSITIES = ("quiet", "normal", "verbose")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # TensorFlow's own INFO/WARNING lines (not absl's)
@@ -30,6 +32,9 @@ START_UP_NOISE = re.compile(
 
 _verbosity = "verbose" if os.environ.get("FOMM_VERBOSE") == "1" else "normal"
 _threads = None  # None: every core (each runtime's default)
+_import_lock = threading.RLock()  # a thread that finds faces and one that loads the model may both import
+_runtime = None  # saved_model_runtime()'s namespace, once imported
+_whole = None  # the tensorflow module, once tensorflow() has imported and configured it
 
 
 def set_verbosity(level):
@@ -52,8 +57,10 @@ def set_threads(count):
     """
     global _threads
     _threads = count
-    if "tensorflow" in sys.modules:
-        _apply_tensorflow_threads(sys.modules["tensorflow"])
+    with _import_lock:
+        loaded = _runtime or sys.modules.get("tensorflow")
+        if loaded is not None:
+            _apply_tensorflow_threads(loaded)
 
 
 def threads():
@@ -128,19 +135,94 @@ def _replay(text):
 
 
 def tensorflow():
-    """`import tensorflow` (and Keras), without its start-up lines; returns the tensorflow module."""
-    if "tensorflow" not in sys.modules:
-        with native_output_hidden(), _ipython_unimportable():
-            import tensorflow as tf
-            import keras  # noqa: F401  (its import prints through TensorFlow's logger too)
+    """`import tensorflow` (and Keras), without its start-up lines; returns the tensorflow module.
 
-            if _verbosity != "verbose":
-                tf.get_logger().setLevel("ERROR")  # "WARNING:tensorflow:..." from tracing and saving
-                _quiet_absl_python_logging()
-            _apply_tensorflow_threads(tf)
-            if not keeps_graph_rewrites(tf):
-                tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
-    return sys.modules["tensorflow"]
+    After `saved_model_runtime()` this completes that import: TensorFlow's __init__ runs in the module
+    object already in sys.modules."""
+    global _whole
+    with _import_lock:
+        if _whole is None:  # also where someone else imported it (tf2onnx, a notebook): configured once here
+            with native_output_hidden(), _ipython_unimportable():
+                tf = _whole_tensorflow()
+                import keras  # noqa: F401  (its import prints through TensorFlow's logger too)
+
+                _configure_tensorflow(tf)
+            _whole = tf
+    return _whole
+
+
+def saved_model_runtime():
+    """What running a SavedModel takes from TensorFlow, without `import tensorflow`'s public API modules.
+
+    `import tensorflow` spends most of its time in the API modules its __init__ imports (tf.data,
+    tf.distribute, feature columns, Keras): 2.7-3.0 s here, where what tf.saved_model.load and a
+    signature call need imports in 1.2-1.4 s. The savedmodel target and the direct target's model cache
+    call SavedModels and nothing else, so they import that much: the package is registered in
+    sys.modules without running its __init__ (a _DeferredTensorFlow), the modules below are imported from
+    it, and the first attribute anyone reads from the package, or a `tensorflow()` call, runs the __init__
+    after all. Returns a namespace with the tf.* names those callers use: saved_model, constant, float32,
+    __version__, config. The module paths are TensorFlow's internal ones (tested for the TensorFlow
+    requirements.txt allows); where one is missing this falls back to the whole import.
+    """
+    global _runtime
+    with _import_lock:
+        if _runtime is None:
+            with native_output_hidden():
+                _runtime = _tensorflow_parts()
+                _configure_tensorflow(_runtime)
+    return _runtime
+
+
+class _DeferredTensorFlow(types.ModuleType):
+    """sys.modules["tensorflow"] while only saved_model_runtime()'s modules are imported from it."""
+
+    def __getattr__(self, name):
+        tensorflow()  # any public name (tf.keras, tf.__version__): the whole import, then the name
+        return getattr(self, name)
+
+
+def _whole_tensorflow():
+    tf = sys.modules.get("tensorflow")
+    if not isinstance(tf, _DeferredTensorFlow):
+        import tensorflow as tf
+        return tf
+    tf.__class__ = types.ModuleType  # first: an attribute the __init__ reads before setting must not recurse here
+    tf.__spec__.loader.exec_module(tf)
+    return tf
+
+
+def _tensorflow_parts():
+    if "tensorflow" not in sys.modules:
+        spec = importlib.util.find_spec("tensorflow")
+        if spec is None:
+            raise ImportError("No module named 'tensorflow'")
+        package = _DeferredTensorFlow("tensorflow")
+        package.__spec__, package.__loader__, package.__file__ = spec, spec.loader, spec.origin
+        package.__path__, package.__package__ = list(spec.submodule_search_locations), "tensorflow"
+        sys.modules["tensorflow"] = package
+    try:
+        from tensorflow.python import tf2
+
+        tf2.enable()  # TensorFlow's __init__ does this first: eager execution is on only if it precedes eager.context
+        from tensorflow._api.v2 import config, saved_model
+        from tensorflow.python.framework import constant_op, dtypes, versions
+        from tensorflow.python.platform import tf_logging
+    except (ImportError, AttributeError):  # another TensorFlow's layout: the public module has the same names
+        return tensorflow()
+    return types.SimpleNamespace(saved_model=saved_model, config=config, constant=constant_op.constant,
+                                 float32=dtypes.float32, get_logger=tf_logging.get_logger,
+                                 __version__=versions.__version__)
+
+
+def _configure_tensorflow(tf):
+    """Quiet loggers, --threads and Grappler's setting, before the runtime initialises; `tf` is the module
+    or saved_model_runtime()'s namespace."""
+    if _verbosity != "verbose":
+        tf.get_logger().setLevel("ERROR")  # "WARNING:tensorflow:..." from tracing and saving
+        _quiet_absl_python_logging()
+    _apply_tensorflow_threads(tf)
+    if not keeps_graph_rewrites(tf):
+        tf.config.optimizer.set_experimental_options({"disable_meta_optimizer": True})
 
 
 def keeps_graph_rewrites(tf, flags=None):

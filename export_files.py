@@ -104,19 +104,27 @@ def unfused_delegate_options(interpreter_class):
     return {UNFUSED_DELEGATE: True} if UNFUSED_DELEGATE in inspect.signature(interpreter_class).parameters else {}
 
 
+def savedmodel_calls(path):
+    """{signature name: callable over numpy keyword inputs, returning {output name: numpy}} of a SavedModel.
+
+    TensorFlow's import is backends.saved_model_runtime()'s: loading and calling need no more."""
+    tf = backends.saved_model_runtime()
+    loaded = tf.saved_model.load(path)
+
+    def numpy_call(function):
+        def call(**inputs):
+            outputs = function(**{name: tf.constant(value, tf.float32) for name, value in inputs.items()})
+            return {name: value.numpy() for name, value in outputs.items()}
+
+        call.saved_model = loaded  # signatures hold the loaded variables only weakly: keep them alive
+        return call
+
+    return {name: numpy_call(function) for name, function in loaded.signatures.items()}
+
+
 def savedmodel_function(path):
     """Run a SavedModel's serving_default with numpy keyword inputs; returns {output name: numpy}."""
-    tf = backends.tensorflow()
-
-    loaded = tf.saved_model.load(path)
-    function = loaded.signatures[SIGNATURE_KEY]
-
-    def call(**inputs):
-        outputs = function(**{name: tf.constant(value, tf.float32) for name, value in inputs.items()})
-        return {name: value.numpy() for name, value in outputs.items()}
-
-    call.saved_model = loaded  # the signature holds the loaded variables only weakly: keep them alive
-    return call
+    return savedmodel_calls(path)[SIGNATURE_KEY]
 
 
 def tflite_function(path):

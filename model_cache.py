@@ -29,6 +29,7 @@ import shutil
 import tempfile
 
 import backends  # free: TensorFlow itself imports only when an entry is loaded or saved
+import export_files
 
 ENV_VAR = "FOMM_CACHE_DIR"
 FOLDER_NAME = "first-order-model-tf"
@@ -189,22 +190,6 @@ def save_modules(tf_modules, path):
     tf.saved_model.save(root, path, signatures={name: tf_modules[name].concrete_function() for name in MODULES})
 
 
-def load_calls(path):
-    """{module name: callable over numpy keyword inputs} of a SavedModel save_modules wrote."""
-    tf = backends.tensorflow()
-    loaded = tf.saved_model.load(path)
-
-    def numpy_call(function):
-        def call(**inputs):
-            outputs = function(**{name: tf.constant(value, tf.float32) for name, value in inputs.items()})
-            return {name: value.numpy() for name, value in outputs.items()}
-
-        call.saved_model = loaded  # signatures hold the loaded variables only weakly: keep them alive
-        return call
-
-    return {name: numpy_call(function) for name, function in loaded.signatures.items()}
-
-
 @dataclasses.dataclass
 class Verified:
     """What `ModelCache.verify` found for a key: no entry (path None), a sound one, or a corrupt one."""
@@ -252,14 +237,14 @@ class ModelCache:
             return None
         if verified.problem is not None:
             return self.discard(verified.path, verified.problem)
-        tf = backends.tensorflow()
-        if verified.tensorflow != tf.__version__:
+        version = backends.saved_model_runtime().__version__
+        if verified.tensorflow != version:
             self.status(f"model cache entry {verified.path} was written by TensorFlow {verified.tensorflow}; "
-                        f"rebuilding it for {tf.__version__}")
+                        f"rebuilding it for {version}")
             self.remove(verified.path)
             return None
         try:
-            calls = load_calls(os.path.join(verified.path, SAVED_MODEL))
+            calls = export_files.savedmodel_calls(os.path.join(verified.path, SAVED_MODEL))
             if set(calls) != set(MODULES):
                 raise CorruptEntry(f"signatures {sorted(calls)} instead of {list(MODULES)}")
             return calls

@@ -398,7 +398,7 @@ def render_in_process(args, plan, todo, timings):
     if args.target in ("direct", "savedmodel") or (detects_faces(args) and plan.face_detector is None):
         # mtcnn's face detector runs on TensorFlow too; imported here, not on the thread that finds the faces,
         # so that it never imports while this thread imports the model's runtime
-        load_tensorflow(args, timings)
+        load_tensorflow(args, plan, timings)
         check_device(args.device)
     elif plan.face_detector is not None:
         backends.tflite_interpreter_class()  # LiteRT, which both threads run, imported once, here
@@ -450,12 +450,24 @@ def in_background(function, *args, name="faces"):
     return result
 
 
-def load_tensorflow(args, timings=None):
-    """backends.tensorflow(). On an onnx target (tflite without build.py's LiteRT detector files) only --crop's
-    mtcnn detector needs it, so --profile times the import there as "load TensorFlow", part of what --crop costs."""
+def load_tensorflow(args, plan, timings=None):
+    """TensorFlow for this run. Where it only loads and calls SavedModels (the savedmodel target, the direct
+    target's model cache) that is backends.saved_model_runtime(), 1.5 s sooner than the whole import, which
+    then follows only if a model is built after all (a cache miss). On an onnx target (tflite without
+    build.py's LiteRT detector files) only --crop's mtcnn detector needs it, so --profile times the import
+    there as "load TensorFlow", part of what --crop costs."""
+    load = backends.tensorflow if needs_whole_tensorflow(args, plan) else backends.saved_model_runtime
     if timings is None or args.target in ("direct", "savedmodel"):
-        return backends.tensorflow()
-    return timings.timed("load TensorFlow", backends.tensorflow)()
+        return load()
+    return timings.timed("load TensorFlow", load)()
+
+
+def needs_whole_tensorflow(args, plan):
+    """Whether the run uses more of TensorFlow than SavedModel calls: Keras builds the direct target's models
+    without the cache; mtcnn finds faces (no LiteRT detector files); --device places ops; --profile traces."""
+    builds = args.target == "direct" and (args.no_cache or args.loadwithtorch)
+    mtcnn = detects_faces(args) and plan.face_detector is None
+    return builds or mtcnn or args.target not in ("direct", "savedmodel") or args.device is not None or args.profile
 
 
 def execute(args, models, job, drawer=None, timings=None, trace=None):

@@ -538,6 +538,21 @@ def test_tflite_run_never_imports_tensorflow(builds, tmp_path, hardcode):
     np.testing.assert_array_equal(np.stack(ours), np.stack(expected))
 
 
+def test_savedmodel_run_imports_no_keras_and_gives_the_frames_of_a_whole_tensorflow(builds, tmp_path):
+    """The savedmodel target imports backends.saved_model_runtime()'s part of TensorFlow only (no Keras, no
+    tf.data API), and its frames are those of this process, where all of TensorFlow is imported."""
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = str(builds.root(VARIANT_FIXTURE))
+    result = run_main_in_fresh_process(run_args(fx, tmp_path / "fresh", "--relative", "--adapt", "--target",
+                                                "savedmodel", "--exportdir", root))
+    assert result.stdout.strip().splitlines()[-1] == "0 ['tensorflow']", result.stdout + result.stderr
+    assert run.main(run_args(fx, tmp_path / "whole", "--relative", "--adapt", "--target", "savedmodel",
+                             "--exportdir", root)) == 0
+    ours, expected = read_png_frames(tmp_path / "fresh"), read_png_frames(tmp_path / "whole")
+    assert len(ours) == len(expected) > 0
+    np.testing.assert_array_equal(np.stack(ours), np.stack(expected))
+
+
 # --------------------------------------------------------------------------------------------------
 # --crop on the tflite target: faces found on LiteRT with build.py's detector files
 # --------------------------------------------------------------------------------------------------

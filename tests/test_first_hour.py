@@ -123,6 +123,23 @@ def test_tensorflow_start_up_skips_ipython_and_leaves_it_importable():
     assert result.stdout.split("\n")[:2] == ["IPython not imported", "IPython importable"], result.stdout
 
 
+def test_saved_model_runtime_leaves_out_the_public_api_until_something_asks():
+    # The savedmodel target and the direct target's cache import this much; tf.<anything> then imports the rest.
+    script = (f"import sys; sys.path.insert(0, {str(REPO)!r})\n"
+              "import backends\n"
+              "tf = backends.saved_model_runtime()\n"
+              "print(sorted(name for name in ('keras', 'tensorflow._api.v2.data', 'tensorflow._api.v2.distribute')"
+              " if name in sys.modules))\n"
+              "print(tf.constant([1.5], tf.float32).numpy().tolist())\n"
+              "import tensorflow\n"
+              "print(tensorflow.executing_eagerly(), tensorflow.__version__ == tf.__version__, 'keras' in sys.modules)\n"
+              "print(backends.tensorflow() is tensorflow, hasattr(tensorflow, 'keras'))\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=NOISY_ENV)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "[1.5]", "True True True", "True True"], result.stdout
+    assert_only_our_lines(result.stderr)
+
+
 def test_graph_rewrites_are_kept_only_on_amx_cpus_and_gpus():
     import backends
 

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, load_fixture, read_png_frames, run_args, stderr_lines
+from conftest import REPO, load_fixture, read_png_frames, run_args, run_main_in_fresh_process, stderr_lines
 
 import animate
 import model_cache
@@ -210,6 +210,19 @@ def test_the_checkpoint_is_read_and_the_entry_verified_while_tensorflow_imports(
     monkeypatch.setattr(model_cache.ModelCache, "verify", watched)
     render(tmp_path, "second")
     assert seen["thread"].startswith("checkpoint"), seen
+
+
+def test_a_hit_in_a_fresh_process_imports_no_keras(tmp_path, cache):
+    # A miss builds with Keras (run.py completes TensorFlow's import then); a hit loads the entry with
+    # backends.saved_model_runtime()'s part of TensorFlow alone. Both give the frames of an uncached run.
+    uncached = render(tmp_path, "uncached", "--no_cache")
+    args = run_args(load_fixture(FIXTURE), tmp_path / "{}", "--relative", "--adapt")
+    imported = []
+    for name in ("miss", "hit"):
+        result = run_main_in_fresh_process([arg.replace("{}", name) for arg in args])
+        imported.append(result.stdout.strip().splitlines()[-1])
+        np.testing.assert_array_equal(read_png_frames(tmp_path / name), uncached)
+    assert imported == ["0 ['keras', 'tensorflow']", "0 ['tensorflow']"], imported
 
 
 def test_two_processes_filling_the_cache_at_once_both_succeed(tmp_path, cache):
