@@ -392,9 +392,7 @@ def render_in_process(args, plan, todo, timings):
         backends.set_threads(args.threads)
     checkpoint = None
     if args.target == "direct" and not args.loadwithtorch:
-        # 0.5 s of file reads and sha256 at vox-256, which release the GIL, so they overlap TensorFlow's import
-        # (the reader's Python part still waits for the GIL: README, Run E)
-        checkpoint = in_background(read_checkpoint, args, plan.config.model, plan.checkpoint_path, name="checkpoint")
+        checkpoint = read_checkpoint(args, plan.config.model, plan.checkpoint_path, verify_in_background=True)
     if args.target in ("direct", "savedmodel") or (detects_faces(args) and plan.face_detector is None):
         # mtcnn's face detector runs on TensorFlow too; imported here, not on the thread that finds the faces,
         # so that it never imports while this thread imports the model's runtime
@@ -434,7 +432,7 @@ def in_background(function, *args, name="faces"):
 
     --crop finds faces this way while the model loads: detection spends most of its time in TensorFlow
     ops, which run without the GIL, so with a core free the two overlap (README, Performance: what
-    --crop adds). The direct target reads its checkpoint this way while TensorFlow imports.
+    --crop adds). The direct target checks its model cache entry this way while TensorFlow imports.
     """
     import concurrent.futures
 
@@ -1068,11 +1066,10 @@ def load_models(args, config, checkpoint_path, exports=None):
 
 def load_models_and_cache_writer(args, config, checkpoint_path, exports=None, checkpoint=None):
     """(load_models' Models, a callable that writes the direct target's model cache entry after a miss, or
-    None when there is nothing to write). `checkpoint`: waits for read_checkpoint's result when a thread
-    has been reading it."""
+    None when there is nothing to write). `checkpoint`: read_checkpoint's callable, when it has run already."""
     if args.target != "direct":
         return (exports or export_checks.check_exports(args, checkpoint_path)).load(args.target), None
-    state_dicts, verified = checkpoint() if checkpoint else read_checkpoint(args, config, checkpoint_path)
+    state_dicts, verified = (checkpoint or read_checkpoint(args, config, checkpoint_path))()
     if verified is None:
         return animate.direct_models(config, state_dicts, checkpoint_path, prescale=args.prescale,
                                      precision=args.precision), None
@@ -1080,14 +1077,27 @@ def load_models_and_cache_writer(args, config, checkpoint_path, exports=None, ch
                                      prescale=args.prescale, precision=args.precision)
 
 
-def read_checkpoint(args, config, checkpoint_path):
-    """What the direct target reads before it needs TensorFlow: (the checkpoint's tensors, the model cache's
-    verify of this run's entry, or None with --no_cache). Files and hashes only, nothing printed."""
+def read_checkpoint(args, config, checkpoint_path, verify_in_background=False):
+    """What the direct target reads before it needs TensorFlow: the checkpoint's tensors and the model cache
+    entry's check (its files' sha256, 0.2-0.4 s at vox-256). Returns a callable for (the tensors, the cache's
+    Verified, or None with --no_cache). Files and hashes only, nothing printed.
+
+    verify_in_background: the entry is checked on a thread while TensorFlow imports (sha256 runs without
+    the GIL). The checkpoint itself is read here: parsing it is Python work, which on a thread took as
+    long again as it competed with the import for the GIL (README, Run F)."""
     state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
-    if args.no_cache:
-        return state_dicts, None
-    key = model_cache.cache_key(config, checkpoint_path, state_dicts, args.prescale, args.device, args.precision)
-    return state_dicts, model_cache_of_run().verify(key)
+    verified = lambda: None  # noqa: E731
+    if not args.no_cache:
+        key = model_cache.cache_key(config, checkpoint_path, state_dicts, args.prescale, args.device, args.precision)
+        verify = functools.partial(model_cache_of_run().verify, key)
+        verified = in_background(verify, name="cache-entry") if verify_in_background else verify
+
+    def result():  # once: the tensors are garbage once the models are built from them
+        nonlocal state_dicts
+        handed, state_dicts = state_dicts, None
+        return handed, verified()
+
+    return result
 
 
 def model_cache_of_run():

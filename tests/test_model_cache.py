@@ -198,7 +198,7 @@ def test_an_entry_from_another_tensorflow_is_rebuilt_without_a_warning(tmp_path,
     assert json.loads(manifest_path.read_text())["tensorflow"] != "2.0.0"
 
 
-def test_the_checkpoint_is_read_and_the_entry_verified_while_tensorflow_imports(tmp_path, cache, monkeypatch):
+def test_the_entry_is_verified_while_tensorflow_imports(tmp_path, cache, monkeypatch):
     render(tmp_path, "first")  # fills the cache
     seen = {}
     verify = model_cache.ModelCache.verify
@@ -209,7 +209,7 @@ def test_the_checkpoint_is_read_and_the_entry_verified_while_tensorflow_imports(
 
     monkeypatch.setattr(model_cache.ModelCache, "verify", watched)
     render(tmp_path, "second")
-    assert seen["thread"].startswith("checkpoint"), seen
+    assert seen["thread"].startswith("cache-entry"), seen
 
 
 def test_a_hit_in_a_fresh_process_imports_no_keras(tmp_path, cache):
