@@ -450,7 +450,7 @@ def in_background(function, *args, name="faces"):
 
 def load_tensorflow(args, plan, timings=None):
     """TensorFlow for this run. Where it only loads and calls SavedModels (the savedmodel target, the direct
-    target's model cache) that is backends.saved_model_runtime(), 1.5 s sooner than the whole import, which
+    target's model cache) that is backends.saved_model_runtime(), about 1.2 s sooner than the whole import, which
     then follows only if a model is built after all (a cache miss). On an onnx target (tflite without
     build.py's LiteRT detector files) only --crop's mtcnn detector needs it, so --profile times the import
     there as "load TensorFlow", part of what --crop costs."""
@@ -1083,8 +1083,8 @@ def read_checkpoint(args, config, checkpoint_path, verify_in_background=False):
     Verified, or None with --no_cache). Files and hashes only, nothing printed.
 
     verify_in_background: the entry is checked on a thread while TensorFlow imports (sha256 runs without
-    the GIL). The checkpoint itself is read here: parsing it is Python work, which on a thread took as
-    long again as it competed with the import for the GIL (README, Run F)."""
+    the GIL). The checkpoint itself is read here, before: parsing it is Python work, which on a thread
+    slowed the import about as much as it overlapped it (README, Run F)."""
     state_dicts = checkpoint_loader.load_state_dicts(checkpoint_path, use_torch=args.loadwithtorch)
     verified = lambda: None  # noqa: E731
     if not args.no_cache:
