@@ -27,7 +27,8 @@ to its AVX2 kernels. The streaming check runs run.py on synthetic 64- and
 --end_to_end N,M times what users wait for: a fresh run.py process per target (direct with an empty and
 with a filled model cache, savedmodel, tflite, tflite-int8, onnx, the bfloat16 rows) and the original's
 demo.py path, from the command's start to the first frame, to the output file written, and to exit, on
-clips of N and M frames.
+clips of N and M frames; then what each of those rows imports before its model loads (TensorFlow's
+SavedModel runtime, all of TensorFlow, LiteRT, onnxruntime, torch), timed alone in fresh processes.
 
 --crop N times what run.py --crop adds (issue 14's budget: at most 15% of the end-to-end time): per target
 (direct, savedmodel, tflite, onnx among --targets), a fresh run.py on the cropped inputs (the source image,
@@ -719,7 +720,9 @@ def job_end_to_end(spec):
     process it was forked from, so they are started from a small one."""
     import types
 
-    return {"rows": end_to_end(types.SimpleNamespace(**spec), spec["tmpdir"])}
+    rows = end_to_end(types.SimpleNamespace(**spec), spec["tmpdir"])
+    print(f"import times: {IMPORT_ROUNDS} rounds of fresh processes ...", flush=True)
+    return {"rows": rows, "imports": import_seconds(end_to_end_rows(spec["targets"]))}
 
 
 def end_to_end(args, tmpdir):
@@ -744,6 +747,45 @@ def end_to_end(args, tmpdir):
             results.append(dict(timed_process(command, frames, env), target=row, frames=frames))
         os.remove(clip)
     return results
+
+
+# What each end-to-end row's process imports before its model loads (run.py's load_tensorflow and
+# backends.tflite_interpreter_class; the original's torch), timed alone in fresh processes.
+ROW_IMPORTS = {"direct-cold": "backends.saved_model_runtime(); backends.tensorflow()",  # a miss imports it all
+               "direct-warm": "backends.saved_model_runtime()", "savedmodel": "backends.saved_model_runtime()",
+               "tflite": "backends.tflite_interpreter_class()", "onnx": "import onnxruntime",
+               "original": "import torch"}
+IMPORT_ROUNDS = 3
+
+
+def row_import(row):
+    """ROW_IMPORTS' statement for an end-to-end row (a bfloat16 or int8 row imports what its float32 row does)."""
+    return ROW_IMPORTS[row.replace("-bfloat16", "").replace("-int8", "")]
+
+
+def import_seconds(rows, rounds=IMPORT_ROUNDS):
+    """{row: [seconds, one per round]}: a fresh interpreter per row and round runs row_import(row) and
+    prints how long it took; the rounds alternate between the rows, so a busy moment of the shared host
+    lands on all of them. A row whose import fails (no onnxruntime, no torch) gets no entry."""
+    script = ("import sys, time; sys.path.insert(0, {repo!r}); import backends; started = time.perf_counter(); "
+              "{statement}; print(time.perf_counter() - started)")
+    seconds = {}
+    for _ in range(rounds):
+        for row in dict.fromkeys(rows):
+            done = subprocess.run([sys.executable, "-c", script.format(repo=REPO_DIR, statement=row_import(row))],
+                                  capture_output=True, text=True, cwd=REPO_DIR)
+            if done.returncode == 0:
+                seconds.setdefault(row, []).append(float(done.stdout.split()[-1]))
+    return seconds
+
+
+def import_table(seconds):
+    lines = ["| target | imports | s, fastest | s, median | s, slowest |", "|---|---|---|---|---|"]
+    for row, values in seconds.items():
+        values = sorted(values)
+        lines.append(f"| {row} | `{row_import(row)}` | {values[0]:.2f} | {values[len(values) // 2]:.2f} "
+                     f"| {values[-1]:.2f} |")
+    return "\n".join(lines)
 
 
 def read_through(path):
@@ -1159,6 +1201,10 @@ def print_report(report):
         print(f"\nEnd to end, checkpoint {report['checkpoint']} (a fresh process per row: command start -> first "
               f"frame, output written, exit):\n")
         print(end_to_end_table(end_to_end_report["rows"], report["rows"]))
+        if end_to_end_report.get("imports"):
+            print(f"\nWhat each row imports before its model loads, alone in a fresh process "
+                  f"({IMPORT_ROUNDS} alternating rounds):\n")
+            print(import_table(end_to_end_report["imports"]))
     crop_report = report.get("crop")
     if crop_report and "error" in crop_report:
         print(f"\n--crop rows failed: {crop_report['error']}")

@@ -137,6 +137,19 @@ def test_end_to_end_overhead_is_what_the_frames_at_the_steady_rate_do_not_explai
     assert "| direct-cold | 32 | 1.0 | 15.0 | 16.0 | 1.33x | 7.0 | 100 |" in lines
 
 
+def test_import_times_run_each_rows_import_in_fresh_processes():
+    import benchmark
+
+    every_row = benchmark.end_to_end_rows(list(benchmark.END_TO_END_ROWS))
+    assert {benchmark.row_import(row) for row in every_row} <= set(benchmark.ROW_IMPORTS.values())
+    assert benchmark.row_import("savedmodel-bfloat16") == benchmark.row_import("savedmodel")
+    seconds = benchmark.import_seconds(["tflite", "tflite-int8"], rounds=2)
+    assert set(seconds) == {"tflite", "tflite-int8"} and all(len(values) == 2 for values in seconds.values())
+    assert all(value > 0 for values in seconds.values() for value in values)
+    table = benchmark.import_table({"tflite": [0.3, 0.1, 0.2]}).splitlines()
+    assert table[2] == "| tflite | `backends.tflite_interpreter_class()` | 0.10 | 0.20 | 0.30 |"
+
+
 def test_bfloat16_end_to_end_rows_run_run_py_at_bfloat16_and_count_against_their_steady_row():
     import types
 
