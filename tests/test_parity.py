@@ -136,3 +136,24 @@ def test_small_images_run_the_conv_as_a_matmul_of_their_patches(height, width, k
     ours = modules.valid_conv_as_matmul(x, kernel).numpy()
     assert ours.shape == expected.shape and max_abs(ours, expected) <= 1e-5
     assert modules.is_small_image(x) == (height * width <= 16)
+
+
+def test_batch_norm_folds_in_float64_and_rounds_once_to_float32():
+    """fold_batch_norm's kernel is float64(kernel) * (gamma / sqrt(var + eps)) rounded once to float32, to
+    the bit (it computes that a buffer at a time, never holding a float64 copy of the kernel)."""
+    import numpy as np
+
+    import modules
+
+    rng = np.random.default_rng(7)
+    kernel = (rng.standard_normal((3, 3, 40, 24)) * 0.05).astype(np.float32)
+    bias = rng.standard_normal(24).astype(np.float32)
+    gamma, beta, mean = (rng.standard_normal(24).astype(np.float32) for _ in range(3))
+    var = rng.random(24).astype(np.float32) + 0.1
+    folded_kernel, folded_bias = modules.fold_batch_norm(kernel, bias, (gamma, beta, mean, var))
+    scale = gamma.astype(np.float64) / np.sqrt(var.astype(np.float64) + modules.TORCH_BATCH_NORM_EPSILON)
+    expected = (kernel.astype(np.float64) * scale).astype(np.float32)
+    assert folded_kernel.dtype == np.float32 and folded_kernel.shape == kernel.shape
+    np.testing.assert_array_equal(folded_kernel.view(np.uint32), expected.view(np.uint32))
+    assert not np.array_equal(folded_kernel, (kernel * scale.astype(np.float32)))  # float32 arithmetic differs
+    np.testing.assert_array_equal(folded_bias, ((bias - mean.astype(np.float64)) * scale + beta).astype(np.float32))
