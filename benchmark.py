@@ -216,9 +216,10 @@ def job_build(spec):
         args = build.parse_args(["--model", EXPORT_NAME, "--outdir", spec["outdir"], *build_flags])
         calibration = random_weights_calibration(config, args)
         for name in module_names:
-            keras.utils.set_random_seed(0)  # the same weights in every module that holds the generator
-            module = build.make_module(name, config, None, "random weights", args)  # None: random weights
-            build.export_module(module, EXPORT_NAME, name, args, time.perf_counter(), calibration.get(name))
+            def make(winograd=False, name=name, args=args):
+                keras.utils.set_random_seed(0)  # the same weights in every module (and build) of the generator
+                return build.make_module(name, config, None, "random weights", args, winograd)  # None: random
+            build.build_and_export(make, EXPORT_NAME, name, args, calibration.get(name))
     return {}
 
 

@@ -7,6 +7,7 @@ Each export is built once per session (in-process build.main calls into temporar
 build-flag variants and TF.js are built for the `vox` fixture only, to keep the suite fast.
 """
 import base64
+import functools
 import json
 import os
 import shutil
@@ -174,6 +175,54 @@ def test_float16_file_sits_beside_float32(builds):
         assert os.path.isfile(float32) and os.path.isfile(float16)
         assert export_files.read_signature_json("tflite", float16)["float16"] is True
     assert "DEQUANTIZE" in export_files.tflite_ops(export_files.tflite_path(root, MODEL, "generator", True))
+
+
+# --------------------------------------------------------------------------------------------------
+# The float TF Lite generators' Winograd convs (build.winograd_for_tflite)
+# --------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def winograd_root(tmp_path_factory):
+    """The vox fixture's generator, float32, float16 and dynamic-range int8, with the Winograd threshold
+    lowered to its 16-channel bottleneck (the published configs' 256 pass the real one)."""
+    import modules
+
+    fx = load_fixture(VARIANT_FIXTURE)
+    root = tmp_path_factory.mktemp("exports-winograd")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(modules, "WINOGRAD_MIN_CHANNELS", 1)
+        assert build.main(["--config", str(fx.config_path), "--checkpoint", str(fx.checkpoint()), "--outdir",
+                           str(root), "--module", "generator", "--float16", "--int8"]) == 0
+    return root
+
+
+def savedmodel_op_types(path):
+    """Every op type in a SavedModel's graph and its functions."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    with open(os.path.join(path, "saved_model.pb"), "rb") as f:
+        saved.ParseFromString(f.read())
+    graph = saved.meta_graphs[0].graph_def
+    return {node.op for node in graph.node} | {node.op for f in graph.library.function for node in f.node_def}
+
+
+def test_float_tflite_generators_run_winograd_convs_and_match_original(winograd_root):
+    fx = load_fixture(VARIANT_FIXTURE)
+    path = functools.partial(export_files.tflite_path, winograd_root, MODEL, "generator")
+    # SPACE_TO_DEPTH gathers the Winograd tiles; nothing else in the generator uses it
+    assert "SPACE_TO_DEPTH" in export_files.tflite_ops(path(False, False))
+    assert "SPACE_TO_DEPTH" in export_files.tflite_ops(path(True, False))
+    assert "SPACE_TO_DEPTH" not in export_files.tflite_ops(path(False, True))  # int8 keeps the plain convs
+    saved_model = export_files.savedmodel_path(winograd_root, MODEL, "generator")
+    assert "SpaceToDepth" not in savedmodel_op_types(saved_model)  # the savedmodel target's graph stays plain
+    assert not [name for name in os.listdir(os.path.dirname(saved_model)) if name.startswith(".")]  # no leftovers
+    ours = export_files.load_export("tflite", path(False, False))(**generator_inputs(fx))
+    assert max_abs(ours["prediction"], nchw_to_nhwc(fx.ref["prediction"])) <= PREDICTION_TOL
+    for key in ("mask", "occlusion_map", "deformed"):
+        assert max_abs(ours[key], nchw_to_nhwc(fx.ref[key])) <= INTERMEDIATE_TOL, key
+    half = export_files.load_export("tflite", path(True, False))(**generator_inputs(fx))["prediction"]
+    assert max_abs(half, nchw_to_nhwc(fx.ref["prediction"])) <= FLOAT16_PREDICTION_MAX
 
 
 def export_path(target, root, module, float16=False):

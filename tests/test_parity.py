@@ -157,3 +157,42 @@ def test_batch_norm_folds_in_float64_and_rounds_once_to_float32():
     np.testing.assert_array_equal(folded_kernel.view(np.uint32), expected.view(np.uint32))
     assert not np.array_equal(folded_kernel, (kernel * scale.astype(np.float32)))  # float32 arithmetic differs
     np.testing.assert_array_equal(folded_bias, ((bias - mean.astype(np.float64)) * scale + beta).astype(np.float32))
+
+
+def test_winograd_generator_matches_original(fixture, monkeypatch):
+    # The TF Lite files' generator (build.winograd_for_tflite); the fixtures' 16-channel bottlenecks pass a
+    # lowered threshold (the published configs' 256 pass the real one).
+    import checkpoint_loader
+    import modules
+
+    monkeypatch.setattr(modules, "WINOGRAD_MIN_CHANNELS", 1)
+    config = fixture.config()
+    state = checkpoint_loader.load_state_dicts(fixture.checkpoint("legacy"))
+    generator = modules.load_generator(config, state, winograd=True)
+    assert all(isinstance(block, modules.WinogradResBlock) for block in generator.bottleneck)
+    out = generator(nchw_to_nhwc(fixture.ref["source"]), fixture.generator_kp_driving(), fixture.kp("kp_source"))
+    assert max_abs(out["prediction"], nchw_to_nhwc(fixture.ref["prediction"])) <= PREDICTION_TOL
+    for key in ("deformed", "mask", "occlusion_map"):
+        if key in fixture.ref:
+            assert max_abs(out[key], nchw_to_nhwc(fixture.ref[key])) <= INTERMEDIATE_TOL, key
+
+
+@pytest.mark.parametrize("height,width", [(8, 8), (7, 9), (5, 4), (2, 3)])
+def test_winograd_conv_is_a_same_conv_no_less_exact_than_tensorflows(height, width):
+    """winograd_conv against the float64 conv: odd sizes (a zero row or column added, then cropped) included,
+    and its float32 error no larger than twice tf.nn.conv2d's on the same float32 inputs."""
+    import numpy as np
+    import tensorflow as tf
+
+    import modules
+
+    rng = np.random.default_rng(height * 10 + width)
+    x = rng.standard_normal((2, height, width, 24)).astype(np.float32)
+    kernel = rng.standard_normal((3, 3, 24, 7)).astype(np.float32)
+    bias = rng.standard_normal(7).astype(np.float32)
+    exact = tf.nn.conv2d(x.astype(np.float64), kernel.astype(np.float64), 1, "SAME").numpy() + bias
+    direct = tf.nn.conv2d(x, kernel, 1, "SAME").numpy() + bias
+    ours = modules.winograd_conv(tf.constant(x), tf.constant(modules.winograd_kernel(kernel)), tf.constant(bias)).numpy()
+    assert ours.shape == exact.shape
+    assert max_abs(ours, exact) <= max(2 * max_abs(direct, exact), 1e-5)
+    assert max_abs(ours, exact) <= 1e-4
