@@ -6,9 +6,9 @@ Reads top-down, like the paper:
   3. the three networks (KPDetector, DenseMotionNetwork + OcclusionAwareGenerator, ProcessKpDriving)
   4. tf.Module wrappers with fixed signatures, and build_module: config + checkpoint -> module
   5. inference rewrites: fused replacements for the blocks of sections 2-3 (BatchNorm folded into its
-     conv, nearest-up + conv as one sub-pixel conv, the generator's final conv split by rows), built
-     straight from a checkpoint's tensors (no faithful model first), and the source cache
-     (source_encoder + generator_cached)
+     conv, nearest-up + conv as one sub-pixel conv, the generator's final conv split by rows, and for
+     the TF Lite files the bottleneck's convs as Winograd's), built straight from a checkpoint's tensors
+     (no faithful model first), and the source cache (source_encoder + generator_cached)
   6. reduced precision: the fused generator with its heavy convolutions in bfloat16 (--precision bfloat16)
 
 Sections 1-3 are the original's computation and nothing else; what run.py runs is section 5's fused
