@@ -183,11 +183,12 @@ def make_module(module, config, state_dicts, where, args, winograd=False):
 
 
 def winograd_for_tflite(module, args):
-    """Whether `module`'s float32 and float16 TF Lite files convert from a Winograd build of it
-    (modules.WinogradConv: 20-25% faster per frame on XNNPACK): the generator modules at float32
-    precision. int8 files keep the plain convs: TF Lite quantizes each conv, and a Winograd conv's
-    transformed inputs span wider ranges than its input."""
-    return module in ("generator", "generator_cached") and module_precision(module, args) == precision.DEFAULT
+    """Whether this build writes float32 or float16 TF Lite files of `module` that convert from a Winograd
+    build of it (modules.WinogradConv: 20-25% faster per frame on XNNPACK): the generator modules, where
+    both their SavedModel and their TF Lite file are float32. int8 files keep the plain convs: TF Lite
+    quantizes each conv, and a Winograd conv's transformed inputs span wider ranges than its input."""
+    return (not args.nolite and module in ("generator", "generator_cached")
+            and module_precision(module, args) == tflite_precision(module, args) == precision.DEFAULT)
 
 
 def module_precision(module, args):
@@ -685,9 +686,7 @@ def build_and_export(make, name, module_name, args, calibration=None):
     """Export make()'s module (make: make_module with all but `winograd` given), its float TF Lite files
     from make(winograd=True)'s where winograd_for_tflite says so."""
     started = time.perf_counter()
-    make_lite = None
-    if winograd_for_tflite(module_name, args) and not args.nolite:
-        make_lite = functools.partial(make, winograd=True)
+    make_lite = functools.partial(make, winograd=True) if winograd_for_tflite(module_name, args) else None
     export_module(make(), name, module_name, args, started, calibration, make_lite)
 
 

@@ -999,8 +999,12 @@ class FoldedResBlock(keras.layers.Layer):
     def __init__(self, norm1, conv1, conv2, name):
         super().__init__(name=name)
         self.norm1 = batch_norm_holding(norm1, "norm1")
-        self.conv1 = conv_holding(*conv1, 1, "conv1")
-        self.conv2 = conv_holding(*conv2, 1, "conv2")
+        self.conv1 = self.make_conv(*conv1, "conv1")
+        self.conv2 = self.make_conv(*conv2, "conv2")
+
+    @staticmethod
+    def make_conv(kernel, bias, name):
+        return conv_holding(kernel, bias, 1, name)
 
     def call(self, x):
         out = self.conv1(tf.nn.relu(self.norm1(x, training=False)))
@@ -1083,11 +1087,7 @@ class WinogradConv(keras.layers.Layer):
 class WinogradResBlock(FoldedResBlock):
     """FoldedResBlock (same arguments) with both convs run as WinogradConv."""
 
-    def __init__(self, norm1, conv1, conv2, name):
-        keras.layers.Layer.__init__(self, name=name)
-        self.norm1 = batch_norm_holding(norm1, "norm1")
-        self.conv1 = WinogradConv(*conv1, "conv1")
-        self.conv2 = WinogradConv(*conv2, "conv2")
+    make_conv = staticmethod(WinogradConv)
 
 
 class RowSplitConv(keras.layers.Layer):
