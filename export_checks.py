@@ -17,6 +17,12 @@ import precision
 import utils
 
 
+# Targets whose generator loads on a thread. A SavedModel's load (0.6-1.4 s for vox-256's generator_cached)
+# then overlaps the other loads and first calls: its first frame came 0.03-0.3 s sooner, in 4 pairs of runs.
+# A TF Lite interpreter is made in a few ms: there the thread bought nothing (3 pairs).
+LOADED_ON_A_THREAD = ("savedmodel",)
+
+
 @dataclass
 class CheckedExports:
     """build.py's exports for this run, found and checked against its options from their JSON alone."""
@@ -30,11 +36,17 @@ class CheckedExports:
 
         With the source_encoder + generator_cached pair there, the plain generator export is not loaded:
         the pair gives its outputs, and loading a third copy of the generator's weights would cost
-        start-up time and memory for nothing.
+        start-up time and memory for nothing. A SavedModel generator (most of the weights) loads on a
+        thread (utils.LoadedOnThread), while the other exports load and the first job reads its inputs
+        and finds its source keypoints; its first call waits for it.
         """
         cached = all(module in self.exports for module in export_files.CACHED_EXPORT_MODULES)
-        calls = {module: export_files.load_export(target, path) for module, (path, _) in self.exports.items()
-                 if not (cached and module == "generator")}
+        generator = "generator_cached" if cached else "generator"
+        calls = {}
+        if target in LOADED_ON_A_THREAD:
+            calls[generator] = utils.LoadedOnThread(export_files.load_export, target, self.exports[generator][0])
+        calls.update({module: export_files.load_export(target, path) for module, (path, _) in self.exports.items()
+                      if module not in calls and not (cached and module == "generator")})
         if self.hardcode is not None:
             calls["process_kp_driving"] = without_flag_inputs(calls["process_kp_driving"],
                                                               self.exports["process_kp_driving"][1]["inputs"])

@@ -2,8 +2,10 @@
 
 Building the direct target's models (Keras build, weight assignment, the fused inference rewrites, the
 first trace) takes seconds at full size; loading the same functions as one SavedModel takes a fraction
-of that. A cache entry is that SavedModel (a protobuf and a variables checkpoint: nothing in it is
-unpickled) plus `manifest.json`, which holds the entry's key and the size and sha256 of every file.
+of that. A cache entry is those functions as two SavedModels (protobufs and variables checkpoints: nothing
+in them is unpickled), the generator's apart so that it loads on a thread while the run reads its inputs
+and finds its keypoints, plus `manifest.json`, which holds the entry's key and the size and sha256 of
+every file.
 
 The key is everything the traced graph depends on: the checkpoint's size, mtime and inode plus a digest
 of the tensors actually read from it (the reader reads only the kp_detector and generator storages, so
@@ -30,12 +32,16 @@ import tempfile
 
 import backends  # free: TensorFlow itself imports only when an entry is loaded or saved
 import export_files
+import utils
 
 ENV_VAR = "FOMM_CACHE_DIR"
 FOLDER_NAME = "first-order-model-tf"
-FORMAT = 2  # bump when the entry layout changes (2: the TensorFlow version moved from the key to the manifest)
+# bump when the entry layout changes (2: the TensorFlow version moved from the key to the manifest; 3: the
+# generator's own SavedModel)
+FORMAT = 3
 MANIFEST = "manifest.json"
-SAVED_MODEL = "model"
+SAVED_MODEL = "model"  # kp_detector, process_kp_driving, source_encoder
+GENERATOR_SAVED_MODEL = "generator"  # generator_cached: most of the weights, loaded on a thread (ModelCache.load)
 TEMP_PREFIX = ".tmp-"  # entries being written (or left by a killed writer); --clear_cache removes them
 TRASH_PREFIX = ".trash-"  # a corrupt entry moved aside before it is deleted
 # The files whose code the traced graph comes from: any change to them invalidates every entry.
@@ -43,7 +49,10 @@ CODE_FILES = ("modules.py", "animate.py", "checkpoint_loader.py", "torch_file.py
               "model_cache.py")
 # The signatures of an entry: animate.direct_modules' modules but the plain generator, whose outputs the
 # source_encoder + generator_cached pair gives (animate.generator_from_pair); tracing it would add seconds.
-MODULES = ("kp_detector", "process_kp_driving", "source_encoder", "generator_cached")
+# {SavedModel folder: its signatures}
+SAVED_MODELS = {SAVED_MODEL: ("kp_detector", "process_kp_driving", "source_encoder"),
+                GENERATOR_SAVED_MODEL: ("generator_cached",)}
+MODULES = tuple(name for names in SAVED_MODELS.values() for name in names)
 _HERE = os.path.dirname(os.path.abspath(__file__))
 _CHUNK = 1 << 22
 
@@ -119,14 +128,14 @@ def file_sha256(path):
 
 
 def entry_files(folder):
-    """Relative paths of the files of an entry's SavedModel, sorted."""
-    root = os.path.join(folder, SAVED_MODEL)
+    """Relative paths of the files of an entry's SavedModels, sorted."""
     return sorted(os.path.relpath(os.path.join(parent, name), folder)
-                  for parent, _, names in os.walk(root) for name in names)
+                  for saved_model in SAVED_MODELS for parent, _, names in os.walk(os.path.join(folder, saved_model))
+                  for name in names)
 
 
 def describe_files(folder):
-    """{relative path: {'size', 'sha256'}} of an entry's SavedModel files: what the manifest records."""
+    """{relative path: {'size', 'sha256'}} of an entry's SavedModels' files: what the manifest records."""
     return {path: {"size": os.path.getsize(os.path.join(folder, path)),
                    "sha256": file_sha256(os.path.join(folder, path))} for path in entry_files(folder)}
 
@@ -177,17 +186,19 @@ def check_digests(folder, recorded):
 # Saving and loading the models
 # --------------------------------------------------------------------------------------------------
 
-def save_modules(tf_modules, path):
-    """One SavedModel holding each of MODULES' function as a signature named after it, and each variable
-    once (the generator's modules share theirs)."""
+def save_modules(tf_modules, folder):
+    """The SAVED_MODELS under `folder`: each holds its modules' functions as signatures named after them, and
+    each of their variables once (source_encoder's 1.5 MB are generator_cached's too, saved in both)."""
     tf = backends.tensorflow()
-    root = tf.Module()
-    variables = {}
-    for name in MODULES:
-        for variable in tf_modules[name].export_root()._vars:
-            variables.setdefault(id(variable), variable)
-    root._vars = list(variables.values())
-    tf.saved_model.save(root, path, signatures={name: tf_modules[name].concrete_function() for name in MODULES})
+    for saved_model, names in SAVED_MODELS.items():
+        root = tf.Module()
+        variables = {}
+        for name in names:
+            for variable in tf_modules[name].export_root()._vars:
+                variables.setdefault(id(variable), variable)
+        root._vars = list(variables.values())
+        tf.saved_model.save(root, os.path.join(folder, saved_model),
+                            signatures={name: tf_modules[name].concrete_function() for name in names})
 
 
 @dataclasses.dataclass
@@ -243,14 +254,33 @@ class ModelCache:
                         f"rebuilding it for {version}")
             self.remove(verified.path)
             return None
+        generator = utils.LoadedOnThread(self.load_generator, verified.path, name="cache-generator")
         try:
-            calls = export_files.savedmodel_calls(os.path.join(verified.path, SAVED_MODEL))
-            if set(calls) != set(MODULES):
-                raise CorruptEntry(f"signatures {sorted(calls)} instead of {list(MODULES)}")
-            return calls
+            return {**self.load_saved_model(verified.path, SAVED_MODEL), "generator_cached": generator}
         except Exception as err:  # noqa: BLE001 (any failure to load an entry means: rebuild it, never trust it)
-            return self.discard(verified.path, err if isinstance(err, CorruptEntry)
-                                else f"{err.__class__.__name__} while loading")
+            return self.discard(verified.path, self.why_unloadable(err))
+
+    @staticmethod
+    def load_saved_model(path, saved_model):
+        calls = export_files.savedmodel_calls(os.path.join(path, saved_model))
+        if set(calls) != set(SAVED_MODELS[saved_model]):
+            raise CorruptEntry(f"{saved_model}: signatures {sorted(calls)} instead of {list(SAVED_MODELS[saved_model])}")
+        return calls
+
+    @staticmethod
+    def why_unloadable(err):
+        return err if isinstance(err, CorruptEntry) else f"{err.__class__.__name__} while loading"
+
+    def load_generator(self, path):
+        """generator_cached's call, loaded on a thread while the run goes on (its first call waits). Too late
+        to rebuild by then: a failure (the files' digests passed) removes the entry and ends the run with
+        one line, and the next run rebuilds it."""
+        try:
+            return self.load_saved_model(path, GENERATOR_SAVED_MODEL)["generator_cached"]
+        except Exception as err:  # noqa: BLE001
+            self.remove(path)
+            raise utils.UserError(f"model cache entry {path} could not be loaded ({self.why_unloadable(err)}); "
+                                  f"it is removed, so the next run rebuilds it") from err
 
     def discard(self, path, reason):
         """Warn that an entry is corrupt and remove it, for the caller to rebuild; returns None."""
@@ -264,7 +294,7 @@ class ModelCache:
         try:
             os.makedirs(self.folder, exist_ok=True)
             temp = tempfile.mkdtemp(prefix=TEMP_PREFIX, dir=self.folder)
-            save_modules(tf_modules, os.path.join(temp, SAVED_MODEL))
+            save_modules(tf_modules, temp)
             manifest = {"key": key, "tensorflow": backends.tensorflow().__version__, "files": describe_files(temp)}
             with open(os.path.join(temp, MANIFEST), "w") as f:
                 json.dump(manifest, f, indent=1, sort_keys=True)

@@ -411,6 +411,8 @@ def render_in_process(args, plan, todo, timings):
         load = (load_models_and_cache_writer if timings is None
                 else timings.timed("load models", load_models_and_cache_writer))
         models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports, checkpoint)
+        if is_batch(args) or timings is not None:
+            wait_for_models(models)
         if cropped is not None:
             cropped()  # the crops are ready, or what went wrong (no face found) is raised here
         if timings is not None:
@@ -423,6 +425,17 @@ def render_in_process(args, plan, todo, timings):
                     jobs.report_failure(result)
                 results.append(result)
     return results, ready, write_entry
+
+
+def wait_for_models(models):
+    """Wait for a generator still loading on a thread (export_checks.CheckedExports.load, the direct target's
+    model_cache.ModelCache.load). A batch run does, before
+    its first job: a load that fails then stops the run instead of failing every job alike, and the start-up
+    time it reports includes the load; so does --profile, whose "load models" stage then holds it. A single
+    job goes on while it loads."""
+    for call in (models.generator, models.generator_cached):
+        if isinstance(call, utils.LoadedOnThread):
+            call.wait()
 
 
 def in_background(function, *args, name="faces"):

@@ -99,6 +99,32 @@ def say(message):
         print(message, flush=True)
 
 
+class LoadedOnThread:
+    """A callable loaded on a thread of its own: `load(*args)` returns the callable this one stands for.
+
+    The first call waits for the load and every call goes to its result, so the caller goes on while it
+    loads (run.py: the first job's inputs and source keypoints while the generator's weights load). A
+    load that failed raises its error at every call, and at `wait()`.
+    """
+
+    def __init__(self, load, *args, name="load"):
+        import concurrent.futures
+
+        pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+        self._future = pool.submit(load, *args)
+        pool.shutdown(wait=False)
+        self._function = None
+
+    def wait(self):
+        """The loaded callable, once loaded; the load's exception if it failed."""
+        if self._function is None:
+            self._function = self._future.result()
+        return self._function
+
+    def __call__(self, *args, **kwargs):
+        return (self._function or self.wait())(*args, **kwargs)
+
+
 def first_line(error):
     """The first non-empty line of an exception's text, for short error messages."""
     for line in str(error).splitlines():

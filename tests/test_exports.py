@@ -13,6 +13,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -413,12 +414,22 @@ def test_cached_pair_equals_generator(cached_root):
 def test_run_py_uses_the_cached_pair_and_writes_direct_frames(cached_root, tmp_path_factory, tmp_path, monkeypatch):
     fx = load_fixture(VARIANT_FIXTURE)
     args = cached_run_args(cached_root, "savedmodel", tmp_path / "frames")
-    loaded = []
+    loaded = {}  # path: whether it loaded on the caller's thread
     load_export = export_files.load_export
-    monkeypatch.setattr(export_files, "load_export", lambda target, path: loaded.append(path) or load_export(target, path))
-    assert run.load_models(args, fx.config(), str(fx.checkpoint())).cached
+
+    def noted(target, path):
+        loaded[path] = threading.current_thread() is threading.main_thread()
+        return load_export(target, path)
+
+    monkeypatch.setattr(export_files, "load_export", noted)
+    models = run.load_models(args, fx.config(), str(fx.checkpoint()))
+    assert models.cached
+    run.wait_for_models(models)
     plain = export_files.savedmodel_path(cached_root, MODEL, "generator")
     assert len(loaded) == 4 and plain not in loaded, "the plain generator is loaded beside the pair that replaces it"
+    generator = export_files.savedmodel_path(cached_root, MODEL, "generator_cached")
+    assert {path for path, on_caller in loaded.items() if not on_caller} == {generator}, \
+        "generator_cached's weights should load on a thread of their own, the other exports on the caller's"
     out = tmp_path / "frames"
     assert run.main(run_args(fx, out, "--relative", "--adapt", "--target", "savedmodel",
                              "--exportdir", str(cached_root))) == 0

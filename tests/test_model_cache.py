@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import yaml
 
-from conftest import REPO, load_fixture, read_png_frames, run_args, run_main_in_fresh_process, stderr_lines
+from conftest import REPO, assert_one_line_error, load_fixture, read_png_frames, run_args, run_main_in_fresh_process, stderr_lines
 
 import animate
 import model_cache
@@ -210,6 +210,39 @@ def test_the_entry_is_verified_while_tensorflow_imports(tmp_path, cache, monkeyp
     monkeypatch.setattr(model_cache.ModelCache, "verify", watched)
     render(tmp_path, "second")
     assert seen["thread"].startswith("cache-entry"), seen
+
+
+def test_the_generator_loads_on_a_thread_and_a_failure_there_is_one_line(tmp_path, cache, builds, monkeypatch,
+                                                                         capsys):
+    reference = render(tmp_path, "first")
+    (entry,) = entries(cache)
+    assert sorted(os.listdir(cache / entry)) == sorted([model_cache.MANIFEST, *model_cache.SAVED_MODELS])
+    threads, small_loaded = {}, threading.Event()
+    load_saved_model = model_cache.ModelCache.load_saved_model
+
+    def watched(path, saved_model):
+        threads[saved_model] = threading.current_thread() is threading.main_thread()
+        if saved_model == model_cache.GENERATOR_SAVED_MODEL and "fail" in threads:
+            small_loaded.wait(30)  # a fixture's generator loads sooner than a real one's
+            raise OSError("disk went away")
+        calls = load_saved_model(path, saved_model)
+        small_loaded.set()
+        return calls
+
+    monkeypatch.setattr(model_cache.ModelCache, "load_saved_model", staticmethod(watched))
+    np.testing.assert_array_equal(render(tmp_path, "second"), reference)
+    assert threads == {model_cache.SAVED_MODEL: True, model_cache.GENERATOR_SAVED_MODEL: False}, threads
+    threads["fail"] = True  # its files' digests pass, yet TensorFlow cannot load it: too late to rebuild
+    small_loaded.clear()
+    capsys.readouterr()
+    args = run_args(load_fixture(FIXTURE), tmp_path / "third", "--relative", "--adapt")
+    assert_one_line_error(capsys, run.main(args), f"model cache entry {cache / entry} could not be loaded",
+                          "OSError", "the next run rebuilds it")
+    assert not (tmp_path / "third").exists() or not os.listdir(tmp_path / "third"), "frames written half"
+    assert entries(cache) == [] and len(builds) == 1
+    del threads["fail"]
+    np.testing.assert_array_equal(render(tmp_path, "fourth"), reference)
+    assert len(builds) == 2
 
 
 def test_a_hit_in_a_fresh_process_imports_no_keras(tmp_path, cache):

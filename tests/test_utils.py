@@ -10,6 +10,7 @@ import os
 import struct
 import subprocess
 import sys
+import threading
 import zlib
 
 import imageio.v2 as imageio_v2
@@ -551,3 +552,25 @@ def test_eight_bit_pictures_never_import_scipy():
             "assert 'scipy.ndimage' in sys.modules, 'not imported when resizing float32'")
     result = subprocess.run([sys.executable, "-c", code], cwd=utils.REPO_DIR, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-500:]
+
+
+def test_loaded_on_thread_lets_the_caller_go_on_then_waits_and_repeats_a_failure():
+    started, release = threading.Event(), threading.Event()
+
+    def load(offset):
+        started.set()
+        release.wait(10)
+        return lambda x, scale=1: (x + offset) * scale
+
+    call = utils.LoadedOnThread(load, 1)
+    assert started.wait(10) and not release.is_set(), "the load did not start on its own thread"
+    release.set()
+    assert call(2) == 3 and call(2, scale=2) == 6 and call.wait()(5) == 6
+
+    def fails():
+        raise UserError("model.tflite: cannot load it")
+
+    broken = utils.LoadedOnThread(fails)
+    for attempt in (lambda: broken(x=1), broken.wait, lambda: broken(x=1)):
+        with pytest.raises(UserError, match="cannot load it"):
+            attempt()
