@@ -13,6 +13,7 @@ import itertools
 import threading
 import time
 from dataclasses import dataclass, replace
+from collections.abc import Mapping
 from typing import Callable, Iterable, Iterator
 
 import numpy as np
@@ -36,6 +37,9 @@ class Models:
     `stage(name)` is a context manager around work done once per video (the source's encoding, the
     best start frame's search); run.py --profile's `timed_models` times it as one stage, and
     otherwise it does nothing.
+
+    `wait()` returns once every module is loaded or built, some of them on a thread (run.py:
+    wait_for_models), and raises what made one fail; a module's first call waits for it alike.
     """
     kp_detector: Callable
     process_kp_driving: Callable
@@ -45,6 +49,7 @@ class Models:
     source_encoder: Callable = None
     generator_cached: Callable = None
     stage: Callable = contextlib.nullcontext
+    wait: Callable = lambda: None  # noqa: E731
 
     @property
     def cached(self):
@@ -184,34 +189,75 @@ def animate(models: Models, source_image, driving_frames: Iterable[np.ndarray], 
         yield from animator.animate_batch(driving)["prediction"]
 
 
-def direct_modules(config, state_dicts, where="checkpoint", prescale=False, precision="float32") -> dict:
+GENERATOR_MODULES = ("generator", "source_encoder", "generator_cached")
+
+
+def direct_modules(config, state_dicts, where="checkpoint", prescale=False, precision="float32") -> "DirectModules":
     """The direct target's tf.Modules, {name: modules.SignatureModule}: kp_detector, process_kp_driving,
     generator and the source_encoder + generator_cached pair, all built and traced in this process.
 
-    One loaded generator serves the three generator modules. state_dicts None keeps random weights
-    (benchmark.py). precision 'bfloat16' runs the generator's heavy convolutions in bfloat16
-    (modules.load_generator's section 6 blocks); keypoints stay float32. This is the expensive step (Keras build, weight
-    assignment, fused rewrites) that model_cache saves as one SavedModel.
+    One loaded generator serves the three generator modules. From a checkpoint's tensors they are built,
+    and the pair traced, on a thread, while this one builds the keypoint modules and the caller runs
+    them; reading one of them waits for it (DirectModules). state_dicts None keeps random weights
+    (benchmark.py), all built here. precision 'bfloat16' runs the generator's heavy convolutions in
+    bfloat16 (modules.load_generator's section 6 blocks); keypoints stay float32. This is the expensive
+    step (Keras build, weight assignment, fused rewrites, first traces) that model_cache saves.
     """
     import modules
+    import utils
 
-    kp_detector = modules.build_module("kp_detector", config, state_dicts, where, prescale=prescale)
+    build = (config, state_dicts, where, prescale, precision)
+    generator = (utils.LoadedOnThread(generator_modules, *build, name="build-generator") if state_dicts is not None
+                 else utils.Loaded(generator_modules(*build)))
+    keypoints = {"kp_detector": modules.build_module("kp_detector", config, state_dicts, where, prescale=prescale),
+                 "process_kp_driving": modules.build_module("process_kp_driving", config)}
+    return DirectModules(keypoints, generator)
+
+
+def generator_modules(config, state_dicts, where, prescale, precision) -> dict:
+    """direct_modules' GENERATOR_MODULES, over one fused generator, the pair traced."""
+    import modules
+
     generator = modules.load_generator(config, state_dicts, where, precision)
-    return {"kp_detector": kp_detector,
-            "process_kp_driving": modules.build_module("process_kp_driving", config),
-            "generator": modules.GeneratorModule(generator, prescale=prescale),
-            "source_encoder": modules.SourceEncoderModule(generator),
-            "generator_cached": modules.CachedGeneratorModule(generator)}
+    built = {"generator": modules.GeneratorModule(generator, prescale=prescale),
+             "source_encoder": modules.SourceEncoderModule(generator),
+             "generator_cached": modules.CachedGeneratorModule(generator)}
+    for name in ("source_encoder", "generator_cached"):
+        built[name].concrete_function()  # traced here: on a thread, while the keypoints run
+    return built
 
 
-def models_from_calls(calls: dict, estimate_jacobian, prescale=False) -> Models:
-    """Models over {module name: callable} as direct_modules (or a cached SavedModel's signatures) name them.
+class DirectModules(Mapping):
+    """direct_modules' {name: module}: the keypoint modules, and GENERATOR_MODULES from `generator`
+    (utils.LoadedOnThread's or utils.Loaded's dict of them), which reading one of them waits for."""
+
+    def __init__(self, keypoints, generator):
+        self.keypoints = keypoints
+        self.generator = generator
+
+    def __getitem__(self, name):
+        return self.generator.wait()[name] if name in GENERATOR_MODULES else self.keypoints[name]
+
+    def __iter__(self):
+        return iter((*self.keypoints, *GENERATOR_MODULES))
+
+    def __len__(self):
+        return len(self.keypoints) + len(GENERATOR_MODULES)
+
+    def wait(self):
+        """Once the generator's modules are built; raises what made their build fail."""
+        self.generator.wait()
+
+
+def models_from_calls(calls: dict, estimate_jacobian, prescale=False, wait=lambda: None) -> Models:
+    """Models over {module name: callable} as direct_modules (or a cached SavedModel's signatures) name them;
+    `wait`: Models.wait.
 
     Without a 'generator' (the model cache keeps only the pair), the generator is the pair run in turn.
     """
     generator = calls.get("generator") or generator_from_pair(calls["source_encoder"], calls["generator_cached"])
     return Models(calls["kp_detector"], calls["process_kp_driving"], generator, estimate_jacobian, prescale,
-                  source_encoder=calls["source_encoder"], generator_cached=calls["generator_cached"])
+                  source_encoder=calls["source_encoder"], generator_cached=calls["generator_cached"], wait=wait)
 
 
 def generator_from_pair(source_encoder, generator_cached):
@@ -227,18 +273,19 @@ def generator_from_pair(source_encoder, generator_cached):
 
 
 def numpy_calls(tf_modules: dict) -> dict:
-    """{name: module} -> {name: callable taking and returning numpy arrays}."""
-    def numpy_call(module):
-        return lambda **kwargs: {k: v.numpy() for k, v in module(**kwargs).items()}
+    """{name: module} -> {name: callable taking and returning numpy arrays}. Each module is looked up at
+    its call, so that a DirectModules' generator is waited for only when first run."""
+    def numpy_call(name):
+        return lambda **kwargs: {k: v.numpy() for k, v in tf_modules[name](**kwargs).items()}
 
-    return {name: numpy_call(module) for name, module in tf_modules.items()}
+    return {name: numpy_call(name) for name in tf_modules}
 
 
 def direct_models(config, state_dicts, where="checkpoint", prescale=False, precision="float32") -> Models:
     """Models for the direct target: the Keras models wrapped in their tf.Modules, in this process
     (run.py goes through model_cache, which builds them with direct_modules on a miss)."""
-    return models_from_calls(numpy_calls(direct_modules(config, state_dicts, where, prescale, precision)),
-                             config.estimate_jacobian, prescale)
+    tf_modules = direct_modules(config, state_dicts, where, prescale, precision)
+    return models_from_calls(numpy_calls(tf_modules), config.estimate_jacobian, prescale, tf_modules.wait)
 
 
 # --------------------------------------------------------------------------------------------------

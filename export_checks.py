@@ -50,10 +50,11 @@ class CheckedExports:
         if self.hardcode is not None:
             calls["process_kp_driving"] = without_flag_inputs(calls["process_kp_driving"],
                                                               self.exports["process_kp_driving"][1]["inputs"])
+        wait = getattr(calls[generator], "wait", lambda: None)
         if cached:
-            return animate.models_from_calls(calls, self.first_order, self.prescale)
+            return animate.models_from_calls(calls, self.first_order, self.prescale, wait)
         return animate.Models(calls["kp_detector"], calls["process_kp_driving"], calls["generator"],
-                              estimate_jacobian=self.first_order, prescale=self.prescale)
+                              estimate_jacobian=self.first_order, prescale=self.prescale, wait=wait)
 
 
 def check_exports(args, checkpoint_path):

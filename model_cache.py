@@ -353,7 +353,9 @@ def direct_models(config, state_dicts, checkpoint_path, verified, cache, prescal
 
     calls = cache.load(verified)
     if calls is not None:
-        return animate.models_from_calls(calls, config.estimate_jacobian, prescale), None
+        return animate.models_from_calls(calls, config.estimate_jacobian, prescale,
+                                         calls["generator_cached"].wait), None
     tf_modules = animate.direct_modules(config, state_dicts, checkpoint_path, prescale, precision)
-    models = animate.models_from_calls(animate.numpy_calls(tf_modules), config.estimate_jacobian, prescale)
+    models = animate.models_from_calls(animate.numpy_calls(tf_modules), config.estimate_jacobian, prescale,
+                                       tf_modules.wait)
     return models, lambda: cache.store(verified.key, tf_modules)

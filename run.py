@@ -428,14 +428,12 @@ def render_in_process(args, plan, todo, timings):
 
 
 def wait_for_models(models):
-    """Wait for a generator still loading on a thread (export_checks.CheckedExports.load, the direct target's
-    model_cache.ModelCache.load). A batch run does, before
+    """Wait for a generator still loading or building on a thread (export_checks.CheckedExports.load, the
+    direct target's model_cache.ModelCache.load and animate.direct_modules). A batch run does, before
     its first job: a load that fails then stops the run instead of failing every job alike, and the start-up
     time it reports includes the load; so does --profile, whose "load models" stage then holds it. A single
     job goes on while it loads."""
-    for call in (models.generator, models.generator_cached):
-        if isinstance(call, utils.LoadedOnThread):
-            call.wait()
+    models.wait()
 
 
 def in_background(function, *args, name="faces"):

@@ -100,11 +100,12 @@ def say(message):
 
 
 class LoadedOnThread:
-    """A callable loaded on a thread of its own: `load(*args)` returns the callable this one stands for.
+    """What `load(*args)` returns, made on a thread of its own: a callable, which this one then stands for
+    (a generator's SavedModel), or any value (animate.direct_modules' generator modules, built).
 
-    The first call waits for the load and every call goes to its result, so the caller goes on while it
-    loads (run.py: the first job's inputs and source keypoints while the generator's weights load). A
-    load that failed raises its error at every call, and at `wait()`.
+    `wait()` and the first call wait for the load, and every call goes to its result, so the caller goes
+    on while it loads (run.py: the first job's inputs and source keypoints while the generator's weights
+    load). A load that failed raises its error at every call, and at every `wait()`.
     """
 
     def __init__(self, load, *args, name="load"):
@@ -113,16 +114,29 @@ class LoadedOnThread:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._future = pool.submit(load, *args)
         pool.shutdown(wait=False)
-        self._function = None
+        self._result = None
 
     def wait(self):
-        """The loaded callable, once loaded; the load's exception if it failed."""
-        if self._function is None:
-            self._function = self._future.result()
-        return self._function
+        """load's result, once loaded; the load's exception if it failed."""
+        if self._result is None:
+            self._result = self._future.result()
+        return self._result
 
     def __call__(self, *args, **kwargs):
-        return (self._function or self.wait())(*args, **kwargs)
+        return (self._result or self.wait())(*args, **kwargs)
+
+
+class Loaded:
+    """LoadedOnThread's interface over a value already at hand."""
+
+    def __init__(self, value):
+        self._value = value
+
+    def wait(self):
+        return self._value
+
+    def __call__(self, *args, **kwargs):
+        return self._value(*args, **kwargs)
 
 
 def first_line(error):

@@ -2,6 +2,7 @@
 import re
 import subprocess
 import sys
+import threading
 
 import imageio.v2 as imageio
 import numpy as np
@@ -10,6 +11,7 @@ import pytest
 from conftest import (FIXTURE_NAMES, REPO, assert_frames_match, assert_one_line_error, load_fixture, read_png_frames,
                       stderr_lines)
 
+import animate
 import checkpoint_loader
 import run
 
@@ -91,6 +93,32 @@ def test_checkpoint_for_another_config_names_key_and_shapes(tmp_path, capsys):
     assert (has, needs) == (str(list(wrong.shape)), str(list(right.shape))), err
     assert wrong.shape != right.shape
     assert list(tmp_path.iterdir()) == []
+
+
+def test_the_generator_builds_on_a_thread_and_its_checkpoint_errors_are_one_line(tmp_path, capsys, monkeypatch):
+    # animate.direct_modules builds the generator's modules on a thread while the keypoint detector builds
+    # and runs: the frames are the original's as ever, and a generator tensor that does not fit still ends
+    # the run with one line and nothing written.
+    fx = load_fixture(FIXTURE_NAMES[0])
+    threads = []
+    build = animate.generator_modules
+
+    def watched(*args):
+        threads.append(threading.current_thread() is threading.main_thread())
+        if len(threads) > 1:
+            raise checkpoint_loader.CheckpointError("checkpoint [generator]: final.bias has shape [2] but the config "
+                                                    "needs [3]")
+        return build(*args)
+
+    monkeypatch.setattr(animate, "generator_modules", watched)
+    out = tmp_path / "frames/"
+    assert run.main(fixture_args(fx, f"{out}/", "--relative", "--adapt", "--no_cache")) == 0
+    assert threads == [False], "the generator was built on the caller's thread"
+    assert_frames_match(read_png_frames(out), fx.ref["frames"])
+    capsys.readouterr()
+    code = run.main(fixture_args(fx, tmp_path / "out.mp4", "--no_cache"))
+    assert_one_line_error(capsys, code, "final.bias has shape [2] but the config needs [3]")
+    assert [path.name for path in tmp_path.iterdir()] == ["frames"], "an output was written"
 
 
 def test_not_a_checkpoint_is_one_line(tmp_path, capsys):
