@@ -38,8 +38,8 @@ class Models:
     best start frame's search); run.py --profile's `timed_models` times it as one stage, and
     otherwise it does nothing.
 
-    `wait()` returns once every module is loaded or built, some of them on a thread (run.py:
-    wait_for_models), and raises what made one fail; a module's first call waits for it alike.
+    `wait()` returns once every module is loaded or built, some of them on a thread (run.py waits in batch
+    runs), and raises what made one fail; a module's first call waits for it alike.
     """
     kp_detector: Callable
     process_kp_driving: Callable
@@ -207,8 +207,11 @@ def direct_modules(config, state_dicts, where="checkpoint", prescale=False, prec
     import utils
 
     build = (config, state_dicts, where, prescale, precision)
-    generator = (utils.LoadedOnThread(generator_modules, *build, name="build-generator") if state_dicts is not None
-                 else utils.Loaded(generator_modules(*build)))
+    if state_dicts is not None:
+        generator = utils.LoadedOnThread(generator_modules, *build, name="build-generator").wait
+    else:
+        built = generator_modules(*build)
+        generator = lambda: built  # noqa: E731
     keypoints = {"kp_detector": modules.build_module("kp_detector", config, state_dicts, where, prescale=prescale),
                  "process_kp_driving": modules.build_module("process_kp_driving", config)}
     return DirectModules(keypoints, generator)
@@ -228,15 +231,15 @@ def generator_modules(config, state_dicts, where, prescale, precision) -> dict:
 
 
 class DirectModules(Mapping):
-    """direct_modules' {name: module}: the keypoint modules, and GENERATOR_MODULES from `generator`
-    (utils.LoadedOnThread's or utils.Loaded's dict of them), which reading one of them waits for."""
+    """direct_modules' {name: module}: the keypoint modules, and GENERATOR_MODULES from `generator()`
+    (a utils.LoadedOnThread's wait, or their dict at hand), which reading one of them waits for."""
 
     def __init__(self, keypoints, generator):
         self.keypoints = keypoints
         self.generator = generator
 
     def __getitem__(self, name):
-        return self.generator.wait()[name] if name in GENERATOR_MODULES else self.keypoints[name]
+        return self.generator()[name] if name in GENERATOR_MODULES else self.keypoints[name]
 
     def __iter__(self):
         return iter((*self.keypoints, *GENERATOR_MODULES))
@@ -246,7 +249,7 @@ class DirectModules(Mapping):
 
     def wait(self):
         """Once the generator's modules are built; raises what made their build fail."""
-        self.generator.wait()
+        self.generator()
 
 
 def models_from_calls(calls: dict, estimate_jacobian, prescale=False, wait=lambda: None) -> Models:

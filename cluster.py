@@ -152,7 +152,7 @@ class RenderWorker:
             with run._device(self.args.device):
                 self.models, self.write_cache = run.load_models_and_cache_writer(self.args, self.config.model,
                                                                                  self.checkpoint_path)
-                run.wait_for_models(self.models)  # loaded before the worker reports ready
+                self.models.wait()  # loaded before the worker reports ready
         except (utils.UserError, checkpoint_loader.CheckpointError) as err:
             return str(err)
         if self.args.visualizer:

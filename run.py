@@ -412,7 +412,11 @@ def render_in_process(args, plan, todo, timings):
                 else timings.timed("load models", load_models_and_cache_writer))
         models, write_entry = load(args, plan.config.model, plan.checkpoint_path, plan.exports, checkpoint)
         if is_batch(args) or timings is not None:
-            wait_for_models(models)
+            # A generator still loading or building on a thread (Models.wait): a batch run waits before its
+            # first job, so that a load that fails stops the run once instead of failing every job alike,
+            # and the start-up it reports includes the load; so does --profile's "load models" stage. A
+            # single job goes on while it loads.
+            models.wait()
         if cropped is not None:
             cropped()  # the crops are ready, or what went wrong (no face found) is raised here
         if timings is not None:
@@ -427,15 +431,6 @@ def render_in_process(args, plan, todo, timings):
     return results, ready, write_entry
 
 
-def wait_for_models(models):
-    """Wait for a generator still loading or building on a thread (export_checks.CheckedExports.load, the
-    direct target's model_cache.ModelCache.load and animate.direct_modules). A batch run does, before
-    its first job: a load that fails then stops the run instead of failing every job alike, and the start-up
-    time it reports includes the load; so does --profile, whose "load models" stage then holds it. A single
-    job goes on while it loads."""
-    models.wait()
-
-
 def in_background(function, *args, name="faces"):
     """Start function(*args) on a thread of its own; returns a callable to call once, which waits for it and
     returns its result or raises its exception, and then holds it no longer (the checkpoint's tensors are
@@ -445,16 +440,12 @@ def in_background(function, *args, name="faces"):
     ops, which run without the GIL, so with a core free the two overlap (README, Performance: what
     --crop adds). The direct target checks its model cache entry this way while TensorFlow imports.
     """
-    import concurrent.futures
-
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
-    future = pool.submit(function, *args)
-    pool.shutdown(wait=False)
+    pending = utils.LoadedOnThread(function, *args, name=name)
 
     def result():
-        nonlocal future
-        done, future = future, None
-        return done.result()
+        nonlocal pending
+        done, pending = pending, None
+        return done.wait()
 
     return result
 

@@ -126,19 +126,6 @@ class LoadedOnThread:
         return (self._result or self.wait())(*args, **kwargs)
 
 
-class Loaded:
-    """LoadedOnThread's interface over a value already at hand."""
-
-    def __init__(self, value):
-        self._value = value
-
-    def wait(self):
-        return self._value
-
-    def __call__(self, *args, **kwargs):
-        return self._value(*args, **kwargs)
-
-
 def first_line(error):
     """The first non-empty line of an exception's text, for short error messages."""
     for line in str(error).splitlines():

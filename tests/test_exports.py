@@ -424,7 +424,7 @@ def test_run_py_uses_the_cached_pair_and_writes_direct_frames(cached_root, tmp_p
     monkeypatch.setattr(export_files, "load_export", noted)
     models = run.load_models(args, fx.config(), str(fx.checkpoint()))
     assert models.cached
-    run.wait_for_models(models)
+    models.wait()
     plain = export_files.savedmodel_path(cached_root, MODEL, "generator")
     assert len(loaded) == 4 and plain not in loaded, "the plain generator is loaded beside the pair that replaces it"
     generator = export_files.savedmodel_path(cached_root, MODEL, "generator_cached")
