@@ -114,16 +114,13 @@ class LoadedOnThread:
         pool = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
         self._future = pool.submit(load, *args)
         pool.shutdown(wait=False)
-        self._result = None
 
     def wait(self):
         """load's result, once loaded; the load's exception if it failed."""
-        if self._result is None:
-            self._result = self._future.result()
-        return self._result
+        return self._future.result()
 
     def __call__(self, *args, **kwargs):
-        return (self._result or self.wait())(*args, **kwargs)
+        return self.wait()(*args, **kwargs)
 
 
 def first_line(error):
