@@ -19,12 +19,9 @@ import utils
 
 # Targets whose generator loads on a thread. A SavedModel's load (0.6-1.4 s for vox-256's generator_cached)
 # then overlaps the other loads and first calls: its first frame came 0.03-0.3 s sooner, in 4 pairs of runs.
-# Not the others (vox-256, 8 frames, fresh runs alternating with and without the thread):
-# - TF Lite: an interpreter is made in a few ms, and the thread bought nothing (3 pairs). Its first call's
-#   set-up (0.35 s: the delegate's AllocateTensors) on a thread bought nothing either (8 pairs, mixed).
-# - ONNX: the generator's session (0.8 s) on a thread gave the first frame 0.2-0.45 s sooner (4 pairs), but
-#   peak RSS grew from 795-803 MB to 894-895 MB, and onnx's first frame (about 2 s) is already well before
-#   the original's.
+# Not TF Lite (an interpreter is made in milliseconds, and neither it nor its first call's AllocateTensors on a
+# thread bought anything) nor ONNX (its session on a thread cost about 95 MB of peak RSS for a first frame
+# already well before the original's): README, Performance, "Tried after run J and not kept".
 LOADED_ON_A_THREAD = ("savedmodel",)
 
 
